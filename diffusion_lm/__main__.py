@@ -1,0 +1,3 @@
+from diffusion_lm.cli.main import main
+
+main()

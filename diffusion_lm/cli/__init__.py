@@ -1,0 +1,1 @@
+"""Command-line entry points; nothing imports this package."""

@@ -1,0 +1,31 @@
+"""Helpers shared by the command handlers."""
+from __future__ import annotations
+
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+
+from ..errors import UserError
+
+
+def build(cfg: DictConfig, key: str):
+    """The dataclass named by a section's `_target_`, filled and type-checked from the section.
+
+    Merging into `OmegaConf.structured` checks every value against the field's
+    type, so `model.hidden=abc` fails here, in one line, not deep in training.
+    """
+    section = OmegaConf.to_container(cfg[key], resolve=True)
+    try:
+        cls = get_class(section.pop("_target_"))
+        nested = {k: v for k, v in section.items() if isinstance(v, dict) and "_target_" in v}
+        merged = OmegaConf.merge(OmegaConf.structured(cls), {k: v for k, v in section.items() if k not in nested})
+        obj = OmegaConf.to_object(merged)
+    except Exception as e:
+        msg = str(e).splitlines()[0]
+        raise UserError(f"bad {key} config: {msg}") from None
+    for k in nested:
+        setattr(obj, k, build(OmegaConf.create({k: nested[k]}), k))
+    return obj
+
+
+def plain(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)

@@ -1,0 +1,104 @@
+"""`diffusion-lm <command> [key=value ...]`: one hydra-configured entry point per command.
+
+Configs are composed with hydra's compose API from conf/ (shipped inside the
+package as diffusion_lm/conf), so errors are ours to word: any bad input ends
+in one line on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Callable
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    # name: (config file, one-line description)
+    "train": ("train", "train a Diffusion-LM on E2E (preset=tiny|cpu|paper); resumes from out_dir"),
+    "sample": ("sample", "sample sentences from a trained Diffusion-LM (sampler, steps, clamping)"),
+}
+
+USAGE = """usage: diffusion-lm <command> [key=value ...]
+
+Diffusion-LM (Li et al., 2022): continuous diffusion over learned word embeddings.
+
+commands:
+{commands}
+
+Settings are hydra overrides, e.g.
+  diffusion-lm train preset=cpu optim.steps=500 run.out_dir=runs/mine
+  diffusion-lm sample checkpoint=runs/cpu n=20 sample.steps=50 sample.sampler=ddim
+`diffusion-lm <command> --help` prints every key with its default.
+"""
+
+
+def config_dir() -> str:
+    """conf/ of the source tree, or the copy installed inside the package."""
+    here = Path(__file__).resolve().parents[2] / "conf"
+    if here.is_dir():
+        return str(here)
+    return str(resources.files("diffusion_lm") / "conf")
+
+
+def compose(config_name: str, overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=overrides)
+
+
+def one_line(e: BaseException) -> str:
+    """The first meaningful line of an error, with hydra's option lists folded in."""
+    text = str(e).strip() or type(e).__name__
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    first = lines[0]
+    if "Available options" in text:
+        after = lines[[i for i, ln in enumerate(lines) if "Available options" in ln][0] + 1:]
+        opts = [ln for ln in after if "=" not in ln and not ln.endswith(":")]
+        first += f" (available: {', '.join(opts)})"
+    return first
+
+
+def run(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        width = max(map(len, COMMANDS))
+        print(USAGE.format(commands="\n".join(f"  {k.ljust(width)}  {v[1]}" for k, v in COMMANDS.items())))
+        return 0
+    name, overrides = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"error: unknown command {name!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    from omegaconf import OmegaConf
+
+    from ..errors import UserError
+
+    try:
+        if "-h" in overrides or "--help" in overrides:
+            cfg = compose(COMMANDS[name][0], [o for o in overrides if o not in ("-h", "--help")])
+            print(f"diffusion-lm {name}: {COMMANDS[name][1]}\n\nkeys and defaults "
+                  f"(override with key=value):\n\n{OmegaConf.to_yaml(cfg)}")
+            return 0
+        bad = [o for o in overrides if "=" not in o or o.startswith("-")]
+        if bad:
+            raise UserError(f"expected key=value overrides, got {bad[0]!r}")
+        cfg = compose(COMMANDS[name][0], overrides)
+        handler: Callable = getattr(__import__(f"diffusion_lm.cli.{name}", fromlist=["main"]), "main")
+        return handler(cfg) or 0
+    except KeyboardInterrupt:
+        print("interrupted; the last checkpoint is kept", file=sys.stderr)
+        return 130
+    except UserError as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
+    except Exception as e:  # hydra / omegaconf composition and instantiation errors are user input
+        mod = type(e).__module__
+        if mod.startswith(("hydra", "omegaconf")):
+            cause = e.__cause__ if e.__cause__ is not None and "instantiate" in one_line(e) else e
+            print(f"error: {one_line(cause)}", file=sys.stderr)
+            return 2
+        raise
+
+
+def main() -> None:
+    sys.exit(run())

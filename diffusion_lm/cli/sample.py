@@ -1,0 +1,27 @@
+"""diffusion-lm sample: print sentences from a trained Diffusion-LM."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+from ..text import from_pretrained, generate
+from ..text.io import atomic_write
+from .common import build
+
+
+def main(cfg) -> int:
+    sample_cfg = build(cfg, "sample")
+    if cfg.device not in ("auto", "cpu", "cuda"):
+        raise UserError(f"unknown device {cfg.device!r}; choose auto, cpu or cuda")
+    device = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
+    model, tokenizer = from_pretrained(cfg.checkpoint, device=device)
+    sentences = generate(model, tokenizer, int(cfg.n), sample_cfg, batch_size=int(cfg.batch_size), seed=cfg.seed)
+    for s in sentences:
+        print(s)
+    if cfg.output:
+        rows = "".join(json.dumps({"system": "diffusion-lm", "text": s}) + "\n" for s in sentences)
+        atomic_write(Path(cfg.output), lambda p: Path(p).write_text(rows))
+    return 0

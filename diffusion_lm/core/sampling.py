@@ -1,0 +1,150 @@
+"""The one sampling loop, shared by every modality.
+
+`sample` runs ancestral DDPM or DDIM over a (possibly respaced) process. Each
+step:
+
+    x̂_0 = transform(predict_x0(model(x_t, t)))           # x0_transform hook
+    μ, σ² = step rule (DDPM posterior or DDIM with η)
+    x_{t−1} = μ + σ z
+    x_{t−1} = step_hook(x_{t−1}, x_t, μ, σ², t)           # guidance hook
+    x_{t−1}[known] = known values, noised to level t−1    # masked replacement
+
+Text plugs in the clamping trick as `x0_transform` and control as
+`step_hook`; images plug in thresholding and classifier-free guidance.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional, Protocol
+
+import torch
+from tqdm.auto import tqdm
+
+from .diffusion import GaussianDiffusion, _gather
+
+ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+X0Transform = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class StepHook(Protocol):
+    def __call__(self, x_prev: torch.Tensor, *, x_t: torch.Tensor, mean: torch.Tensor,
+                 variance: torch.Tensor, t: torch.Tensor, index: int) -> torch.Tensor: ...
+
+
+@dataclass
+class Known:
+    """Positions held fixed during sampling (infilling, length control).
+
+    `values` is the clean x_0 there and `mask` is True where it is known
+    (broadcastable to the sample's shape). With `noised`, x_{t−1} at known
+    positions is a fresh draw of q(x_{t−1} | x_0) (RePaint-style); without,
+    it is the clean value at every step. The final sample holds `values`
+    exactly either way.
+    """
+
+    values: torch.Tensor
+    mask: torch.Tensor
+    noised: bool = True
+
+
+SAMPLERS = ("ddpm", "ddim")
+
+
+def _randn(shape, generator, device, dtype):
+    return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+
+
+def step_moments(diffusion: GaussianDiffusion, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor,
+                 sampler: str = "ddpm", eta: float = 0.0, variance: str = "small"):
+    """Mean and variance of p(x_{t−1} | x_t) given the prediction x̂_0.
+
+    ddpm: the posterior q(x_{t−1} | x_t, x̂_0), variance σ̃²_t ('small') or β_t ('large').
+    ddim: Song et al. (2021) with σ_t = η √((1−ᾱ_{t−1})/(1−ᾱ_t)) √(1 − ᾱ_t/ᾱ_{t−1}).
+    """
+    if sampler == "ddpm":
+        mean, var, _ = diffusion.q_posterior(x0, xt, t)
+        if variance == "large":
+            betas = diffusion.betas.clone()
+            betas[0] = diffusion.posterior_variance[1] if diffusion.num_timesteps > 1 else betas[0]
+            var = _gather(betas, t, xt)
+        elif variance != "small":
+            raise ValueError(f"unknown DDPM variance {variance!r}; choose small or large")
+        return mean, var.expand_as(xt)
+    if sampler == "ddim":
+        ab = _gather(diffusion.alpha_bar, t, xt)
+        ab_prev = _gather(diffusion.alpha_bar_prev, t, xt)
+        eps = diffusion.eps_from_x0(x0, xt, t)
+        var = eta**2 * (1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)
+        mean = ab_prev.sqrt() * x0 + (1 - ab_prev - var).clamp_min(0).sqrt() * eps
+        return mean, var.expand_as(xt)
+    raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
+
+
+@torch.no_grad()
+def sample(
+    model_fn: ModelFn,
+    diffusion: GaussianDiffusion,
+    shape: tuple[int, ...],
+    *,
+    sampler: str = "ddpm",
+    eta: float = 0.0,
+    variance: str = "small",
+    prediction: str = "x0",
+    x0_transform: Optional[X0Transform] = None,
+    step_hook: Optional[StepHook] = None,
+    known: Optional[Known] = None,
+    noise: Optional[torch.Tensor] = None,
+    generator: Optional[torch.Generator] = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    callback: Optional[Callable[[dict], None]] = None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Draw samples of `shape` from x_T ~ N(0, I) down to x_0.
+
+    `model_fn(x_t, t)` receives the training-step index (`diffusion.timestep_map`)
+    and returns a prediction of kind `prediction`. `callback` receives a dict
+    with index, t, x_t, x0 (after the transform) and x_prev at every step.
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
+    if not (eta >= 0 and math.isfinite(eta)):
+        raise ValueError(f"eta must be a finite number >= 0, got {eta}")
+    x = noise.to(device, dtype) if noise is not None else _randn(shape, generator, device, dtype)
+    if known is not None:
+        known_values = known.values.to(device, dtype).expand(shape)
+        known_mask = known.mask.to(device).expand(shape)
+
+        def replace(x_level, index):
+            if index < 0 or not known.noised:
+                held = known_values
+            else:
+                t_k = torch.full((shape[0],), index, device=device, dtype=torch.long)
+                held = diffusion.q_sample(known_values, t_k, _randn(shape, generator, device, dtype))
+            return torch.where(known_mask, held, x_level)
+
+        x = replace(x, diffusion.num_timesteps - 1)
+    indices = range(diffusion.num_timesteps - 1, -1, -1)
+    for index in tqdm(indices, desc=f"{sampler} sampling", disable=not progress, leave=False):
+        t = torch.full((shape[0],), index, device=device, dtype=torch.long)
+        model_t = diffusion.timestep_map.to(device)[t]
+        x0 = diffusion.predict_x0(model_fn(x, model_t), x, t, prediction)
+        if known is not None:
+            x0 = torch.where(known_mask, known_values, x0)
+        if x0_transform is not None:
+            x0 = x0_transform(x0, model_t)
+        mean, var = step_moments(diffusion, x0, x, t, sampler, eta, variance)
+        if index > 0:
+            x_prev = mean + var.sqrt() * _randn(shape, generator, device, dtype)
+        else:
+            x_prev = mean
+        if step_hook is not None:
+            with torch.enable_grad():
+                x_prev = step_hook(x_prev, x_t=x, mean=mean, variance=var, t=model_t, index=index)
+        if known is not None:
+            x_prev = replace(x_prev, index - 1)
+        if callback is not None:
+            callback({"index": index, "t": model_t, "x_t": x, "x0": x0, "x_prev": x_prev})
+        x = x_prev
+    return x

@@ -1,0 +1,100 @@
+"""E2E restaurant descriptions through the `datasets` library.
+
+Three sources, one shape (columns `mr`, `text`; `text` tokenised with spaces):
+
+- ``shipped`` (default): the copy inside this package (assets/e2e, xz CSVs; see
+  assets/e2e/README.md for provenance and licence). Its train split is already
+  tokenised like Diffusion-LM's files; valid and test are tokenised here.
+- ``csv``: a folder with the official CSVs (trainset.csv, devset.csv,
+  testset_w_refs.csv) or train.csv/valid.csv/test.csv; all tokenised here.
+- ``hub``: Hugging Face's ``e2e_nlg``, when a hub is reachable.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from ..errors import UserError
+
+SPLITS = ("train", "valid", "test")
+_OFFICIAL = {"train": "trainset.csv", "valid": "devset.csv", "test": "testset_w_refs.csv"}
+_HUB_SPLIT = {"train": "train", "valid": "validation", "test": "test"}
+
+
+@dataclass
+class DataConfig:
+    source: str = "shipped"  # shipped | csv | hub
+    path: str | None = None  # folder of CSVs when source=csv
+    max_len: int = 64  # padded length, START and END included
+    min_freq: int = 5  # words rarer than this in train become UNK
+    limit: int | None = None  # use only the first N training sentences (tests)
+
+
+_CONTRACTION = re.compile(r"(?i)(\w)n't\b")
+_CLITIC = re.compile(r"(?i)(\w)('s|'re|'ll|'ve|'m|'d)\b")
+_HYPHEN = re.compile(r"(?<=\w)-(?=\w)")
+_PERIOD = re.compile(r"(?<!\d)\.|\.(?!\d)")
+_PUNCT = re.compile(r"([,!?;:()\"£&/])")
+
+
+def tokenize_e2e(text: str) -> str:
+    """Tokenise a raw E2E reference the way the tokenised train split is.
+
+    'It isn't family-friendly, prices £20-25.' → "It isn 't family - friendly , prices £ 20 - 25 ."
+    """
+    text = _CONTRACTION.sub(r"\1n 't", text)
+    text = _CLITIC.sub(r"\1 \2", text)
+    text = _HYPHEN.sub(" - ", text)
+    text = _PERIOD.sub(" . ", text)
+    text = _PUNCT.sub(r" \1 ", text)
+    return " ".join(text.split())
+
+
+def _shipped_file(split: str) -> str:
+    return str(resources.files("diffusion_lm") / "assets" / "e2e" / f"{split}.csv.xz")
+
+
+def _csv_file(folder: str, split: str) -> str:
+    base = Path(folder)
+    for name in (_OFFICIAL[split], f"{split}.csv", f"{split}.csv.xz", f"{split}.csv.gz"):
+        if (base / name).is_file():
+            return str(base / name)
+    raise UserError(f"no E2E {split} file in {folder} (looked for {_OFFICIAL[split]} or {split}.csv)")
+
+
+def load_e2e(split: str, cfg: DataConfig | None = None):
+    """The E2E `split` as a `datasets.Dataset` with columns mr and text."""
+    import datasets
+
+    cfg = cfg or DataConfig()
+    if split not in SPLITS:
+        raise UserError(f"unknown E2E split {split!r}; choose one of {SPLITS}")
+    datasets.disable_progress_bars()
+    if cfg.source == "hub":
+        ds = datasets.load_dataset("e2e_nlg", split=_HUB_SPLIT[split])
+        ds = ds.rename_columns({"meaning_representation": "mr", "human_reference": "ref"})
+        pretokenized = False
+    elif cfg.source in ("shipped", "csv"):
+        if cfg.source == "csv":
+            if not cfg.path:
+                raise UserError("data.source=csv needs data.path, a folder of E2E CSV files")
+            if not Path(cfg.path).is_dir():
+                raise UserError(f"data.path {cfg.path} is not a folder")
+            file = _csv_file(cfg.path, split)
+        else:
+            file = _shipped_file(split)
+            if not Path(file).is_file():
+                raise UserError(f"the shipped E2E file is missing: {file}")
+        ds = datasets.load_dataset("csv", data_files={split: file}, split=split)
+        pretokenized = cfg.source == "shipped" and split == "train"
+    else:
+        raise UserError(f"unknown data.source {cfg.source!r}; choose shipped, csv or hub")
+    if not {"mr", "ref"} <= set(ds.column_names):
+        raise UserError(f"E2E {split} data needs columns mr and ref, found {ds.column_names}")
+    if cfg.limit is not None and split == "train":
+        ds = ds.select(range(min(cfg.limit, len(ds))))
+    if pretokenized:
+        return ds.rename_column("ref", "text")
+    return ds.map(lambda row: {"text": tokenize_e2e(row["ref"])}, remove_columns=["ref"])

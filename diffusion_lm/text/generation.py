@@ -1,0 +1,82 @@
+"""Sampling sentences from a Diffusion-LM through the core's one sampling loop.
+
+Text contributes two things to the loop: the clamping trick as the
+x0-transform, and (for self-conditioned models) a denoiser that remembers its
+previous x̂_0. Control (a later step-guidance hook) and infilling (Known
+positions) pass straight through.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from ..core import Known, sample
+from ..errors import UserError
+from .model import DiffusionLM
+from .tokenizer import WordTokenizer
+
+
+@dataclass
+class SampleConfig:
+    steps: int = 200  # respaced sampling steps (≤ training T)
+    sampler: str = "ddpm"  # ddpm | ddim
+    eta: float = 0.0  # DDIM noise; 0 is deterministic
+    variance: str = "small"  # DDPM posterior variance: small (σ̃²) or large (β)
+    clamp: bool = True  # the clamping trick at every step
+    length: Optional[int] = None  # sequence length (≤ model.max_len); default max_len
+
+
+class _SelfConditioned:
+    """f_θ(x_t, t, x̂_0 of the previous step): state for one sampling run."""
+
+    def __init__(self, model: DiffusionLM):
+        self.model, self.prev = model, None
+
+    def __call__(self, x_t, t):
+        self.prev = self.model(x_t, t, self.prev)
+        return self.prev
+
+
+def sample_latents(model: DiffusionLM, n: int, cfg: SampleConfig, *, step_hook=None,
+                   known: Known | None = None, generator: torch.Generator | None = None,
+                   callback: Callable[[dict], None] | None = None, progress: bool = True) -> torch.Tensor:
+    """n samples x_0 of shape (n, L, d)."""
+    c = model.config
+    length = cfg.length or c.max_len
+    if not 1 <= length <= c.max_len:
+        raise UserError(f"length must be in [1, {c.max_len}] for this model, got {length}")
+    if n < 1:
+        raise UserError(f"number of samples must be at least 1, got {n}")
+    try:
+        diffusion = model.diffusion.respace(cfg.steps)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    model_fn = _SelfConditioned(model) if c.self_condition else model
+    x0_transform = (lambda x0, t: model.clamp(x0)) if cfg.clamp else None
+    device = next(model.parameters()).device
+    try:
+        return sample(model_fn, diffusion, (n, length, c.emb_dim), sampler=cfg.sampler, eta=cfg.eta,
+                      variance=cfg.variance, prediction="x0", x0_transform=x0_transform,
+                      step_hook=step_hook, known=known, generator=generator, device=device,
+                      callback=callback, progress=progress)
+    except ValueError as e:  # unknown sampler / variance, bad eta
+        raise UserError(str(e)) from None
+
+
+@torch.no_grad()
+def generate(model: DiffusionLM, tokenizer: WordTokenizer, n: int, cfg: SampleConfig | None = None,
+             batch_size: int = 64, seed: int | None = 0, progress: bool = True, **kw) -> list[str]:
+    """n sentences: sample x_0, round each position to its nearest word, decode."""
+    cfg = cfg or SampleConfig()
+    model.eval()
+    generator = torch.Generator(device=next(model.parameters()).device)
+    if seed is not None:
+        generator.manual_seed(seed)
+    out: list[str] = []
+    while len(out) < n:
+        b = min(batch_size, n - len(out))
+        x0 = sample_latents(model, b, cfg, generator=generator, progress=progress, **kw)
+        out += [tokenizer.decode(row) for row in model.round(x0)]
+    return out

@@ -1,0 +1,59 @@
+"""The end-to-end x_0 objective of Diffusion-LM (Li et al., 2022, eq. 3 with x_0-parameterisation).
+
+    L(w) = E_t ‖f_θ(x_t, t) − x_0‖²            (t > 1)
+         + ‖EMB(w) − f_θ(x_1, 1)‖²              (t = 1 replaces the term above)
+         + ‖μ̂(x_T; x_0)‖²                       (prior: q(x_T | x_0) should be N(0, I))
+         − log p_θ(w | x_0)                      (rounding)
+
+with x_0 ~ N(EMB(w), σ_0² I), σ_0² = 1 − ᾱ_1, and EMB trained jointly.
+
+`anchor_weight` adds − log p_θ(w | f_θ(x_t, t)) at every t (the "anchor" loss of
+Gao et al., 2022, Difformer): it asks each x̂_0 to round to the right word,
+which keeps embeddings apart and speeds up learning; 0 gives the paper's loss.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .model import DiffusionLM
+
+
+def _mean_flat(x: torch.Tensor) -> torch.Tensor:
+    return x.flatten(1).mean(1)
+
+
+def diffusion_lm_loss(model: DiffusionLM, ids: torch.Tensor, anchor_weight: float = 0.0,
+                      self_condition_prob: float = 0.5, t: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Per-term means over the batch; `loss` is what to minimise."""
+    diffusion = model.diffusion
+    B = ids.shape[0]
+    emb = model.embed(ids)
+    x0 = emb + float(diffusion.sqrt_one_minus_alpha_bar[0]) * torch.randn_like(emb)
+    if t is None:
+        t = torch.randint(0, diffusion.num_timesteps, (B,), device=ids.device)
+    x_t = diffusion.q_sample(x0, t)
+
+    x0_prev = None
+    if model.config.self_condition:
+        # Half the batch learns to use its own earlier estimate, as at sampling time.
+        x0_prev = torch.zeros_like(x_t)
+        use = torch.rand(B, device=ids.device) < self_condition_prob
+        if use.any():
+            with torch.no_grad():
+                x0_prev[use] = model(x_t[use], t[use]).detach()
+
+    pred = model(x_t, t, x0_prev)
+    mse = torch.where(t == 0, _mean_flat((pred - emb) ** 2), _mean_flat((pred - x0) ** 2))
+    t_last = torch.full_like(t, diffusion.num_timesteps - 1)
+    prior_mean, _ = diffusion.q_mean_variance(x0, t_last)
+    prior = _mean_flat(prior_mean**2)
+    rounding = F.cross_entropy(model.logits(x0).transpose(1, 2), ids, reduction="none").mean(1)
+    terms = {"mse": mse.mean(), "prior": prior.mean(), "rounding": rounding.mean()}
+    loss = mse + prior + rounding
+    if anchor_weight:
+        anchor = F.cross_entropy(model.logits(pred).transpose(1, 2), ids, reduction="none").mean(1)
+        terms["anchor"] = anchor.mean()
+        loss = loss + anchor_weight * anchor
+    terms["loss"] = loss.mean()
+    return terms
