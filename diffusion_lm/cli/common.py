@@ -21,10 +21,24 @@ def build(cfg: DictConfig, key: str):
         obj = OmegaConf.to_object(merged)
     except Exception as e:
         msg = str(e).splitlines()[0]
-        raise UserError(f"bad {key} config: {msg}") from None
+        where = getattr(e, "full_key", None) or getattr(e, "key", None)
+        raise UserError(f"bad {key} config: {f'{key}.{where}: ' if where else ''}{msg}") from None
     for k in nested:
         setattr(obj, k, build(OmegaConf.create({k: nested[k]}), k))
     return obj
+
+
+def resolve_checkpoint(name: str) -> str:
+    """`shipped` (or `shipped:<name>`) names a model inside the package; anything else is a folder."""
+    if name == "shipped" or name.startswith("shipped:"):
+        from importlib import resources
+
+        model = name.partition(":")[2] or "diffusion-lm-cpu"
+        path = resources.files("diffusion_lm") / "assets" / "models" / model
+        if not path.is_dir():
+            raise UserError(f"no shipped model named {model!r} (looked in {path})")
+        return str(path)
+    return name
 
 
 def plain(cfg: DictConfig) -> dict:

@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     # name: (config file, one-line description)
     "train": ("train", "train a Diffusion-LM on E2E (preset=tiny|cpu|paper); resumes from out_dir"),
     "sample": ("sample", "sample sentences from a trained Diffusion-LM (sampler, steps, clamping)"),
+    "train-lm": ("train_lm", "train the GPT-2-architecture teacher LM on E2E (fluency = its perplexity)"),
 }
 
 USAGE = """usage: diffusion-lm <command> [key=value ...]
@@ -83,7 +84,7 @@ def run(argv: list[str] | None = None) -> int:
         if bad:
             raise UserError(f"expected key=value overrides, got {bad[0]!r}")
         cfg = compose(COMMANDS[name][0], overrides)
-        handler: Callable = getattr(__import__(f"diffusion_lm.cli.{name}", fromlist=["main"]), "main")
+        handler: Callable = getattr(__import__(f"diffusion_lm.cli.{COMMANDS[name][0]}", fromlist=["main"]), "main")
         return handler(cfg) or 0
     except KeyboardInterrupt:
         print("interrupted; the last checkpoint is kept", file=sys.stderr)

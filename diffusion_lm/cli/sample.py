@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -9,7 +10,8 @@ import torch
 from ..errors import UserError
 from ..text import from_pretrained, generate
 from ..text.io import atomic_write
-from .common import build
+from ..text.trajectory import TrajectoryRecorder
+from .common import build, resolve_checkpoint
 
 
 def main(cfg) -> int:
@@ -17,11 +19,16 @@ def main(cfg) -> int:
     if cfg.device not in ("auto", "cpu", "cuda"):
         raise UserError(f"unknown device {cfg.device!r}; choose auto, cpu or cuda")
     device = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
-    model, tokenizer = from_pretrained(cfg.checkpoint, device=device)
-    sentences = generate(model, tokenizer, int(cfg.n), sample_cfg, batch_size=int(cfg.batch_size), seed=cfg.seed)
+    model, tokenizer = from_pretrained(resolve_checkpoint(cfg.checkpoint), device=device)
+    recorder = TrajectoryRecorder(model, tokenizer) if cfg.trajectory else None
+    sentences = generate(model, tokenizer, int(cfg.n), sample_cfg, batch_size=int(cfg.batch_size), seed=cfg.seed,
+                         callback=recorder)
     for s in sentences:
         print(s)
     if cfg.output:
         rows = "".join(json.dumps({"system": "diffusion-lm", "text": s}) + "\n" for s in sentences)
         atomic_write(Path(cfg.output), lambda p: Path(p).write_text(rows))
+    if recorder is not None:
+        txt, png = recorder.write(cfg.trajectory)
+        print(f"trajectory of the first sample: {txt}, {png}", file=sys.stderr)
     return 0

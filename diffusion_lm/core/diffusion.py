@@ -73,7 +73,8 @@ class GaussianDiffusion:
             raise ValueError(f"sampling steps must be in [1, {T}], got {num_steps}")
         if num_steps == T:
             return self
-        kept = torch.linspace(0, T - 1, num_steps).round().long().unique()
+        # Always keep the noisiest step (sampling starts there) and, for n ≥ 2, the cleanest.
+        kept = torch.linspace(T - 1, 0, num_steps).round().long().unique()
         ab = self.alpha_bar[kept]
         ab_prev = torch.cat([torch.ones(1, dtype=torch.float64), ab[:-1]])
         return GaussianDiffusion(1.0 - ab / ab_prev, timestep_map=self.timestep_map[kept])

@@ -22,7 +22,7 @@ def _betas_from_alpha_bar(alpha_bar_fn, T: int, max_beta: float = 0.999) -> torc
 def linear(T: int) -> torch.Tensor:
     """Ho et al. (2020): β from 1e-4 to 0.02 at T = 1000, rescaled for other T."""
     scale = 1000.0 / T
-    return torch.linspace(scale * 1e-4, scale * 0.02, T, dtype=torch.float64)
+    return torch.linspace(scale * 1e-4, scale * 0.02, T, dtype=torch.float64).clamp(max=0.999)
 
 
 def cosine(T: int, s: float = 0.008) -> torch.Tensor:

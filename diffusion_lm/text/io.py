@@ -19,6 +19,10 @@ from .model import DiffusionLM, DiffusionLMConfig
 from .tokenizer import WordTokenizer
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write(path: str | os.PathLike, write) -> None:
     """Call write(tmp_path), then move tmp_path onto `path` in one step."""
     path = Path(path)
@@ -27,6 +31,7 @@ def atomic_write(path: str | os.PathLike, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

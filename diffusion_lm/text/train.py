@@ -52,6 +52,7 @@ class RunConfig:
     log_every: int = 25
     checkpoint_every: int = 200
     final_samples: int = 20
+    snapshot_every: int | None = None  # keep the EMA model every N steps in snapshots/ (fluency-vs-time studies)
     sample: SampleConfig = field(default_factory=SampleConfig)
 
 
@@ -228,6 +229,10 @@ def train(data: DataConfig, model_cfg: DiffusionLMConfig, optim: OptimConfig, ru
         if step % run.checkpoint_every == 0 or step == optim.steps:
             save_checkpoint(out, step, time.time() - started, model, optimizer, ema)
             save_pretrained(model, tokenizer, out, state_dict=ema)
+        if run.snapshot_every and step % run.snapshot_every == 0:
+            snap = out / "snapshots" / f"step{step:07d}"
+            save_pretrained(model, tokenizer, snap, state_dict=ema)
+            save_json(snap / "progress.json", {"step": step, "elapsed_s": round(time.time() - started, 1)})
     bar.close()
     if step % run.checkpoint_every and step != optim.steps:  # stopped by max_minutes
         save_checkpoint(out, step, time.time() - started, model, optimizer, ema)

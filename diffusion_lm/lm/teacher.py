@@ -1,0 +1,171 @@
+"""Autoregressive LMs (transformers' GPT-2 architecture) trained from scratch on E2E train.
+
+Used as the *teacher* that scores fluency (lm-score = perplexity of a
+generated sentence, as in Li et al., 2022), and later as the base LM of the
+FUDGE and PPLM baselines (a different seed and size, so the judge is not the
+contestant). A model folder holds transformers' config.json +
+model.safetensors and our tokenizer.json.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..errors import UserError
+from ..text.data import DataConfig, load_e2e
+from ..text.io import save_json
+from ..text.tokenizer import WordTokenizer
+
+
+@dataclass
+class ARLMConfig:
+    layers: int = 4
+    hidden: int = 256
+    heads: int = 4
+    max_len: int = 64  # START and END included
+    dropout: float = 0.1
+    min_freq: int = 2
+
+
+@dataclass
+class ARTrainConfig:
+    out_dir: str = "runs/teacher"
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup: int = 100
+    seed: int = 1234
+    threads: int = 0
+    log_every: int = 50
+
+
+def _gpt2(cfg: ARLMConfig, vocab_size: int, tok: WordTokenizer):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(vocab_size=vocab_size, n_positions=cfg.max_len, n_embd=cfg.hidden, n_layer=cfg.layers,
+                        n_head=cfg.heads, resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
+                        bos_token_id=tok.start_id, eos_token_id=tok.end_id, pad_token_id=tok.pad_id)
+    return GPT2LMHeadModel(config)
+
+
+class ARLM:
+    """A GPT-2 LM with its word tokenizer: scores and (later) generates sentences."""
+
+    def __init__(self, model, tokenizer: WordTokenizer):
+        self.model, self.tokenizer = model.eval(), tokenizer
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str = "cpu") -> "ARLM":
+        from transformers import GPT2LMHeadModel
+
+        directory = Path(directory)
+        if not (directory / "config.json").is_file() or not (directory / "model.safetensors").is_file():
+            raise UserError(f"no LM (config.json + model.safetensors) in {directory}")
+        tokenizer = WordTokenizer.load(directory)
+        model = GPT2LMHeadModel.from_pretrained(str(directory), use_safetensors=True)
+        if model.config.vocab_size != len(tokenizer):
+            raise UserError(f"{directory}: tokenizer has {len(tokenizer)} words, the LM {model.config.vocab_size}")
+        return cls(model.to(device), tokenizer)
+
+    def batch(self, sentences: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        n_pos = self.model.config.n_positions
+        encs = [self.tokenizer.encode(s)[:n_pos] for s in sentences]
+        L = max(len(e) for e in encs)
+        ids = torch.full((len(encs), L), self.tokenizer.pad_id, dtype=torch.long)
+        mask = torch.zeros(len(encs), L, dtype=torch.bool)
+        for i, e in enumerate(encs):
+            ids[i, : len(e)] = torch.tensor(e)
+            mask[i, : len(e)] = True
+        return ids, mask
+
+    def token_nll(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """−log p(w_i | w_<i) for every predicted token (B, L−1), zero where padded."""
+        device = next(self.model.parameters()).device
+        ids, mask = ids.to(device), mask.to(device)
+        logits = self.model(input_ids=ids, attention_mask=mask.long()).logits[:, :-1]
+        nll = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+        return nll * mask[:, 1:]
+
+    @torch.no_grad()
+    def perplexity(self, sentences: list[str], batch_size: int = 128) -> list[float]:
+        """Per-sentence perplexity exp(mean NLL over its words and END); START is given."""
+        if not sentences:
+            return []
+        out = []
+        for i in range(0, len(sentences), batch_size):
+            ids, mask = self.batch(sentences[i: i + batch_size])
+            nll = self.token_nll(ids, mask)
+            counts = mask[:, 1:].sum(1).clamp_min(1)
+            out += torch.exp(nll.sum(1).cpu() / counts.cpu()).tolist()
+        return out
+
+
+def train_lm(model_cfg: ARLMConfig, train_cfg: ARTrainConfig, data: DataConfig | None = None,
+             progress: bool = True) -> dict:
+    """Train a GPT-2 LM on E2E train; returns valid perplexity and timings."""
+    data = data or DataConfig()
+    if train_cfg.threads:
+        torch.set_num_threads(train_cfg.threads)
+    torch.manual_seed(train_cfg.seed)
+    out = Path(train_cfg.out_dir)
+    started = time.time()
+    texts = load_e2e("train", data)["text"]
+    tok = WordTokenizer.train(texts, min_freq=model_cfg.min_freq)
+    ids, fits = tok.encode_batch(texts, model_cfg.max_len)
+    ids = ids[fits]
+    lengths = (ids != tok.pad_id).sum(1)
+    model = _gpt2(model_cfg, len(tok), tok)
+    opt = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=0.01)
+    gen = torch.Generator().manual_seed(train_cfg.seed)
+    lm = ARLM(model, tok)
+    model.train()
+    log = []
+    for step in tqdm(range(train_cfg.steps), desc="train LM", disable=not progress):
+        warm = min(1.0, (step + 1) / train_cfg.warmup)
+        lr = train_cfg.lr * warm * 0.5 * (1 + math.cos(math.pi * step / train_cfg.steps))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        rows = torch.randint(0, len(ids), (train_cfg.batch_size,), generator=gen)
+        L = int(lengths[rows].max())
+        batch = ids[rows, :L]
+        mask = batch != tok.pad_id
+        nll = lm.token_nll(batch, mask)
+        loss = nll.sum() / mask[:, 1:].sum()
+        if not torch.isfinite(loss):
+            raise UserError(f"LM loss became {loss.item()} at step {step}; try a lower lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if (step + 1) % train_cfg.log_every == 0:
+            log.append({"step": step + 1, "loss": round(loss.item(), 4), "elapsed_s": round(time.time() - started, 1)})
+    model.eval()
+    valid = load_e2e("valid", data)["text"]
+    ppl = corpus_perplexity(lm, valid)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out), safe_serialization=True)
+    tok.save(out)
+    summary = {"valid_perplexity": round(ppl, 3), "train_minutes": round((time.time() - started) / 60, 2),
+               "parameters": sum(p.numel() for p in model.parameters()), "vocab_size": len(tok),
+               "steps": train_cfg.steps, "seed": train_cfg.seed}
+    save_json(out / "summary.json", summary)
+    (out / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    return summary
+
+
+@torch.no_grad()
+def corpus_perplexity(lm: ARLM, sentences: list[str], batch_size: int = 256) -> float:
+    """exp(total NLL / total predicted tokens) over a corpus."""
+    total, count = 0.0, 0
+    for i in range(0, len(sentences), batch_size):
+        ids, mask = lm.batch(sentences[i: i + batch_size])
+        total += lm.token_nll(ids, mask).sum().item()
+        count += int(mask[:, 1:].sum())
+    return math.exp(total / max(1, count))

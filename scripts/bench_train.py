@@ -1,0 +1,98 @@
+"""Training throughput of the Diffusion-LM denoiser against this machine's fp32 matmul speed.
+
+    python scripts/bench_train.py [preset=cpu] [steps=10] [key=value ...]
+
+Prints tokens/s, the achieved GFLOP/s of a full training step (forward and
+backward, FLOPs counted by torch's FlopCounterMode, optimizer excluded from
+the count but not from the time), the fp32 matmul GFLOP/s measured in the same
+run, and their ratio. Extra key=value pairs are train-config overrides.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from diffusion_lm.cli.common import build
+from diffusion_lm.cli.main import compose
+from diffusion_lm.text.loss import diffusion_lm_loss
+from diffusion_lm.text.model import DiffusionLM
+
+
+def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def main(argv: list[str]) -> None:
+    steps = 10
+    overrides = []
+    for a in argv:
+        if a.startswith("steps="):
+            steps = int(a.split("=", 1)[1])
+        else:
+            overrides.append(a)
+    if not any(o.startswith("preset=") for o in overrides):
+        overrides.append("preset=cpu")
+    cfg = compose("train", overrides)
+    data, model_cfg, optim = build(cfg, "data"), build(cfg, "model"), build(cfg, "optim")
+    if optim.threads:
+        torch.set_num_threads(optim.threads)
+    model_cfg.vocab_size, model_cfg.max_len = 1200, data.max_len  # E2E vocabulary size at min_freq 5
+    torch.manual_seed(0)
+    model = DiffusionLM(model_cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=optim.lr)
+    B, L = optim.batch_size, data.max_len
+    ids = torch.randint(4, model_cfg.vocab_size, (B, L))
+
+    def step():
+        loss = diffusion_lm_loss(model, ids, anchor_weight=optim.anchor_weight)["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    peak_before = matmul_gflops()
+    for _ in range(3):
+        step()
+    # FLOPs vary with the self-conditioning coin flips; average them over the timed steps.
+    counter = FlopCounterMode(display=False)
+    t0 = time.perf_counter()
+    with counter:
+        for _ in range(steps):
+            step()
+    counted_time = time.perf_counter() - t0
+    flops = counter.get_total_flops() / steps
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    step_s = (time.perf_counter() - t0) / steps  # timed without the counter's overhead
+    peak_after = matmul_gflops()
+    peak = max(peak_before, peak_after)
+    achieved = flops / step_s / 1e9
+    result = {
+        "preset": cfg.preset_name, "parameters": model.num_parameters(), "batch": B, "seq_len": L,
+        "threads": torch.get_num_threads(), "step_s": round(step_s, 4), "tokens_per_s": round(B * L / step_s, 1),
+        "gflop_per_step": round(flops / 1e9, 2), "achieved_gflops": round(achieved, 1),
+        "matmul_gflops": round(peak, 1), "matmul_gflops_before_after": [round(peak_before, 1), round(peak_after, 1)],
+        "ratio": round(achieved / peak, 3), "counted_step_s": round(counted_time / steps, 4),
+    }
+    print(f"denoiser training step ({result['parameters']:,} params, batch {B} x {L} tokens, "
+          f"{result['threads']} threads): {step_s:.3f} s")
+    print(f"  tokens/s          {result['tokens_per_s']:>10,.0f}")
+    print(f"  achieved GFLOP/s  {achieved:>10.1f}   ({result['gflop_per_step']} GFLOP a step, fwd+bwd)")
+    print(f"  fp32 matmul GFLOP/s {peak:>8.1f}   (2048^3, best of 10, before/after {peak_before:.0f}/{peak_after:.0f})")
+    print(f"  ratio             {result['ratio']:>10.3f}   (target >= 0.5)")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

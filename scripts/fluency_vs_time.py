@@ -1,0 +1,85 @@
+"""Fluency per CPU-minute: teacher-LM perplexity of samples from each snapshot of a run.
+
+    python scripts/fluency_vs_time.py [run=runs/cpu] [teacher=runs/teacher] [n=64] [steps=200]
+
+Reads <run>/snapshots/step*/ (written when run.snapshot_every is set) and the
+final model in <run>, samples n sentences from each (seed 0), scores them with
+the teacher LM, and writes <run>/fluency.json and <run>/fluency.png (median and
+mean per-sentence perplexity against training minutes, with E2E valid
+references as the line to reach).
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+from diffusion_lm.lm import ARLM
+from diffusion_lm.text import SampleConfig, from_pretrained, generate
+from diffusion_lm.text.data import load_e2e
+
+
+def main(argv: list[str]) -> None:
+    args = {"run": "runs/cpu", "teacher": "runs/teacher", "n": "64", "steps": "200"}
+    for a in argv:
+        k, _, v = a.partition("=")
+        if k not in args:
+            sys.exit(f"error: unknown argument {k!r}; expected {', '.join(args)}")
+        args[k] = v
+    run, n = Path(args["run"]), int(args["n"])
+    teacher = ARLM.load(args["teacher"])
+    refs = load_e2e("valid")["text"][:: max(1, 4672 // n)][:n]
+    ref_ppl = teacher.perplexity(refs)
+    points = []
+    summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else {}
+    dirs = sorted((run / "snapshots").glob("step*")) + [run]
+    for d in dirs:
+        if d == run:
+            minutes = summary.get("train_minutes")
+            step = summary.get("steps")
+        else:
+            prog = json.loads((d / "progress.json").read_text())
+            minutes, step = prog["elapsed_s"] / 60, prog["step"]
+        model, tok = from_pretrained(d)
+        sents = generate(model, tok, n, SampleConfig(steps=int(args["steps"])), seed=0, progress=False)
+        ppl = teacher.perplexity(sents)
+        points.append({"step": step, "minutes": round(minutes, 2) if minutes else None,
+                       "median_ppl": round(statistics.median(ppl), 2), "mean_ppl": round(statistics.mean(ppl), 2),
+                       "example": sents[0]})
+        print(json.dumps(points[-1]), flush=True)
+    result = {"n": n, "sampling_steps": int(args["steps"]), "teacher": args["teacher"],
+              "references": {"median_ppl": round(statistics.median(ref_ppl), 2),
+                             "mean_ppl": round(statistics.mean(ref_ppl), 2)},
+              "points": points}
+    (run / "fluency.json").write_text(json.dumps(result, indent=2) + "\n")
+    _plot(result, run / "fluency.png")
+    print(json.dumps(result["references"]))
+
+
+def _plot(result: dict, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = [p for p in result["points"] if p["minutes"] is not None]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([p["minutes"] for p in pts], [p["median_ppl"] for p in pts], "o-", label="samples, median")
+    ax.plot([p["minutes"] for p in pts], [p["mean_ppl"] for p in pts], "s--", label="samples, mean", alpha=0.6)
+    ax.axhline(result["references"]["median_ppl"], color="gray", ls=":", label="E2E valid references, median")
+    ax.set_yscale("log")
+    ax.set_xlabel("training time on this CPU (minutes)")
+    ax.set_ylabel("teacher-LM perplexity (lower is more fluent)")
+    ax.set_title(f"Fluency per CPU-minute ({result['n']} samples, {result['sampling_steps']} steps)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    main(sys.argv[1:])

@@ -1,0 +1,129 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from diffusion_lm.cli.main import run
+from diffusion_lm.errors import UserError
+from diffusion_lm.text import train as train_mod
+from diffusion_lm.text.data import DataConfig
+from diffusion_lm.text.generation import SampleConfig
+from diffusion_lm.text.model import DiffusionLMConfig
+from diffusion_lm.text.train import OptimConfig, RunConfig, train
+
+
+def one_line_error(capsys, argv):
+    code = run(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize("argv,expect", [
+    (["train", "preset=nope"], "preset/nope"),
+    (["train", "foo=1"], "foo"),
+    (["train", "model.hidden=abc"], "hidden"),
+    (["train", "data.source=ftp"], "data.source"),
+    (["train", "preset=tiny", "data.source=csv", "data.path=/no/such/dir"], "not a folder"),
+    (["train", "preset=tiny", "model.heads=3"], "divisible"),
+    (["sample", "checkpoint=/no/such/ckpt"], "not found"),
+    (["frobnicate"], "unknown command"),
+    (["train", "--preset", "tiny"], "key=value"),
+])
+def test_bad_input_is_one_line_exit_2(capsys, tmp_path, argv, expect):
+    argv = [a.replace("RUN", str(tmp_path)) for a in argv]
+    if argv[0] == "train":
+        argv.append(f"run.out_dir={tmp_path / 'run'}")
+    assert expect in one_line_error(capsys, argv)
+    assert not (tmp_path / "run" / "model.safetensors").exists() or expect == "divisible"
+
+
+def test_help_lists_commands(capsys):
+    assert run(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "train" in out and "sample" in out
+    assert run(["sample", "--help"]) == 0
+    assert "sampler: ddpm" in capsys.readouterr().out
+
+
+def test_tiny_train_then_sample_end_to_end(capsys, tmp_path):
+    out = tmp_path / "tiny"
+    assert run(["train", "preset=tiny", f"run.out_dir={out}"]) == 0
+    for f in ("config.json", "model.safetensors", "tokenizer.json", "loss_curve.png", "samples.txt",
+              "train_log.jsonl", "checkpoint/state.safetensors", "checkpoint/state.json"):
+        assert (out / f).is_file(), f
+    capsys.readouterr()
+    jsonl = tmp_path / "s.jsonl"
+    assert run(["sample", f"checkpoint={out}", "n=3", "sample.steps=10", f"output={jsonl}"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3
+    rows = [json.loads(r) for r in jsonl.read_text().splitlines()]
+    assert [r["text"] for r in rows] == lines
+    assert "steps must be in" in one_line_error(capsys, ["sample", f"checkpoint={out}", "sample.steps=500"])
+    assert "sampler" in one_line_error(capsys, ["sample", f"checkpoint={out}", "sample.steps=5",
+                                                "sample.sampler=euler"])
+    # a different model in the same folder is refused, and nothing there is overwritten
+    before = (out / "model.safetensors").read_bytes()
+    assert "different model" in one_line_error(capsys, ["train", "preset=tiny", f"run.out_dir={out}",
+                                                        "model.hidden=64"])
+    assert (out / "model.safetensors").read_bytes() == before
+
+
+def _tiny(out, steps=20):
+    return (DataConfig(limit=256, max_len=24),
+            DiffusionLMConfig(emb_dim=8, hidden=32, layers=1, heads=2, mlp_ratio=2, dropout=0.0, diffusion_steps=50),
+            OptimConfig(steps=steps, batch_size=8, lr=3e-3, warmup=2, threads=1),
+            RunConfig(out_dir=str(out), log_every=5, checkpoint_every=10, final_samples=0,
+                      sample=SampleConfig(steps=5)))
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path, monkeypatch):
+    train(*_tiny(tmp_path / "a"), progress=False)
+    calls = {"n": 0}
+    real = train_mod.diffusion_lm_loss
+
+    def dies_at_step_14(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 15:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(train_mod, "diffusion_lm_loss", dies_at_step_14)
+    with pytest.raises(KeyboardInterrupt):
+        train(*_tiny(tmp_path / "b"), progress=False)
+    assert json.loads((tmp_path / "b" / "checkpoint" / "state.json").read_text())["step"] == 10
+    monkeypatch.setattr(train_mod, "diffusion_lm_loss", real)
+    summary = train(*_tiny(tmp_path / "b"), progress=False)
+    assert summary["steps"] == 20
+    a = load_file(str(tmp_path / "a" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(tmp_path, monkeypatch):
+    real = train_mod.diffusion_lm_loss
+    calls = {"n": 0}
+
+    def nan_after_12(*a, **kw):
+        calls["n"] += 1
+        terms = real(*a, **kw)
+        if calls["n"] > 12:
+            terms["loss"] = terms["loss"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(train_mod, "diffusion_lm_loss", nan_after_12)
+    with pytest.raises(UserError, match="loss became nan at step 12"):
+        train(*_tiny(tmp_path / "n"), progress=False)
+    assert json.loads((tmp_path / "n" / "checkpoint" / "state.json").read_text())["step"] == 10
+    assert not (tmp_path / "n" / "checkpoint.tmp").exists()
+
+
+def test_module_entry_point_exit_code():
+    proc = subprocess.run([sys.executable, "-m", "diffusion_lm", "train", "preset=nope"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error:")

@@ -1,0 +1,96 @@
+import pytest
+import torch
+
+from diffusion_lm.core import GaussianDiffusion, Known, get_betas, sample
+
+SHAPES = [(3, 6, 4), (2, 3, 4, 4)]
+
+
+def oracle(target):
+    """A denoiser that always predicts the same x_0."""
+    return lambda x, t: target.expand_as(x)
+
+
+@pytest.fixture
+def diffusion():
+    return GaussianDiffusion(get_betas("sqrt", 100)).respace(20)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_perfect_denoiser_returns_x0(diffusion, shape, sampler):
+    x0 = torch.randn(shape)
+    out = sample(oracle(x0), diffusion, shape, sampler=sampler, progress=False)
+    torch.testing.assert_close(out, x0, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_ddim_eta0_is_deterministic(diffusion, shape):
+    model = lambda x, t: 0.5 * x + 0.01 * t.float().view(-1, *[1] * (len(shape) - 1))
+    noise = torch.randn(shape)
+    a = sample(model, diffusion, shape, sampler="ddim", eta=0.0, noise=noise, progress=False,
+               generator=torch.Generator().manual_seed(1))
+    b = sample(model, diffusion, shape, sampler="ddim", eta=0.0, noise=noise, progress=False,
+               generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    c = sample(model, diffusion, shape, sampler="ddim", eta=1.0, noise=noise, progress=False,
+               generator=torch.Generator().manual_seed(2))
+    assert not torch.allclose(a, c)
+
+
+def test_model_gets_training_timesteps(diffusion):
+    seen = []
+    sample(lambda x, t: (seen.append(t[0].item()), x)[1], diffusion, (1, 2), progress=False)
+    assert seen == diffusion.timestep_map.flip(0).tolist()
+    assert seen[0] == 99 and seen[-1] == 0
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_hooks_are_called_and_used(diffusion, shape):
+    calls = {"x0": 0, "step": 0, "cb": 0}
+
+    def x0_transform(x0, t):
+        calls["x0"] += 1
+        return torch.zeros_like(x0)
+
+    def step_hook(x_prev, *, x_t, mean, variance, t, index):
+        calls["step"] += 1
+        assert x_prev.shape == x_t.shape == mean.shape == variance.shape
+        return x_prev + 1.0
+
+    def callback(info):
+        calls["cb"] += 1
+        assert set(info) == {"index", "t", "x_t", "x0", "x_prev"}
+
+    out = sample(lambda x, t: x, diffusion, shape, x0_transform=x0_transform, step_hook=step_hook,
+                 callback=callback, progress=False)
+    assert calls == {"x0": 20, "step": 20, "cb": 20}
+    # The last step's mean is the (zeroed) x̂_0, so the hook's +1 is all that remains.
+    torch.testing.assert_close(out, torch.ones(shape))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("noised", [True, False])
+def test_masked_replacement_keeps_known_positions(diffusion, shape, noised):
+    known_values = torch.randn(shape)
+    mask = torch.zeros(shape, dtype=torch.bool)
+    mask[:, 1] = True
+    seen = []
+
+    def model(x, t):
+        if not noised:
+            seen.append(torch.equal(x[mask], known_values[mask]))
+        return torch.zeros_like(x)
+
+    out = sample(model, diffusion, shape, known=Known(known_values, mask, noised=noised), progress=False)
+    assert torch.equal(out[mask], known_values[mask])
+    assert not torch.equal(out[~mask], known_values[~mask])
+    if not noised:
+        assert all(seen)
+
+
+def test_bad_sampler_arguments(diffusion):
+    with pytest.raises(ValueError, match="unknown sampler"):
+        sample(lambda x, t: x, diffusion, (1, 2), sampler="euler", progress=False)
+    with pytest.raises(ValueError, match="eta"):
+        sample(lambda x, t: x, diffusion, (1, 2), sampler="ddim", eta=-1.0, progress=False)

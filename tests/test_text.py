@@ -1,0 +1,113 @@
+import pytest
+import torch
+
+from diffusion_lm.errors import UserError
+from diffusion_lm.text import DiffusionLM, DiffusionLMConfig, SampleConfig, WordTokenizer, from_pretrained
+from diffusion_lm.text import diffusion_lm_loss, generate, save_pretrained
+from diffusion_lm.text.data import DataConfig, load_e2e, tokenize_e2e
+
+SENTS = ["the eagle is a cheap pub .", "the mill serves italian food in the city centre ."]
+
+
+def tiny_model(vocab=20, **kw):
+    cfg = dict(vocab_size=vocab, max_len=12, emb_dim=8, hidden=32, layers=1, heads=2, mlp_ratio=2,
+               dropout=0.0, diffusion_steps=50)
+    cfg.update(kw)
+    return DiffusionLM(DiffusionLMConfig(**cfg))
+
+
+def test_tokenizer_round_trip(tmp_path):
+    tok = WordTokenizer.train(SENTS)
+    ids, fits = tok.encode_batch(SENTS, 16)
+    assert fits.all() and ids.shape == (2, 16)
+    assert ids[0, 0] == tok.start_id and ids[0, 8] == tok.end_id and ids[0, 9] == tok.pad_id
+    assert [tok.decode(r) for r in ids] == SENTS
+    tok.save(tmp_path)
+    again = WordTokenizer.load(tmp_path)
+    assert again.encode(SENTS[1]) == tok.encode(SENTS[1])
+    assert tok.decode(tok.encode("the zebra pub")) == "the [UNK] pub"
+    _, fits = tok.encode_batch(SENTS, 9)
+    assert fits.tolist() == [True, False]
+
+
+def test_tokenize_e2e_matches_train_style():
+    assert tokenize_e2e("It isn't family-friendly, prices £20-25.") == "It isn 't family - friendly , prices £ 20 - 25 ."
+    assert tokenize_e2e("The Eagle's menu costs £10.50.") == "The Eagle 's menu costs £ 10.50 ."
+
+
+def test_shipped_e2e_loads():
+    train = load_e2e("train", DataConfig(limit=5))
+    assert len(train) == 5 and set(train.column_names) == {"mr", "text"}
+    assert train[0]["text"].startswith("The Vaults pub near Café Adriatic")
+    valid = load_e2e("valid")
+    assert len(valid) == 4672 and " , " in valid[0]["text"]
+    with pytest.raises(UserError, match="data.path"):
+        load_e2e("train", DataConfig(source="csv"))
+    with pytest.raises(UserError, match="unknown E2E split"):
+        load_e2e("dev")
+
+
+def test_clamp_returns_exact_embedding_rows():
+    model = tiny_model()
+    x = torch.randn(3, 5, 8)
+    clamped = model.clamp(x)
+    E = model.embedding.weight
+    ids = torch.cdist(x.reshape(-1, 8), E).argmin(-1)
+    assert torch.equal(clamped.reshape(-1, 8), E[ids])
+    assert torch.equal(model.round(x).reshape(-1), ids)
+
+
+def test_rounding_is_softmax_over_negative_distance():
+    model = tiny_model()
+    x = torch.randn(2, 3, 8)
+    logp = model.logits(x).log_softmax(-1)
+    d2 = ((x[..., None, :] - model.embedding.weight) ** 2).sum(-1)
+    torch.testing.assert_close(logp, (-d2).log_softmax(-1), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("self_condition,anchor", [(False, 0.0), (True, 1.0)])
+def test_objective_falls_on_tiny_overfit(self_condition, anchor):
+    model = tiny_model(self_condition=self_condition)
+    ids = torch.randint(4, 20, (8, 12))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    t = torch.randint(0, 50, (8,))
+    first = None
+    for _ in range(150):
+        terms = diffusion_lm_loss(model, ids, anchor_weight=anchor, t=t)
+        opt.zero_grad()
+        terms["loss"].backward()
+        opt.step()
+        first = first if first is not None else terms["loss"].item()
+    assert set(terms) >= {"mse", "prior", "rounding", "loss"}
+    assert terms["loss"].item() < 0.5 * first
+
+
+def test_save_load_round_trip_and_mismatch(tmp_path):
+    tok = WordTokenizer.train(SENTS)
+    model = tiny_model(vocab=len(tok)).eval()
+    save_pretrained(model, tok, tmp_path / "m")
+    loaded, tok2 = from_pretrained(tmp_path / "m")
+    x, t = torch.randn(2, 12, 8), torch.tensor([3, 40])
+    torch.testing.assert_close(loaded(x, t), model(x, t))
+    assert len(tok2) == len(tok)
+    other = WordTokenizer.train(SENTS + ["a brand new sentence"])
+    other.save(tmp_path / "m")
+    with pytest.raises(UserError, match="tokenizer has"):
+        from_pretrained(tmp_path / "m")
+    save_pretrained(tiny_model(vocab=len(tok), hidden=64), tok, tmp_path / "m2")
+    (tmp_path / "m2" / "config.json").write_text((tmp_path / "m" / "config.json").read_text())
+    with pytest.raises(UserError, match="shape"):
+        from_pretrained(tmp_path / "m2")
+    with pytest.raises(UserError, match="not found"):
+        from_pretrained(tmp_path / "nothing")
+
+
+def test_generate_decodes_sentences():
+    tok = WordTokenizer.train(SENTS)
+    model = tiny_model(vocab=len(tok))
+    out = generate(model, tok, 3, SampleConfig(steps=5), progress=False)
+    assert len(out) == 3 and all(isinstance(s, str) for s in out)
+    again = generate(model, tok, 3, SampleConfig(steps=5), progress=False)
+    assert out == again  # seeded
+    with pytest.raises(UserError, match="length"):
+        generate(model, tok, 1, SampleConfig(steps=5, length=13), progress=False)
