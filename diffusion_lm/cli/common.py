@@ -43,3 +43,18 @@ def resolve_checkpoint(name: str) -> str:
 
 def plain(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
+
+
+SHIPPED_ASSETS = {"targets": "targets", "teacher": "models/teacher-lm", "parser": "models/parser-wsj-charlstm"}
+
+
+def resolve_asset(value: str, kind: str) -> str:
+    """`shipped` names the package's own targets / teacher / parser; anything else passes through."""
+    if value != "shipped":
+        return value
+    from importlib import resources
+
+    path = resources.files("diffusion_lm") / "assets" / SHIPPED_ASSETS[kind]
+    if not path.is_dir():
+        raise UserError(f"no shipped {kind} in this installation (looked in {path}); build one and pass its folder")
+    return str(path)

@@ -16,6 +16,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "train a Diffusion-LM on E2E (preset=tiny|cpu|paper); resumes from out_dir"),
     "sample": ("sample", "sample sentences from a trained Diffusion-LM (sampler, steps, clamping)"),
     "train-lm": ("train_lm", "train the GPT-2-architecture teacher LM on E2E (fluency = its perplexity)"),
+    "build-parser": ("build_parser", "train the constituency-parser oracle (benepar, char LSTM) on the WSJ sample"),
+    "build-targets": ("build_targets", "derive 200 control targets a task from E2E valid with the oracles"),
+    "evaluate": ("evaluate", "score generations (JSONL) into the paper's Table 2: ctrl and lm per task and system"),
 }
 
 USAGE = """usage: diffusion-lm <command> [key=value ...]
@@ -28,6 +31,7 @@ commands:
 Settings are hydra overrides, e.g.
   diffusion-lm train preset=cpu optim.steps=500 run.out_dir=runs/mine
   diffusion-lm sample checkpoint=runs/cpu n=20 sample.steps=50 sample.sampler=ddim
+  diffusion-lm evaluate generations=[runs/gen/pos.jsonl]
 `diffusion-lm <command> --help` prints every key with its default.
 """
 

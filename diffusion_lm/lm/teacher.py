@@ -72,7 +72,7 @@ class ARLM:
         model = GPT2LMHeadModel.from_pretrained(str(directory), use_safetensors=True)
         if model.config.vocab_size != len(tokenizer):
             raise UserError(f"{directory}: tokenizer has {len(tokenizer)} words, the LM {model.config.vocab_size}")
-        return cls(model.to(device), tokenizer)
+        return cls(model.float().to(device), tokenizer)  # shipped weights may be fp16
 
     def batch(self, sentences: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         n_pos = self.model.config.n_positions

@@ -1,0 +1,32 @@
+"""diffusion-lm evaluate: score generations from any system into the paper's Table 2."""
+from __future__ import annotations
+
+import time
+
+from ..errors import UserError
+from ..eval.report import check_generations, honesty_rows, score, write_report
+from ..eval.targets import load_targets, read_jsonl
+from ..lm import ARLM
+from .common import resolve_asset
+
+
+def main(cfg) -> int:
+    paths = [cfg.generations] if isinstance(cfg.generations, str) else list(cfg.generations or [])
+    if not paths and not cfg.honesty_rows:
+        raise UserError("nothing to evaluate: give generations=[file.jsonl,...] or honesty_rows=true")
+    rows = []
+    for p in paths:
+        rows += check_generations(read_jsonl(p, "generations file"), source=str(p))
+    targets_dir = resolve_asset(cfg.targets, "targets")
+    if cfg.honesty_rows:
+        rows += honesty_rows(load_targets(targets_dir))
+    teacher_dir, parser = resolve_asset(cfg.teacher, "teacher"), resolve_asset(cfg.parser, "parser")
+    teacher = ARLM.load(teacher_dir)
+    start = time.time()
+    result = score(rows, teacher, parser=parser)
+    meta = {"generations": paths, "targets": targets_dir, "teacher": teacher_dir, "parser": parser,
+            "seconds": round(time.time() - start, 1)}
+    md, js = write_report(result, meta, cfg.out_dir)
+    print(md.read_text(encoding="utf-8"))
+    print(f"written: {md}, {js}")
+    return 0

@@ -1,0 +1,241 @@
+"""Control success for the paper's five tasks, as `evaluate` metric modules.
+
+Every metric takes `predictions` (generated sentences, tokenised with spaces as
+E2E is) and `references` (the targets in their text form) and returns
+`{"success": mean in percent, "scores": per-sentence scores in percent}`. They
+need no hub: instantiate the class, e.g. `PosMatch().compute(...)`, and combine
+them with `evaluate.combine` like any other module.
+
+| task | target text | success |
+| --- | --- | --- |
+| pos | `"DT NNP VBZ DT JJ NN ."` (PTB or universal tags) | share of positions where the oracle's tag of the generation equals the target's, over max(len) |
+| tree | bracketed tree | labelled bracket F1 of the oracle parse against the target tree (EVALB conventions) |
+| spans | `"[3, 5, \\"PP\\"]"` (inclusive word indices) | 100 if the oracle parse has that span with that label, else 0 |
+| semantic | `"food : Italian"` | 100 if the value's words appear in the generation (case-insensitive), else 0 |
+| length | `"12"` | 100 if the generation has target ± 2 tokens, else 0 |
+"""
+from __future__ import annotations
+
+import json
+import re
+
+import datasets
+import evaluate
+
+from ..errors import UserError
+from ..text.data import tokenize_e2e
+from .trees import bracket_f1, labelled_spans, parse_bracketed
+
+MR_FIELDS = ("name", "eatType", "food", "priceRange", "customer rating", "area", "familyFriendly", "near")
+LENGTH_TOLERANCE = 2
+MR_PATTERN = re.compile(r"\s*([^,\[\]]+?)\s*\[([^\]]*)\]")  # "name[The Vaults], eatType[pub]"
+
+
+def words_of(text: str, where: str = "generation") -> list[str]:
+    words = text.split()
+    if not words:
+        raise UserError(f"empty {where}: nothing to score")
+    return words
+
+
+# --- target parsing: one-line errors for bad targets --------------------------------------------
+
+def parse_pos_target(target: str | list[str]) -> tuple[list[str], str]:
+    """Tags and their tagset ('ptb' or 'universal'), or a UserError naming the unknown tag."""
+    from .oracles import UNIVERSAL_TAGS, pos_tagger
+
+    tags = target.split() if isinstance(target, str) else list(target)
+    if not tags:
+        raise UserError("empty POS target")
+    ptb = pos_tagger().ptb_tags
+    if all(t in ptb for t in tags):
+        return tags, "ptb"
+    if all(t in UNIVERSAL_TAGS for t in tags):
+        return tags, "universal"
+    bad = next(t for t in tags if t not in ptb and t not in UNIVERSAL_TAGS)
+    raise UserError(f"unknown POS tag {bad!r}: not a Penn Treebank or universal tag")
+
+
+def parse_span_target(target: str | list, n_words: int | None = None) -> tuple[int, int, str]:
+    """`[i, j, "LABEL"]` (inclusive word indices) checked for shape and, given n_words, range."""
+    span = target
+    if isinstance(target, str):
+        try:
+            span = json.loads(target)
+        except json.JSONDecodeError:
+            raise UserError(f"malformed span target {target!r}: expected [i, j, \"LABEL\"]") from None
+    if (not isinstance(span, (list, tuple)) or len(span) != 3 or not all(isinstance(v, int) for v in span[:2])
+            or not isinstance(span[2], str) or not span[2]):
+        raise UserError(f"malformed span target {target!r}: expected [i, j, \"LABEL\"]")
+    i, j, label = span
+    if i < 0 or j < i:
+        raise UserError(f"bad span target {list(span)}: need 0 <= i <= j")
+    if n_words is not None and j >= n_words:
+        raise UserError(f"span target {list(span)} lies outside a sentence of {n_words} words")
+    return i, j, label
+
+
+def parse_semantic_target(target: str) -> tuple[str, str]:
+    """`"field : value"` with a known E2E field."""
+    field, sep, value = target.partition(":")
+    field, value = field.strip(), value.strip()
+    if not sep or not value:
+        raise UserError(f"malformed semantic target {target!r}: expected 'field : value'")
+    if field not in MR_FIELDS:
+        raise UserError(f"unknown MR field {field!r} (known: {', '.join(MR_FIELDS)})")
+    return field, value
+
+
+def parse_length_target(target: str | int, max_len: int | None = None) -> int:
+    try:
+        n = int(target)
+    except (TypeError, ValueError):
+        raise UserError(f"length target {target!r} is not an integer") from None
+    if n < 1 or (max_len is not None and n > max_len):
+        raise UserError(f"length target {n} out of range 1..{max_len if max_len is not None else '∞'}")
+    return n
+
+
+# --- per-sentence scores ------------------------------------------------------------------------
+
+def pos_score(text: str, target) -> float:
+    from .oracles import pos_tagger
+
+    tags, tagset = parse_pos_target(target)
+    got = pos_tagger().tag(words_of(text))
+    if tagset == "universal":
+        got = pos_tagger().to_universal(got)
+    hits = sum(a == b for a, b in zip(got, tags))
+    return 100.0 * hits / max(len(got), len(tags))
+
+
+def semantic_score(text: str, target: str) -> float:
+    _, value = parse_semantic_target(target)
+    want = tokenize_e2e(value).lower().split()
+    have = words_of(text)
+    have = [w.lower() for w in have]
+    n = len(want)
+    return 100.0 * any(have[k:k + n] == want for k in range(len(have) - n + 1))
+
+
+def length_score(text: str, target) -> float:
+    return 100.0 * (abs(len(words_of(text)) - parse_length_target(target)) <= LENGTH_TOLERANCE)
+
+
+def validate_target(task: str, target: str, n_words: int | None = None) -> None:
+    """A one-line UserError if a target (text form) is malformed; n_words bounds spans and lengths."""
+    if task == "pos":
+        parse_pos_target(target)
+    elif task == "tree":
+        parse_bracketed(target)
+    elif task == "spans":
+        parse_span_target(target, n_words)
+    elif task == "semantic":
+        parse_semantic_target(target)
+    elif task == "length":
+        parse_length_target(target, n_words)
+    else:
+        raise UserError(f"unknown task {task!r} (known: {', '.join(TASKS)})")
+
+
+def _parse(texts: list[str], parser):
+    """Oracle parses; `parser` is a name/folder for the oracle, or any object with .parse(list of word lists)."""
+    from .oracles import constituency_parser
+
+    oracle = constituency_parser(parser) if isinstance(parser, str) else parser
+    return oracle.parse([words_of(t) for t in texts])
+
+
+def tree_scores(texts: list[str], targets: list[str], parser="shipped") -> list[float]:
+    gold = [parse_bracketed(t) for t in targets]
+    return [100.0 * bracket_f1(g, p) for g, p in zip(gold, _parse(texts, parser))]
+
+
+def span_scores(texts: list[str], targets: list, parser="shipped") -> list[float]:
+    spans = [parse_span_target(t) for t in targets]
+    return [span_hit(tree, span) for span, tree in zip(spans, _parse(texts, parser))]
+
+
+def span_hit(tree, span: tuple[int, int, str]) -> float:
+    """100 if the tree has a constituent over words i..j (punctuation counted) with that label."""
+    return 100.0 * (tuple(span) in labelled_spans(tree, evalb=False))
+
+
+# --- evaluate modules ---------------------------------------------------------------------------
+
+_FEATURES = datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")})
+
+
+class _Success(evaluate.Metric):
+    """Base: per-sentence scores in percent and their mean."""
+
+    description = ""
+
+    def __init__(self, parser="shipped", **kwargs):
+        kwargs.setdefault("keep_in_memory", True)
+        super().__init__(**kwargs)
+        self.parser = parser
+
+    def _info(self):
+        return evaluate.MetricInfo(description=self.description, citation=_CITATION, features=_FEATURES,
+                                   inputs_description=__doc__)
+
+    def _scores(self, predictions: list[str], references: list[str]) -> list[float]:
+        raise NotImplementedError
+
+    def _compute(self, predictions, references):
+        scores = self._scores(list(predictions), list(references))
+        return {"success": sum(scores) / len(scores) if scores else float("nan"), "scores": scores}
+
+
+class PosMatch(_Success):
+    description = "word-level POS exact match between the oracle tags of the generation and the target tags"
+
+    def _scores(self, predictions, references):
+        return [pos_score(p, r) for p, r in zip(predictions, references)]
+
+
+class TreeF1(_Success):
+    description = "labelled bracket F1 of the oracle parse of the generation against the target tree"
+
+    def _scores(self, predictions, references):
+        return tree_scores(predictions, references, self.parser)
+
+
+class SpanMatch(_Success):
+    description = "whether the oracle parse of the generation contains the target labelled span"
+
+    def _scores(self, predictions, references):
+        return span_scores(predictions, references, self.parser)
+
+
+class SemanticContent(_Success):
+    description = "whether the target field's value appears in the generation"
+
+    def _scores(self, predictions, references):
+        return [semantic_score(p, r) for p, r in zip(predictions, references)]
+
+
+class LengthMatch(_Success):
+    description = f"whether the generation's length is within ±{LENGTH_TOLERANCE} tokens of the target"
+
+    def _scores(self, predictions, references):
+        return [length_score(p, r) for p, r in zip(predictions, references)]
+
+
+METRICS = {"semantic": SemanticContent, "pos": PosMatch, "tree": TreeF1, "spans": SpanMatch, "length": LengthMatch}
+TASKS = tuple(METRICS)
+
+_CITATION = """@inproceedings{li2022diffusionlm, title={Diffusion-LM Improves Controllable Text Generation},
+author={Li, Xiang Lisa and Thickstun, John and Gulrajani, Ishaan and Liang, Percy and Hashimoto, Tatsunori},
+booktitle={NeurIPS}, year={2022}}"""
+
+
+def target_text(task: str, target) -> str:
+    """The text form of a target as metrics read it (lists and ints become strings)."""
+    if task == "spans" and not isinstance(target, str):
+        return json.dumps(list(target))
+    if task == "pos" and not isinstance(target, str):
+        return " ".join(target)
+    return str(target)
+

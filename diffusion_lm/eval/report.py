@@ -1,0 +1,128 @@
+"""The Table-2 report: control success (↑) and teacher-LM fluency (↓) per task and system.
+
+Generations come as JSONL rows `{"task", "target", "text", "system"}` from any
+system. Two rows keep the harness honest and are always printed: the E2E valid
+references scored against their own targets (near 100 on pos, tree, spans and
+length by construction) and the same references shuffled across targets (near
+chance).
+"""
+from __future__ import annotations
+
+import json
+import random
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from ..errors import UserError
+from .metrics import METRICS, TASKS, target_text, validate_target
+
+PAPER = {  # Li et al. 2022, Table 2 (ctrl, lm)
+    "Diffusion-LM (paper)": {"semantic": (81.2, 2.55), "pos": (90.0, 5.16), "tree": (86.0, 3.71),
+                             "spans": (93.8, 2.53), "length": (99.9, 2.16)},
+    "FUDGE (paper)": {"semantic": (69.9, 2.83), "pos": (27.0, 7.96), "tree": (17.9, 3.39),
+                      "spans": (54.2, 4.03), "length": (46.9, 3.11)},
+    "PPLM (paper)": {"semantic": (9.9, 5.32)},
+}
+REFERENCES, SHUFFLED = "references (own targets)", "references (shuffled)"
+
+
+def check_generations(rows: list[dict], source: str = "generations") -> list[dict]:
+    """Each row must name a known task, a target and non-empty text; the first bad row is the error."""
+    out = []
+    for n, row in enumerate(rows, 1):
+        where = f"{source} row {n}"
+        for key in ("task", "target", "text"):
+            if key not in row:
+                raise UserError(f"{where}: missing {key!r}")
+        if row["task"] not in TASKS:
+            raise UserError(f"{where}: unknown task {row['task']!r} (known: {', '.join(TASKS)})")
+        if not str(row["text"]).split():
+            raise UserError(f"{where}: empty generation")
+        target = target_text(row["task"], row["target"])
+        try:
+            validate_target(row["task"], target)
+        except UserError as e:
+            raise UserError(f"{where}: {e}") from None
+        out.append({"task": row["task"], "target": target,
+                    "text": " ".join(str(row["text"]).split()), "system": str(row.get("system", "unnamed"))})
+    return out
+
+
+def honesty_rows(targets: dict[str, list[dict]], seed: int = 0) -> list[dict]:
+    """References against their own targets, and the same references rotated onto other targets."""
+    rows = []
+    for task, recs in targets.items():
+        order = list(range(len(recs)))
+        random.Random(seed).shuffle(order)
+        moved = {order[k]: order[(k + 1) % len(order)] for k in range(len(order))}  # no reference keeps its target
+        for i, rec in enumerate(recs):
+            t = target_text(task, rec["target"])
+            rows.append({"task": task, "target": t, "text": rec["reference"], "system": REFERENCES})
+            rows.append({"task": task, "target": t, "text": recs[moved[i]]["reference"], "system": SHUFFLED})
+        if task == "pos" and "target_universal" in recs[0]:
+            for i, rec in enumerate(recs):
+                rows.append({"task": "pos", "target": rec["target_universal"], "text": rec["reference"],
+                             "system": REFERENCES + ", universal tags"})
+    return rows
+
+
+def _stats(xs: list[float]) -> dict:
+    return {"n": len(xs), "mean": statistics.fmean(xs), "std": statistics.pstdev(xs) if len(xs) > 1 else 0.0}
+
+
+def score(rows: list[dict], teacher, parser: str = "shipped", progress: bool = True) -> dict:
+    """{system: {task: {"ctrl": stats, "lm": stats}}} over all rows."""
+    from tqdm import tqdm
+
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[(r["system"], r["task"])].append(r)
+    result: dict[str, dict] = defaultdict(dict)
+    for (system, task), rs in tqdm(sorted(groups.items()), desc="evaluate", disable=not progress):
+        metric = METRICS[task](parser=parser)
+        ctrl = metric.compute(predictions=[r["text"] for r in rs], references=[r["target"] for r in rs])["scores"]
+        lm = teacher.perplexity([r["text"] for r in rs])
+        result[system][task] = {"ctrl": _stats(ctrl), "lm": _stats(lm)}
+    return dict(result)
+
+
+def _cell(entry: dict | None, std: bool) -> str:
+    if not entry:
+        return "–"
+    c, m = entry["ctrl"], entry["lm"]
+    if std:
+        return f"{c['mean']:.1f} ± {c['std']:.1f} / {m['mean']:.2f} ± {m['std']:.2f} (n={c['n']})"
+    return f"{c['mean']:.1f} / {m['mean']:.2f}"
+
+
+def markdown(result: dict, meta: dict) -> str:
+    tasks = [t for t in TASKS if any(t in r for r in result.values())]
+    head = "| system | " + " | ".join(f"{t} ctrl ↑ / lm ↓" for t in tasks) + " |"
+    rule = "| --- " * (len(tasks) + 1) + "|"
+    honesty = [s for s in result if s.startswith("references")]
+    systems = [s for s in result if s not in honesty]
+    lines = [f"# Table 2 on E2E ({meta.get('targets', '')})", "",
+             f"ctrl: control success in % (↑); lm: perplexity under the teacher LM `{meta.get('teacher')}` (↓); "
+             f"parser oracle `{meta.get('parser')}`.", "", head, rule]
+    for s in systems + honesty:
+        lines.append(f"| {s} | " + " | ".join(_cell(result[s].get(t), False) for t in tasks) + " |")
+    lines += ["", "Paper (Li et al. 2022, Table 2; its own oracles and teacher, so compare shapes, not digits):",
+              "", head, rule]
+    for s, row in PAPER.items():
+        lines.append(f"| {s} | " + " | ".join(f"{row[t][0]} / {row[t][1]}" if t in row else "–" for t in tasks) + " |")
+    lines += ["", "Mean ± standard deviation over sentences:", "", head, rule]
+    for s in systems + honesty:
+        lines.append(f"| {s} | " + " | ".join(_cell(result[s].get(t), True) for t in tasks) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(result: dict, meta: dict, out_dir: str) -> tuple[Path, Path]:
+    from ..text.io import atomic_write
+
+    out = Path(out_dir)
+    md, js = out / "table2.md", out / "table2.json"
+    text = markdown(result, meta)
+    atomic_write(md, lambda p: Path(p).write_text(text, encoding="utf-8"))
+    atomic_write(js, lambda p: Path(p).write_text(json.dumps({"meta": meta, "results": result}, indent=2) + "\n"))
+    return md, js

@@ -1,0 +1,111 @@
+"""The success metrics on hand-made examples with known answers, and bad targets."""
+import pytest
+from nltk import Tree
+
+from diffusion_lm.errors import UserError
+from diffusion_lm.eval.metrics import (LengthMatch, PosMatch, SemanticContent, SpanMatch, TreeF1, pos_score,
+                                       semantic_score, span_hit, validate_target)
+from diffusion_lm.eval.oracles import pos_tagger
+from diffusion_lm.eval.trees import bracket_f1, clean_ptb, labelled_spans, parse_bracketed
+
+EAGLE = "The Eagle is a cheap pub ."
+EAGLE_TREE = "(S (NP (DT The) (NNP Eagle)) (VP (VBZ is) (NP (DT a) (JJ cheap) (NN pub))) (. .))"
+
+
+class FixedParser:
+    """Stands in for the parser oracle: returns given trees, so metrics are tested apart from its skill."""
+
+    def __init__(self, trees):
+        self.trees = [parse_bracketed(t) for t in trees]
+
+    def parse(self, sentences):
+        assert len(sentences) == len(self.trees)
+        return self.trees
+
+
+def test_tagger_is_the_shipped_perceptron():
+    assert pos_tagger().tag(EAGLE.split()) == ["DT", "NNP", "VBZ", "DT", "JJ", "NN", "."]
+    assert pos_tagger().to_universal(["DT", "NNP", "VBZ"]) == ["DET", "NOUN", "VERB"]
+
+
+def test_pos_exact_partial_universal_and_length_mismatch():
+    assert pos_score(EAGLE, "DT NNP VBZ DT JJ NN .") == 100.0
+    assert pos_score(EAGLE, "DT NNP VBZ DT JJ JJ .") == pytest.approx(100 * 6 / 7)
+    assert pos_score(EAGLE, "DET NOUN VERB DET ADJ NOUN .") == 100.0
+    # a generation longer than the target: extra words count as misses (7 right of 9)
+    assert pos_score(EAGLE, "DT NNP VBZ DT JJ NN . NN NN") == pytest.approx(100 * 7 / 9)
+    out = PosMatch().compute(predictions=[EAGLE, EAGLE], references=["DT NNP VBZ DT JJ NN .", "NN NN"])
+    assert out["scores"] == [100.0, 0.0] and out["success"] == 50.0
+
+
+def test_bracket_f1_closed_forms():
+    gold = parse_bracketed(EAGLE_TREE)
+    # brackets (EVALB: punctuation removed): S(0,5) NP(0,1) VP(2,5) NP(3,5)
+    assert labelled_spans(gold) == {(0, 5, "S"): 1, (0, 1, "NP"): 1, (2, 5, "VP"): 1, (3, 5, "NP"): 1}
+    assert bracket_f1(gold, gold) == 1.0
+    # pred gets S, NP(0,1) and VP right, and says ADJP for the object: P = R = 3/4
+    pred = parse_bracketed("(S (NP (DT The) (NNP Eagle)) (VP (VBZ is) (ADJP (DT a) (JJ cheap) (NN pub))) (. .))")
+    assert bracket_f1(gold, pred) == pytest.approx(0.75)
+    # pred with one extra bracket and all of gold: P = 4/5, R = 1, F1 = 8/9
+    extra = parse_bracketed("(S (NP (DT The) (NNP Eagle)) (VP (VBZ is) (NP (DT a) (ADJP (JJ cheap) (NN pub)))) (. .))")
+    assert bracket_f1(gold, extra) == pytest.approx(8 / 9)
+    assert TreeF1(parser=FixedParser([EAGLE_TREE])).compute(predictions=[EAGLE], references=[EAGLE_TREE])[
+        "success"] == 100.0
+
+
+def test_evalb_conventions_function_tags_prt_and_traces():
+    raw = Tree.fromstring("(S (NP-SBJ (-NONE- *)) (VP (VBD gave) (PRT (RP up)) (NP-TMP (NN today))) (. .))")
+    cleaned = clean_ptb(raw)
+    assert cleaned.leaves() == ["gave", "up", "today", "."]
+    assert "NP-TMP" not in str(cleaned) and "-NONE-" not in str(cleaned)
+    advp = parse_bracketed("(S (VP (VBD gave) (ADVP (RP up)) (NP (NN today))) (. .))")
+    assert bracket_f1(cleaned, advp) == 1.0  # PRT and ADVP are one label
+
+
+def test_span_indices_count_punctuation_and_are_inclusive():
+    tree = parse_bracketed("(S (PP (IN In) (NP (NNP Soho))) (, ,) (NP (DT the) (NN pub)) (VP (VBZ is) (ADJP (JJ cheap))) (. .))")
+    assert span_hit(tree, (0, 1, "PP")) == 100.0
+    assert span_hit(tree, (3, 4, "NP")) == 100.0  # the comma is word 2
+    assert span_hit(tree, (3, 4, "VP")) == 0.0
+    out = SpanMatch(parser=FixedParser([EAGLE_TREE, EAGLE_TREE])).compute(
+        predictions=[EAGLE, EAGLE], references=['[3, 5, "NP"]', '[2, 6, "VP"]'])
+    assert out["scores"] == [100.0, 0.0]
+
+
+def test_semantic_value_words_case_insensitive():
+    assert semantic_score("The Eagle serves italian food .", "food : Italian") == 100.0
+    assert semantic_score("Prices are in the £ 20 - 25 range .", "priceRange : £20-25") == 100.0
+    assert semantic_score("The Eagle is a pub .", "near : Café Rouge") == 0.0
+    assert semantic_score("A pub near Café Rouge .", "near : Café Rouge") == 100.0
+    assert SemanticContent().compute(predictions=["a pub"], references=["eatType : pub"])["success"] == 100.0
+
+
+def test_length_within_two_tokens():
+    out = LengthMatch().compute(predictions=["a b c d e f g h i j"] * 4, references=["10", "12", "13", "7"])
+    assert out["scores"] == [100.0, 100.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("task,target,n_words,message", [
+    ("tree", "(S (NP (DT The) (NN pub)", None, "unbalanced"),
+    ("tree", "S NP The", None, "must start"),
+    ("tree", "(S (NP ) (VP (VBZ is)))", None, "empty constituent"),
+    ("pos", "DT NNP FOO .", None, "unknown POS tag 'FOO'"),
+    ("pos", "", None, "empty POS target"),
+    ("spans", "[3, 9, \"PP\"]", 5, "outside a sentence of 5 words"),
+    ("spans", "[3, 1, \"PP\"]", None, "0 <= i <= j"),
+    ("spans", "3 5 PP", None, "malformed span"),
+    ("semantic", "cuisine : Italian", None, "unknown MR field 'cuisine'"),
+    ("semantic", "food Italian", None, "malformed semantic"),
+    ("length", "0", 40, "out of range"),
+    ("length", "abc", 40, "not an integer"),
+    ("colour", "red", None, "unknown task"),
+])
+def test_bad_targets_fail_with_one_line(task, target, n_words, message):
+    with pytest.raises(UserError, match=message) as e:
+        validate_target(task, target, n_words)
+    assert "\n" not in str(e.value)
+
+
+def test_empty_generation_is_an_error():
+    with pytest.raises(UserError, match="empty generation"):
+        LengthMatch().compute(predictions=["  "], references=["10"])
