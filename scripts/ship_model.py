@@ -1,10 +1,15 @@
-"""Copy a trained Diffusion-LM run into the package as the shipped model (fp16 weights + manifest).
+"""Copy a trained model into the package (fp16 weights + manifest), so a fresh clone needs no training.
 
-    python scripts/ship_model.py [run=runs/cpu] [name=diffusion-lm-cpu]
+    python scripts/ship_model.py [kind=diffusion|teacher|parser] [run=<folder>] [name=<asset name>]
 
-Writes diffusion_lm/assets/models/<name>/ with config.json, tokenizer.json,
-model.safetensors (weights stored in fp16, loaded back as fp32) and
-manifest.json: the command that trained it, the commit, and the run's summary.
+    kind=diffusion  run=runs/cpu      name=diffusion-lm-cpu     (diffusion-lm train preset=cpu)
+    kind=teacher    run=runs/teacher  name=teacher-lm           (diffusion-lm train-lm)
+    kind=parser     run=runs/parser   name=parser-wsj-charlstm  (diffusion-lm build-parser)
+
+Writes diffusion_lm/assets/models/<name>/ with the run's JSON files and
+model.safetensors (weights stored in fp16; every loader casts back to fp32),
+and manifest.json: the command that built it, the commit, and the run's
+metrics. The folder is assembled under a temporary name and renamed into place.
 """
 from __future__ import annotations
 
@@ -18,29 +23,50 @@ import torch
 from safetensors.torch import load_file, save_file
 
 ASSETS = Path(__file__).resolve().parents[1] / "diffusion_lm" / "assets" / "models"
+KINDS = {
+    "diffusion": ("runs/cpu", "diffusion-lm-cpu", ("config.json", "tokenizer.json")),
+    "teacher": ("runs/teacher", "teacher-lm", ("config.json", "tokenizer.json", "generation_config.json")),
+    "parser": ("runs/parser", "parser-wsj-charlstm", ("config.json",)),
+}
+
+
+def _json(path: Path):
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def manifest_for(kind: str, run: Path) -> dict:
+    if kind == "diffusion":
+        train_cfg = _json(run / "train_config.json") or {}
+        return {"command": f"diffusion-lm train preset={train_cfg.get('preset_name')}",
+                "summary": _json(run / "summary.json"), "fluency": _json(run / "fluency.json"),
+                "sampling_sweep": _json(run / "sampling_sweep.json")}
+    if kind == "teacher":
+        return {"command": "diffusion-lm train-lm", "summary": _json(run / "summary.json")}
+    summary = _json(run / "train_summary.json") or {}
+    return {"command": "diffusion-lm build-parser", "heldout_f1": summary.get("heldout_f1"),
+            "minutes": summary.get("minutes"), "metrics": (_json(run / "config.json") or {}).get("metrics")}
 
 
 def main(argv: list[str]) -> None:
-    args = dict(a.split("=", 1) for a in argv) if argv else {}
-    run = Path(args.get("run", "runs/cpu"))
-    name = args.get("name", "diffusion-lm-cpu")
-    dest = ASSETS / name
-    tmp = ASSETS / f".{name}.tmp"
+    args = dict(a.split("=", 1) for a in argv)
+    kind = args.get("kind", "diffusion")
+    if kind not in KINDS:
+        sys.exit(f"error: unknown kind {kind!r}; choose {', '.join(KINDS)}")
+    default_run, default_name, files = KINDS[kind]
+    run, name = Path(args.get("run", default_run)), args.get("name", default_name)
+    if not (run / "model.safetensors").is_file():
+        sys.exit(f"error: no model.safetensors in {run}")
+    dest, tmp = ASSETS / name, ASSETS / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     weights = load_file(str(run / "model.safetensors"))
     save_file({k: v.half() if v.is_floating_point() else v for k, v in weights.items()}, str(tmp / "model.safetensors"),
               metadata={"format": "pt", "stored_dtype": "float16"})
-    for f in ("config.json", "tokenizer.json"):
-        shutil.copy(run / f, tmp / f)
-    train_cfg = json.loads((run / "train_config.json").read_text())
-    summary = json.loads((run / "summary.json").read_text())
+    for f in files:
+        if (run / f).exists():
+            shutil.copy(run / f, tmp / f)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    manifest = {
-        "command": f"diffusion-lm train preset={train_cfg.get('preset_name')}",
-        "commit": commit, "trained_on": "2-core CPU, fp32", "summary": summary,
-        "fluency": json.loads((run / "fluency.json").read_text()) if (run / "fluency.json").exists() else None,
-    }
+    manifest = {"kind": kind, "commit": commit, "trained_on": "2-core CPU, fp32", **manifest_for(kind, run)}
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     if dest.exists():
         shutil.rmtree(dest)

@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     # name: (config file, one-line description)
     "train": ("train", "train a Diffusion-LM on E2E (preset=tiny|cpu|paper); resumes from out_dir"),
     "sample": ("sample", "sample sentences from a trained Diffusion-LM (sampler, steps, clamping)"),
+    "generate": ("generate", "controlled generation with a frozen Diffusion-LM (task=length|infill), JSONL out"),
     "train-lm": ("train_lm", "train the GPT-2-architecture teacher LM on E2E (fluency = its perplexity)"),
     "build-parser": ("build_parser", "train the constituency-parser oracle (benepar, char LSTM) on the WSJ sample"),
     "build-targets": ("build_targets", "derive 200 control targets a task from E2E valid with the oracles"),

@@ -50,6 +50,10 @@ class WordTokenizer:
     def __len__(self) -> int:
         return self.tok.get_vocab_size()
 
+    def word_id(self, word: str) -> int | None:
+        """The id of a vocabulary word, or None if it is not in the vocabulary."""
+        return self.tok.token_to_id(word)
+
     # ---- encode / decode ----------------------------------------------------
     def encode(self, sentence: str) -> list[int]:
         """[START] ids [END], unpadded."""

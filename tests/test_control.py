@@ -1,0 +1,107 @@
+"""Control plumbing: the guidance hook against a closed-form classifier, and hard constraints."""
+import json
+
+import pytest
+import torch
+
+from classifiers.guidance import Control, ControlGuidance, GuidanceConfig
+from diffusion_lm.cli.main import run
+from diffusion_lm.core import GaussianDiffusion, get_betas, sample
+from diffusion_lm.errors import UserError
+from diffusion_lm.text import from_pretrained
+from diffusion_lm.text.constraints import infill_constraint, length_constraint
+from diffusion_lm.text.generation import SampleConfig, sample_latents
+
+
+class Toward:
+    """log p(c | x) = −‖x − c‖²: guidance should pull x toward the target c."""
+
+    def log_prob(self, x, t, target):
+        return -((x - target) ** 2).flatten(1).sum(1)
+
+
+def test_guidance_moves_toward_target_and_keeps_gaussian_term():
+    mean = torch.zeros(2, 4, 3)
+    var = torch.full_like(mean, 0.5)
+    x = torch.randn(2, 4, 3)
+    target = torch.ones(2, 4, 3)
+    hook = ControlGuidance([Control(Toward(), target)], GuidanceConfig(strength=1.0, updates=20, step_size=0.1))
+    out = hook(x, x_t=x, mean=mean, variance=var, t=torch.tensor([5, 5]), index=5)
+    # the minimiser of ‖x−1‖² + ‖x‖²/(2·0.5) is x = 1/2: every coordinate moves toward it
+    assert ((out - 0.5).abs() < (x - 0.5).abs()).all()
+    assert hook.last_log_prob.shape == (2,)
+
+
+def test_guidance_is_identity_without_strength_or_on_skipped_steps():
+    x, mean, var = torch.randn(1, 3, 2), torch.zeros(1, 3, 2), torch.ones(1, 3, 2)
+    off = ControlGuidance([Control(Toward(), torch.ones(1, 3, 2))], GuidanceConfig(strength=0.0))
+    assert torch.equal(off(x, x_t=x, mean=mean, variance=var, t=torch.tensor([1]), index=3), x)
+    late = ControlGuidance([Control(Toward(), torch.ones(1, 3, 2))], GuidanceConfig(skip_last=2))
+    assert torch.equal(late(x, x_t=x, mean=mean, variance=var, t=torch.tensor([1]), index=1), x)
+
+
+def test_controls_compose_by_summing():
+    x = torch.randn(2, 3, 2)
+    a, b = torch.ones(2, 3, 2), -torch.ones(2, 3, 2)
+    both = ControlGuidance([Control(Toward(), a, 1.0), Control(Toward(), b, 0.5)])
+    expect = Toward().log_prob(x, None, a) + 0.5 * Toward().log_prob(x, None, b)
+    assert torch.allclose(both.log_prob(x, None), expect)
+
+
+def test_guided_sampling_runs_through_the_core_loop():
+    diffusion = GaussianDiffusion(get_betas("sqrt", 50)).respace(10)
+    target = torch.full((2, 5, 4), 2.0)
+    hook = ControlGuidance([Control(Toward(), target)], GuidanceConfig(strength=5.0, updates=3, step_size=0.2))
+    plain = sample(lambda x, t: x, diffusion, (2, 5, 4), generator=torch.Generator().manual_seed(0),
+                   progress=False)
+    guided = sample(lambda x, t: x, diffusion, (2, 5, 4), step_hook=hook,
+                    generator=torch.Generator().manual_seed(0), progress=False)
+    assert (guided - target).norm() < (plain - target).norm()
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny")
+    assert run(["train", "preset=tiny", "optim.steps=10", "run.final_samples=0", f"run.out_dir={out}"]) == 0
+    return out
+
+
+def test_length_constraint_fixes_start_end_and_pads(tiny_model):
+    model, tok = from_pretrained(tiny_model)
+    known = length_constraint(model, tok, [3, 7])
+    x0 = sample_latents(model, 2, SampleConfig(steps=5), known=known, generator=torch.Generator().manual_seed(0),
+                        progress=False)
+    ids = model.round(x0)
+    for b, n in enumerate([3, 7]):
+        assert ids[b, 0] == tok.start_id and ids[b, n + 1] == tok.end_id
+        assert (ids[b, n + 2:] == tok.pad_id).all()
+    with pytest.raises(UserError, match="out of range"):
+        length_constraint(model, tok, [model.config.max_len])
+
+
+def test_infill_holds_context_words(tiny_model):
+    model, tok = from_pretrained(tiny_model)
+    known = infill_constraint(model, tok, "The Eagle", "pub .", 3, 2)
+    x0 = sample_latents(model, 2, SampleConfig(steps=5), known=known, generator=torch.Generator().manual_seed(0),
+                        progress=False)
+    words = [tok.decode(r).split() for r in model.round(x0)]
+    for w in words:
+        assert w[:2] == ["The", "Eagle"]
+    with pytest.raises(UserError, match="not in the model's vocabulary"):
+        infill_constraint(model, tok, "Zyxwv", "", 3, 1)
+
+
+def test_generate_cli_writes_rows_evaluate_reads(tiny_model, tmp_path, capsys):
+    out = tmp_path / "len.jsonl"
+    assert run(["generate", f"checkpoint={tiny_model}", "task=length", "target=6", "n=2", "sample.steps=5",
+                f"output={out}"]) == 0
+    rows = [json.loads(r) for r in out.read_text().splitlines()]
+    assert len(rows) == 2 and all(r["task"] == "length" and r["target"] == 6 for r in rows)
+    assert all(len(r["text"].split()) <= 6 for r in rows)
+    capsys.readouterr()
+    for argv, msg in [(["target=0"], "out of range"), (["target=99"], "out of range"), (["target=x"], "not an integer"),
+                      (["task=pos", "target=DT"], "unknown task"), (["target=3", "targets=shipped"], "exactly one"),
+                      (["targets=/no/file.jsonl"], "not found")]:
+        code = run(["generate", f"checkpoint={tiny_model}", "task=length", "sample.steps=5", *argv])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and msg in err and len(err.splitlines()) == 1, (argv, err)
