@@ -9,7 +9,7 @@ from diffusion_lm.cli.main import run
 from diffusion_lm.core import GaussianDiffusion, get_betas, sample
 from diffusion_lm.errors import UserError
 from diffusion_lm.text import from_pretrained
-from diffusion_lm.text.constraints import infill_constraint, length_constraint
+from diffusion_lm.text.constraints import infill_constraint, length_constraint, words_only
 from diffusion_lm.text.generation import SampleConfig, sample_latents
 
 
@@ -69,12 +69,16 @@ def tiny_model(tmp_path_factory):
 def test_length_constraint_fixes_start_end_and_pads(tiny_model):
     model, tok = from_pretrained(tiny_model)
     known = length_constraint(model, tok, [3, 7])
-    x0 = sample_latents(model, 2, SampleConfig(steps=5), known=known, generator=torch.Generator().manual_seed(0),
-                        progress=False)
-    ids = model.round(x0)
+    exclude = words_only(known, tok, len(tok))
+    x0 = sample_latents(model, 2, SampleConfig(steps=5), known=known, exclude=exclude,
+                        generator=torch.Generator().manual_seed(0), progress=False)
+    ids = model.round(x0, exclude)
     for b, n in enumerate([3, 7]):
         assert ids[b, 0] == tok.start_id and ids[b, n + 1] == tok.end_id
         assert (ids[b, n + 2:] == tok.pad_id).all()
+        specials = {tok.pad_id, tok.start_id, tok.end_id}
+        assert not specials & set(ids[b, 1:n + 1].tolist())  # free positions are words
+        assert len(tok.decode(ids[b]).split()) == n
     with pytest.raises(UserError, match="out of range"):
         length_constraint(model, tok, [model.config.max_len])
 
@@ -97,7 +101,7 @@ def test_generate_cli_writes_rows_evaluate_reads(tiny_model, tmp_path, capsys):
                 f"output={out}"]) == 0
     rows = [json.loads(r) for r in out.read_text().splitlines()]
     assert len(rows) == 2 and all(r["task"] == "length" and r["target"] == 6 for r in rows)
-    assert all(len(r["text"].split()) <= 6 for r in rows)
+    assert all(len(r["text"].split()) == 6 for r in rows)
     capsys.readouterr()
     for argv, msg in [(["target=0"], "out of range"), (["target=99"], "out of range"), (["target=x"], "not an integer"),
                       (["task=pos", "target=DT"], "unknown task"), (["target=3", "targets=shipped"], "exactly one"),

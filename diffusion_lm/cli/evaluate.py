@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from ..errors import UserError
 from ..eval.report import check_generations, honesty_rows, score, write_report
@@ -24,7 +25,9 @@ def main(cfg) -> int:
     teacher = ARLM.load(teacher_dir)
     start = time.time()
     result = score(rows, teacher, parser=parser)
-    meta = {"generations": paths, "targets": targets_dir, "teacher": teacher_dir, "parser": parser,
+    shown = {k: f"shipped ({Path(v).name})" if cfg[k] == "shipped" else v
+             for k, v in (("targets", targets_dir), ("teacher", teacher_dir), ("parser", parser))}
+    meta = {"generations": paths, **shown,
             "seconds": round(time.time() - start, 1)}
     md, js = write_report(result, meta, cfg.out_dir)
     print(md.read_text(encoding="utf-8"))

@@ -10,7 +10,7 @@ from ..errors import UserError
 from ..eval.metrics import parse_length_target
 from ..eval.targets import read_jsonl
 from ..text import from_pretrained, generate
-from ..text.constraints import infill_constraint, length_constraint
+from ..text.constraints import infill_constraint, length_constraint, words_only
 from ..text.io import atomic_write
 from .common import build, resolve_asset, resolve_checkpoint
 
@@ -57,7 +57,7 @@ def main(cfg) -> int:
         else:
             known = infill_constraint(model, tok, cfg.left, cfg.right, int(cfg.middle), len(chunk))
         texts = generate(model, tok, len(chunk), sample_cfg, batch_size=len(chunk), seed=generator_seed + b,
-                         known=known)
+                         known=known, exclude=words_only(known, tok, len(tok)))
         for (i, target), text in zip(chunk, texts):
             rows.append({"task": cfg.task, "target": target, "text": text, "system": cfg.system})
             print(text if len(targets) == 1 else f"[{target}] {text}")

@@ -101,7 +101,8 @@ def treebank_trees(limit: int | None = None) -> list[Tree]:
     from nltk.corpus import treebank
 
     trees = [clean_ptb(t) for t in treebank.parsed_sents()[: limit or None]]
-    return [t for t in trees if t is not None and len(t.leaves()) > 0]
+    # a TOP wrapper, as benepar's own treebank loader adds, lets a unary root (SQ → FRAG) collapse
+    return [Tree("TOP", [t]) for t in trees if t is not None and len(t.leaves()) > 0]
 
 
 def split_trees(trees: list[Tree], heldout: float, seed: int) -> tuple[list[Tree], list[Tree]]:
@@ -166,9 +167,15 @@ def train_parser(cfg: ParserConfig, progress: bool = True) -> dict:
     opt = torch.optim.Adam(parser.parameters(), lr=cfg.lr, betas=(0.9, 0.98))
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     start, best, history, step = time.time(), -1.0, [], 0
+
+    def progress_at(s: int) -> float:
+        # cosine decay finishes by the last epoch or by the time budget, whichever comes first
+        by_time = (time.time() - start) / (60 * cfg.max_minutes) if cfg.max_minutes else 0.0
+        return min(1.0, max(s / total, by_time))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * progress_at(s))))
     bar = tqdm(total=total, desc="parser", disable=not progress)
     for epoch in range(cfg.epochs):
         parser.train()
@@ -196,8 +203,8 @@ def train_parser(cfg: ParserConfig, progress: bool = True) -> dict:
             save_parser(parser, cfg.out_dir, {"heldout_f1": round(f1, 2), "epoch": epoch + 1,
                                               "train_trees": len(train), "heldout_trees": len(held),
                                               "minutes": round(minutes, 2), "config": asdict(cfg)})
-        if cfg.max_minutes is not None and minutes > cfg.max_minutes:
-            break
+        if cfg.max_minutes is not None and minutes * (epoch + 2) / (epoch + 1) > cfg.max_minutes:
+            break  # the next epoch would end past the budget
     bar.close()
     summary = {"heldout_f1": round(best, 2), "train_trees": len(train), "heldout_trees": len(held),
                "minutes": round((time.time() - start) / 60, 2), "history": history}

@@ -15,6 +15,17 @@ from .model import DiffusionLM
 from .tokenizer import WordTokenizer
 
 
+def words_only(known: Known, tokenizer: WordTokenizer, vocab_size: int) -> torch.Tensor:
+    """An `exclude` mask for rounding: no PAD, START or END at the positions a constraint leaves free.
+
+    Without it a free position may round to PAD or END and cut the sentence
+    short of its target length.
+    """
+    special = torch.zeros(vocab_size, dtype=torch.bool, device=known.mask.device)
+    special[[tokenizer.pad_id, tokenizer.start_id, tokenizer.end_id]] = True
+    return ~known.mask & special
+
+
 def _known(model: DiffusionLM, ids: torch.Tensor, mask: torch.Tensor) -> Known:
     device = next(model.parameters()).device
     with torch.no_grad():

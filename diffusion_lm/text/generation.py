@@ -40,7 +40,8 @@ class _SelfConditioned:
 
 
 def sample_latents(model: DiffusionLM, n: int, cfg: SampleConfig, *, step_hook=None,
-                   known: Known | None = None, generator: torch.Generator | None = None,
+                   known: Known | None = None, exclude: torch.Tensor | None = None,
+                   generator: torch.Generator | None = None,
                    callback: Callable[[dict], None] | None = None, progress: bool = True) -> torch.Tensor:
     """n samples x_0 of shape (n, L, d)."""
     c = model.config
@@ -54,7 +55,7 @@ def sample_latents(model: DiffusionLM, n: int, cfg: SampleConfig, *, step_hook=N
     except ValueError as e:
         raise UserError(str(e)) from None
     model_fn = _SelfConditioned(model) if c.self_condition else model
-    x0_transform = (lambda x0, t: model.clamp(x0)) if cfg.clamp else None
+    x0_transform = (lambda x0, t: model.clamp(x0, exclude)) if cfg.clamp else None
     device = next(model.parameters()).device
     try:
         return sample(model_fn, diffusion, (n, length, c.emb_dim), sampler=cfg.sampler, eta=cfg.eta,
@@ -78,5 +79,5 @@ def generate(model: DiffusionLM, tokenizer: WordTokenizer, n: int, cfg: SampleCo
     while len(out) < n:
         b = min(batch_size, n - len(out))
         x0 = sample_latents(model, b, cfg, generator=generator, progress=progress, **kw)
-        out += [tokenizer.decode(row) for row in model.round(x0)]
+        out += [tokenizer.decode(row) for row in model.round(x0, kw.get("exclude"))]
     return out

@@ -122,14 +122,21 @@ class DiffusionLM(nn.Module):
         return 2 * x @ E.t() - (E * E).sum(-1) - (x * x).sum(-1, keepdim=True)
 
     @torch.no_grad()
-    def clamp(self, x: torch.Tensor) -> torch.Tensor:
+    def clamp(self, x: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
         """The clamping trick: map every vector to its nearest word embedding (exact rows of EMB)."""
-        return self.embedding.weight[self.round(x)]
+        return self.embedding.weight[self.round(x, exclude)]
 
     @torch.no_grad()
-    def round(self, x: torch.Tensor) -> torch.Tensor:
-        """argmax_w p_θ(w | x): the nearest word for every position."""
-        return self.logits(x).argmax(-1)
+    def round(self, x: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
+        """argmax_w p_θ(w | x): the nearest word for every position.
+
+        `exclude` (bool, broadcastable to (B, L, V)) rules words out where True,
+        e.g. PAD/END inside the span a length constraint leaves free.
+        """
+        logits = self.logits(x)
+        if exclude is not None:
+            logits = logits.masked_fill(exclude, float("-inf"))
+        return logits.argmax(-1)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,35 @@
+"""The models and targets shipped in the package load offline and behave."""
+import pytest
+
+from diffusion_lm.cli.common import resolve_asset, resolve_checkpoint
+from diffusion_lm.eval.oracles import ConstituencyParser
+from diffusion_lm.eval.targets import load_targets
+from diffusion_lm.eval.trees import labelled_spans
+from diffusion_lm.lm import ARLM
+from diffusion_lm.text import SampleConfig, from_pretrained, generate
+
+
+def test_shipped_targets_are_valid_and_complete():
+    targets = load_targets(resolve_asset("shipped", "targets"))  # validates every target against its reference
+    assert {t: len(r) for t, r in targets.items()} == {t: 200 for t in ("semantic", "pos", "tree", "spans", "length")}
+
+
+def test_shipped_teacher_prefers_real_sentences():
+    lm = ARLM.load(resolve_asset("shipped", "teacher"))
+    real = "The Eagle is a cheap coffee shop near Burger King ."
+    ppl_real, ppl_scrambled = lm.perplexity([real, " ".join(sorted(real.split()))])
+    assert ppl_real < 20 < ppl_scrambled
+
+
+def test_shipped_parser_finds_the_obvious_constituents():
+    tree = ConstituencyParser("shipped").parse([["The", "Eagle", "is", "a", "cheap", "pub", "."]])[0]
+    spans = labelled_spans(tree, evalb=False)
+    assert (0, 1, "NP") in spans and (3, 5, "NP") in spans
+
+
+@pytest.mark.skipif(not __import__("pathlib").Path(resolve_asset("shipped", "targets")).parent.joinpath(
+    "models", "diffusion-lm-cpu").is_dir(), reason="no shipped Diffusion-LM in this checkout")
+def test_shipped_diffusion_lm_samples():
+    model, tok = from_pretrained(resolve_checkpoint("shipped"))
+    out = generate(model, tok, 2, SampleConfig(steps=10), seed=0, progress=False)
+    assert len(out) == 2 and all(s.split() for s in out)
