@@ -33,6 +33,10 @@ def one_line_error(capsys, argv):
     (["sample", "checkpoint=/no/such/ckpt"], "not found"),
     (["frobnicate"], "unknown command"),
     (["train", "--preset", "tiny"], "key=value"),
+    (["sample", "n=x"], "n must be an integer"),
+    (["sample", "checkpoint=shipped:nope"], "no shipped model named 'nope'"),
+    (["generate", "target=5", "batch_size=0"], "batch_size must be at least 1"),
+    (["build-targets", "n=0"], "n must be at least 1"),
 ])
 def test_bad_input_is_one_line_exit_2(capsys, tmp_path, argv, expect):
     argv = [a.replace("RUN", str(tmp_path)) for a in argv]

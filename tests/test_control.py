@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from classifiers.guidance import Control, ControlGuidance, GuidanceConfig
+from diffusion_lm.core.guidance import Control, ControlGuidance, GuidanceConfig
 from diffusion_lm.cli.main import run
 from diffusion_lm.core import GaussianDiffusion, get_betas, sample
 from diffusion_lm.errors import UserError

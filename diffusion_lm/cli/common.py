@@ -29,15 +29,9 @@ def build(cfg: DictConfig, key: str):
 
 
 def resolve_checkpoint(name: str) -> str:
-    """`shipped` (or `shipped:<name>`) names a model inside the package; anything else is a folder."""
+    """`shipped` (or `shipped:<name>`) names a Diffusion-LM inside the package; anything else is a folder."""
     if name == "shipped" or name.startswith("shipped:"):
-        from importlib import resources
-
-        model = name.partition(":")[2] or "diffusion-lm-cpu"
-        path = resources.files("diffusion_lm") / "assets" / "models" / model
-        if not path.is_dir():
-            raise UserError(f"no shipped model named {model!r} (looked in {path})")
-        return str(path)
+        return resolve_asset("shipped", "model", name.partition(":")[2] or "diffusion-lm-cpu")
     return name
 
 
@@ -48,13 +42,27 @@ def plain(cfg: DictConfig) -> dict:
 SHIPPED_ASSETS = {"targets": "targets", "teacher": "models/teacher-lm", "parser": "models/parser-wsj-charlstm"}
 
 
-def resolve_asset(value: str, kind: str) -> str:
-    """`shipped` names the package's own targets / teacher / parser; anything else passes through."""
+def resolve_asset(value: str, kind: str, model: str | None = None) -> str:
+    """`shipped` names the package's own targets / teacher / parser (or model <name>); anything else passes through."""
     if value != "shipped":
         return value
     from importlib import resources
 
-    path = resources.files("diffusion_lm") / "assets" / SHIPPED_ASSETS[kind]
+    sub = f"models/{model}" if kind == "model" else SHIPPED_ASSETS[kind]
+    path = resources.files("diffusion_lm") / "assets" / sub
     if not path.is_dir():
-        raise UserError(f"no shipped {kind} in this installation (looked in {path}); build one and pass its folder")
+        what = f"model named {model!r}" if kind == "model" else kind
+        raise UserError(f"no shipped {what} in this installation (looked in {path}); build one and pass its folder")
     return str(path)
+
+
+def integer(cfg: DictConfig, key: str, minimum: int | None = None) -> int | None:
+    """A top-level integer setting (None stays None), or a one-line UserError naming the key."""
+    value = cfg[key]
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).lstrip("-").isdigit():
+        raise UserError(f"{key} must be an integer, got {value!r}")
+    if minimum is not None and int(value) < minimum:
+        raise UserError(f"{key} must be at least {minimum}, got {value}")
+    return int(value)

@@ -12,7 +12,7 @@ from ..eval.targets import read_jsonl
 from ..text import from_pretrained, generate
 from ..text.constraints import infill_constraint, length_constraint, words_only
 from ..text.io import atomic_write
-from .common import build, resolve_asset, resolve_checkpoint
+from .common import build, integer, resolve_asset, resolve_checkpoint
 
 TASKS = ("length", "infill")
 
@@ -31,14 +31,13 @@ def _targets(cfg) -> list:
     for k, r in enumerate(rows, 1):
         if "target" not in r:
             raise UserError(f"{path} row {k}: missing 'target'")
-    return [r["target"] for r in rows][: cfg.limit or None]
+    return [r["target"] for r in rows][: integer(cfg, "limit", 1)]
 
 
 def main(cfg) -> int:
     if cfg.task not in TASKS:
         raise UserError(f"unknown task {cfg.task!r}; choose one of {', '.join(TASKS)}")
-    if int(cfg.n) < 1:
-        raise UserError(f"n must be at least 1, got {cfg.n}")
+    n, batch_size, seed = integer(cfg, "n", 1), integer(cfg, "batch_size", 1), integer(cfg, "seed")
     sample_cfg = build(cfg, "sample")
     sample_cfg.length = None  # constraints span the model's full max_len
     targets = _targets(cfg)
@@ -47,16 +46,15 @@ def main(cfg) -> int:
     L = model.config.max_len
     if cfg.task == "length":
         lengths = [parse_length_target(t, L - 2) for t in targets]
-    jobs = [(i, t) for i, t in enumerate(targets) for _ in range(int(cfg.n))]
+    jobs = [(i, t) for i, t in enumerate(targets) for _ in range(n)]
     rows = []
-    generator_seed = int(cfg.seed)
-    for b in range(0, len(jobs), int(cfg.batch_size)):
-        chunk = jobs[b:b + int(cfg.batch_size)]
+    for b in range(0, len(jobs), batch_size):
+        chunk = jobs[b:b + batch_size]
         if cfg.task == "length":
             known = length_constraint(model, tok, [lengths[i] for i, _ in chunk])
         else:
-            known = infill_constraint(model, tok, cfg.left, cfg.right, int(cfg.middle), len(chunk))
-        texts = generate(model, tok, len(chunk), sample_cfg, batch_size=len(chunk), seed=generator_seed + b,
+            known = infill_constraint(model, tok, cfg.left, cfg.right, integer(cfg, "middle", 1), len(chunk))
+        texts = generate(model, tok, len(chunk), sample_cfg, batch_size=len(chunk), seed=seed + b,
                          known=known, exclude=words_only(known, tok, len(tok)))
         for (i, target), text in zip(chunk, texts):
             rows.append({"task": cfg.task, "target": target, "text": text, "system": cfg.system})

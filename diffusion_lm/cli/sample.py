@@ -11,7 +11,7 @@ from ..errors import UserError
 from ..text import from_pretrained, generate
 from ..text.io import atomic_write
 from ..text.trajectory import TrajectoryRecorder
-from .common import build, resolve_checkpoint
+from .common import build, integer, resolve_checkpoint
 
 
 def main(cfg) -> int:
@@ -21,7 +21,8 @@ def main(cfg) -> int:
     device = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
     model, tokenizer = from_pretrained(resolve_checkpoint(cfg.checkpoint), device=device)
     recorder = TrajectoryRecorder(model, tokenizer) if cfg.trajectory else None
-    sentences = generate(model, tokenizer, int(cfg.n), sample_cfg, batch_size=int(cfg.batch_size), seed=cfg.seed,
+    sentences = generate(model, tokenizer, integer(cfg, "n", 1), sample_cfg, batch_size=integer(cfg, "batch_size", 1),
+                         seed=integer(cfg, "seed"),
                          callback=recorder)
     for s in sentences:
         print(s)

@@ -3,8 +3,9 @@
 Imports nothing from the rest of the package.
 """
 from .diffusion import DiffusionConfig, GaussianDiffusion
+from .guidance import Control, ControlGuidance, GuidanceConfig
 from .sampling import SAMPLERS, Known, sample, step_moments
 from .schedules import SCHEDULES, get_betas
 
-__all__ = ["DiffusionConfig", "GaussianDiffusion", "Known", "SAMPLERS", "SCHEDULES",
+__all__ = ["Control", "ControlGuidance", "DiffusionConfig", "GaussianDiffusion", "GuidanceConfig", "Known", "SAMPLERS", "SCHEDULES",
            "get_betas", "sample", "step_moments"]

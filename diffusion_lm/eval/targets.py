@@ -20,7 +20,8 @@ import random
 from pathlib import Path
 
 from ..errors import UserError
-from ..text.data import DataConfig, load_e2e, tokenize_e2e
+from ..text.data import DataConfig, load_e2e
+from ..text.io import atomic_write
 from .metrics import MR_PATTERN, TASKS, target_text, validate_target
 from .trees import labelled_spans, tree_to_string
 
@@ -83,8 +84,6 @@ def build_targets(out_dir: str, n: int = 200, seed: int = 0, parser="shipped",
                 rec["target"] = len(words)
             rec.update(reference=ref, mr=mr)
             records.append(rec)
-        from ..text.io import atomic_write
-
         atomic_write(out / f"{task}.jsonl", lambda p, rs=records: Path(p).write_text(
             "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rs), encoding="utf-8"))
         counts[task] = len(records)
@@ -128,4 +127,4 @@ def load_targets(targets_dir: str | Path) -> dict[str, list[dict]]:
     return found
 
 
-__all__ = ["build_targets", "load_targets", "read_jsonl", "valid_references", "parse_mr", "tokenize_e2e"]
+__all__ = ["build_targets", "load_targets", "read_jsonl", "valid_references", "parse_mr"]

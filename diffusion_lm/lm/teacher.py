@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,8 +152,12 @@ def train_lm(model_cfg: ARLMConfig, train_cfg: ARTrainConfig, data: DataConfig |
     valid = load_e2e("valid", data)["text"]
     ppl = corpus_perplexity(lm, valid)
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out), safe_serialization=True)
-    tok.save(out)
+    with tempfile.TemporaryDirectory(dir=out, prefix=".saving.") as tmp:
+        # written whole beside the target, then each file moved into place in one step
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save(tmp)
+        for f in sorted(Path(tmp).iterdir(), key=lambda f: f.name == "model.safetensors"):
+            os.replace(f, out / f.name)
     summary = {"valid_perplexity": round(ppl, 3), "train_minutes": round((time.time() - started) / 60, 2),
                "parameters": sum(p.numel() for p in model.parameters()), "vocab_size": len(tok),
                "steps": train_cfg.steps, "seed": train_cfg.seed}

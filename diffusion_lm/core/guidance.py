@@ -1,4 +1,7 @@
-"""Plug-and-play control as the core's step-guidance hook (Li et al. 2022, §5.2).
+"""Classifier guidance as the sampling loop's step hook (Li et al. 2022, §5.2).
+
+Modality-agnostic: x is any (B, ...) tensor and a classifier is anything with
+`log_prob(x_t, t, target) -> (B,)`, the interface of `classifiers.base`.
 
 After the sampler draws x_{t−1} ~ N(μ_θ(x_t, t), σ_t² I), the hook takes K
 Adagrad steps on x_{t−1} that lower
@@ -17,14 +20,13 @@ from typing import Any
 
 import torch
 
-from .base import ControlClassifier
 
 
 @dataclass
 class Control:
     """One control: a classifier, a target per sample (or one for all), and its weight."""
 
-    classifier: ControlClassifier
+    classifier: Any  # has log_prob(x_t, t, target) -> (B,), differentiable in x_t
     target: Any
     weight: float = 1.0
 
@@ -62,6 +64,5 @@ class ControlGuidance:
             fluency = ((x - mean) ** 2 / (2 * var)).flatten(1).sum(1)
             (cfg.strength * -lp + fluency).sum().backward()
             opt.step()
-        with torch.no_grad():
-            self.last_log_prob = self.log_prob(x, t).detach()
+        self.last_log_prob = lp.detach()  # before the last update: no extra classifier pass per step
         return x.detach()
