@@ -6,3 +6,13 @@ import torch
 def _seed():
     torch.manual_seed(0)
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A Diffusion-LM trained for 10 steps on the tiny preset (shared by the control tests)."""
+    from diffusion_lm.cli.main import run
+
+    out = tmp_path_factory.mktemp("tiny")
+    assert run(["train", "preset=tiny", "optim.steps=10", "run.final_samples=0", f"run.out_dir={out}"]) == 0
+    return out

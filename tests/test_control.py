@@ -59,13 +59,6 @@ def test_guided_sampling_runs_through_the_core_loop():
     assert (guided - target).norm() < (plain - target).norm()
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny")
-    assert run(["train", "preset=tiny", "optim.steps=10", "run.final_samples=0", f"run.out_dir={out}"]) == 0
-    return out
-
-
 def test_length_constraint_fixes_start_end_and_pads(tiny_model):
     model, tok = from_pretrained(tiny_model)
     known = length_constraint(model, tok, [3, 7])
@@ -104,7 +97,7 @@ def test_generate_cli_writes_rows_evaluate_reads(tiny_model, tmp_path, capsys):
     assert all(len(r["text"].split()) == 6 for r in rows)
     capsys.readouterr()
     for argv, msg in [(["target=0"], "out of range"), (["target=99"], "out of range"), (["target=x"], "not an integer"),
-                      (["task=pos", "target=DT"], "unknown task"), (["target=3", "targets=shipped"], "exactly one"),
+                      (["task=bogus", "target=DT"], "unknown task"), (["target=3", "targets=shipped"], "exactly one"),
                       (["targets=/no/file.jsonl"], "not found")]:
         code = run(["generate", f"checkpoint={tiny_model}", "task=length", "sample.steps=5", *argv])
         err = capsys.readouterr().err.strip()

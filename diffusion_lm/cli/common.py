@@ -43,15 +43,18 @@ SHIPPED_ASSETS = {"targets": "targets", "teacher": "models/teacher-lm", "parser"
 
 
 def resolve_asset(value: str, kind: str, model: str | None = None) -> str:
-    """`shipped` names the package's own targets / teacher / parser (or model <name>); anything else passes through."""
+    """`shipped` names the package's own targets / teacher / parser (or model / classifier <name>); else passes through."""
     if value != "shipped":
         return value
     from importlib import resources
 
-    sub = f"models/{model}" if kind == "model" else SHIPPED_ASSETS[kind]
+    if kind == "classifier":
+        sub = f"models/classifier-{model}"
+    else:
+        sub = f"models/{model}" if kind == "model" else SHIPPED_ASSETS[kind]
     path = resources.files("diffusion_lm") / "assets" / sub
     if not path.is_dir():
-        what = f"model named {model!r}" if kind == "model" else kind
+        what = {"model": f"model named {model!r}", "classifier": f"{model} classifier"}.get(kind, kind)
         raise UserError(f"no shipped {what} in this installation (looked in {path}); build one and pass its folder")
     return str(path)
 

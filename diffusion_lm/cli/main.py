@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "train a Diffusion-LM on E2E (preset=tiny|cpu|paper); resumes from out_dir"),
     "sample": ("sample", "sample sentences from a trained Diffusion-LM (sampler, steps, clamping)"),
     "generate": ("generate", "controlled generation with a frozen Diffusion-LM (task=length|infill), JSONL out"),
+    "train-classifier": ("train_classifier", "train a control classifier (task=pos|tree|semantic) on a model's noisy latents"),
     "train-lm": ("train_lm", "train the GPT-2-architecture teacher LM on E2E (fluency = its perplexity)"),
     "build-parser": ("build_parser", "train the constituency-parser oracle (benepar, char LSTM) on the WSJ sample"),
     "build-targets": ("build_targets", "derive 200 control targets a task from E2E valid with the oracles"),
@@ -35,6 +36,9 @@ Settings are hydra overrides, e.g.
   diffusion-lm evaluate generations=[runs/gen/pos.jsonl]
 `diffusion-lm <command> --help` prints every key with its default.
 """
+
+
+LAST_COMMAND = ""  # the command line being run, for manifests
 
 
 def config_dir() -> str:
@@ -89,6 +93,8 @@ def run(argv: list[str] | None = None) -> int:
         if bad:
             raise UserError(f"expected key=value overrides, got {bad[0]!r}")
         cfg = compose(COMMANDS[name][0], overrides)
+        global LAST_COMMAND
+        LAST_COMMAND = " ".join(["diffusion-lm", name, *overrides])
         handler: Callable = getattr(__import__(f"diffusion_lm.cli.{COMMANDS[name][0]}", fromlist=["main"]), "main")
         return handler(cfg) or 0
     except KeyboardInterrupt:

@@ -32,7 +32,7 @@ class TrajectoryRecorder:
             self.rows[round(k * (len(self.rows) - 1) / (max_rows - 1))] for k in range(max_rows)]
         return [f"t={t:>4}  " + " ".join(w for w in words if w != "[PAD]") for t, words in keep]
 
-    def write(self, path: str | Path) -> tuple[Path, Path]:
+    def write(self, path: str | Path, title: str | None = None) -> tuple[Path, Path]:
         """Write <path>.txt (every step) and <path>.png (up to 25 steps)."""
         import matplotlib
 
@@ -42,11 +42,11 @@ class TrajectoryRecorder:
         base = Path(path).with_suffix("")
         base.parent.mkdir(parents=True, exist_ok=True)
         txt, png = base.with_suffix(".txt"), base.with_suffix(".png")
-        txt.write_text("\n".join(self.lines(max_rows=len(self.rows) or 1)) + "\n")
+        txt.write_text((f"# {title}\n" if title else "") + "\n".join(self.lines(max_rows=len(self.rows) or 1)) + "\n")
         lines = self.lines()
         fig = plt.figure(figsize=(14, 0.28 * len(lines) + 0.8))
-        fig.text(0.01, 0.98, "Denoising trajectory: x̂_0 rounded to words at each step t (noisiest first)",
-                 va="top", fontsize=10, weight="bold")
+        heading = "Denoising trajectory: x̂_0 rounded to words at each step t (noisiest first)"
+        fig.text(0.01, 0.98, heading + (f"\n{title}" if title else ""), va="top", fontsize=10, weight="bold")
         for k, line in enumerate(lines):
             fig.text(0.01, 0.93 - k * (0.9 / max(1, len(lines))), line, va="top", family="monospace", fontsize=8)
         fig.savefig(png, dpi=110)

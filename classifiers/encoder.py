@@ -1,0 +1,86 @@
+"""The shared trunk of the control classifiers: a t-conditioned transformer over noisy latents.
+
+A classifier sees exactly what the sampler holds at step t: x_t of shape
+(B, L, d) in the frozen Diffusion-LM's embedding space, and the training
+timestep t. It is tied to that model's embeddings, so it records a
+fingerprint of them (`LatentSpace`) and refuses to run beside another model.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from diffusion_lm.errors import UserError
+from diffusion_lm.text.model import Block, DiffusionLM, timestep_embedding
+
+
+@dataclass
+class EncoderConfig:
+    hidden: int = 128
+    layers: int = 3
+    heads: int = 4
+    mlp_ratio: int = 4
+    dropout: float = 0.1
+
+    def validate(self) -> None:
+        for name in ("hidden", "layers", "heads", "mlp_ratio"):
+            if getattr(self, name) < 1:
+                raise UserError(f"encoder.{name} must be a positive integer, got {getattr(self, name)}")
+        if self.hidden % self.heads:
+            raise UserError(f"encoder.hidden ({self.hidden}) must be divisible by encoder.heads ({self.heads})")
+
+
+@dataclass
+class LatentSpace:
+    """Which Diffusion-LM's latents a classifier reads: shape and an embedding fingerprint."""
+
+    emb_dim: int
+    max_len: int
+    vocab_size: int
+    fingerprint: str
+
+    @classmethod
+    def of(cls, model: DiffusionLM) -> "LatentSpace":
+        c = model.config
+        return cls(c.emb_dim, c.max_len, c.vocab_size, embedding_fingerprint(model))
+
+    def check(self, model: DiffusionLM, what: str) -> None:
+        other = LatentSpace.of(model)
+        if other != self:
+            raise UserError(f"{what} was trained on another Diffusion-LM's embeddings "
+                            f"(fingerprint {self.fingerprint[:12]}, this model {other.fingerprint[:12]}); "
+                            "train it for this model with diffusion-lm train-classifier")
+
+
+def embedding_fingerprint(model: DiffusionLM) -> str:
+    # fp16 bytes: the fp32 run and its fp16 shipped copy share a fingerprint.
+    w = model.embedding.weight.detach().to("cpu", torch.float16).contiguous()
+    return hashlib.sha256(w.numpy().tobytes()).hexdigest()
+
+
+class LatentEncoder(nn.Module):
+    """(x_t, t) → contextual features h of shape (B, L, hidden)."""
+
+    def __init__(self, space: LatentSpace, cfg: EncoderConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.input_proj = nn.Linear(space.emb_dim, cfg.hidden)
+        self.pos_emb = nn.Parameter(torch.zeros(1, space.max_len, cfg.hidden))
+        nn.init.normal_(self.pos_emb, std=0.02)
+        self.time_mlp = nn.Sequential(nn.Linear(cfg.hidden, 2 * cfg.hidden), nn.SiLU(),
+                                      nn.Linear(2 * cfg.hidden, cfg.hidden))
+        self.blocks = nn.ModuleList(Block(cfg.hidden, cfg.heads, cfg.mlp_ratio, cfg.dropout)
+                                    for _ in range(cfg.layers))
+        self.norm = nn.LayerNorm(cfg.hidden)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        L = x_t.shape[1]
+        h = self.input_proj(x_t) + self.pos_emb[:, :L]
+        h = h + self.time_mlp(timestep_embedding(t, self.cfg.hidden))[:, None, :]
+        for block in self.blocks:
+            h = block(h)
+        return self.norm(h)

@@ -1,0 +1,94 @@
+"""Part-of-speech control: a t-conditioned tagger over noisy latents.
+
+log p(tags | x_t) = Σ_i log p(tag_i | x_t, t) over the word positions 1..n
+(position 0 holds START). Targets may be Penn Treebank tags or NLTK's
+universal tags; a universal tag's probability is the sum of its PTB tags'.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diffusion_lm.errors import UserError
+from diffusion_lm.eval.metrics import parse_pos_target
+
+from .encoder import EncoderConfig, LatentEncoder, LatentSpace
+
+UNIVERSAL = ["ADJ", "ADP", "ADV", "CONJ", "DET", "NOUN", "NUM", "PRT", "PRON", "VERB", ".", "X"]
+
+
+class PosClassifier(nn.Module):
+    kind = "pos"
+
+    def __init__(self, space: LatentSpace, encoder: EncoderConfig, tags: list[str]):
+        super().__init__()
+        from diffusion_lm.eval.oracles import pos_tagger
+
+        self.space, self.tags = space, list(tags)
+        self.encoder = LatentEncoder(space, encoder)
+        self.head = nn.Linear(encoder.hidden, len(self.tags))
+        groups = torch.zeros(len(UNIVERSAL), len(self.tags))
+        for k, u in enumerate(pos_tagger().to_universal(self.tags)):
+            groups[UNIVERSAL.index(u), k] = 1.0
+        self.register_buffer("groups", groups, persistent=False)
+
+    def extra_config(self) -> dict:
+        return {"tags": self.tags}
+
+    @classmethod
+    def for_data(cls, space: LatentSpace, encoder: EncoderConfig, oracle_rows: list, min_count: int = 0) -> "PosClassifier":
+        from diffusion_lm.eval.oracles import pos_tagger
+
+        return cls(space, encoder, sorted(pos_tagger().ptb_tags))
+
+    # ---- oracle labels --------------------------------------------------------------------
+    @staticmethod
+    def oracle(sentences: list[list[str]], mrs: list[str]) -> list[list[str]]:
+        from diffusion_lm.eval.oracles import pos_tagger
+
+        return [pos_tagger().tag(words) for words in sentences]
+
+    def encode_labels(self, oracle_rows: list) -> torch.Tensor:
+        """(n, L) tag ids at word positions, −1 elsewhere."""
+        return torch.stack([self._row([self.tags.index(t) for t in tags]) for tags in oracle_rows])
+
+    def _row(self, ids: list[int]) -> torch.Tensor:
+        row = torch.full((self.space.max_len,), -1, dtype=torch.long)
+        row[1:1 + len(ids)] = torch.tensor(ids, dtype=torch.long)
+        return row
+
+    # ---- the control interface ------------------------------------------------------------
+    def target(self, target) -> tuple[torch.Tensor, int]:
+        """A target's per-position class ids (L,) and its length in words."""
+        tags, tagset = parse_pos_target(target)
+        if len(tags) > self.space.max_len - 2:
+            raise UserError(f"POS target has {len(tags)} tags; this model writes at most {self.space.max_len - 2} words")
+        ids = ([self.tags.index(t) for t in tags] if tagset == "ptb"
+               else [len(self.tags) + UNIVERSAL.index(t) for t in tags])
+        return self._row(ids), len(tags)
+
+    def class_log_probs(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """(B, L, n_ptb + n_universal): PTB log-probs, then universal ones (sums of their PTB tags)."""
+        lp = self.head(self.encoder(x_t, t)).log_softmax(-1)
+        universal = torch.logsumexp(lp[..., None, :] + self.groups.clamp_min(1e-30).log(), dim=-1)
+        return torch.cat([lp, universal], dim=-1)
+
+    def log_prob(self, x_t: torch.Tensor, t: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        lp = self.class_log_probs(x_t, t).gather(-1, target.clamp_min(0)[..., None])[..., 0]
+        return (lp * (target >= 0)).sum(-1)
+
+    # ---- training ---------------------------------------------------------------------------
+    @staticmethod
+    def collate(labels: torch.Tensor, rows, device=None) -> torch.Tensor:
+        return labels[rows].to(device)
+
+    def loss(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logits = self.head(self.encoder(x_t, t))
+        return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-1)
+
+    @torch.no_grad()
+    def accuracy(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> float:
+        pred = self.head(self.encoder(x_t, t)).argmax(-1)
+        keep = labels >= 0
+        return 100.0 * (pred[keep] == labels[keep]).float().mean().item()

@@ -1,0 +1,93 @@
+"""From a task and a target to what the sampler needs: controls (classifier, target, weight) and a length.
+
+| task | classifier | length held by masked replacement |
+| --- | --- | --- |
+| pos | pos tagger, log p(tags) | the number of tags |
+| tree | span parser, log p(tree) | the tree's words |
+| spans | span parser, log p(span in tree) | a training sentence's length that holds the span |
+| semantic | stated values, log p(value stated) | free |
+| compose | pos + semantic, their log-probabilities summed | the number of tags |
+| length | none | the target |
+
+POS and tree targets fix the sentence's length, so the length is held by
+the same masked replacement that length control uses, and the classifier
+spends its gradient on the words alone.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from diffusion_lm.core.guidance import Control
+from diffusion_lm.errors import UserError
+from diffusion_lm.eval.metrics import parse_length_target
+
+from .tree import TreeTarget
+
+TASKS = ("pos", "tree", "spans", "semantic", "compose", "length")
+NEEDS = {"pos": ("pos",), "tree": ("tree",), "spans": ("tree",), "semantic": ("semantic",),
+         "compose": ("pos", "semantic"), "length": ()}
+
+
+@dataclass
+class Request:
+    """One parsed target: per-classifier targets for one sample, and the length to hold (or None)."""
+
+    parts: list[tuple[str, Any]] = field(default_factory=list)  # (classifier kind, that classifier's target)
+    length: int | None = None
+
+
+def compose_parts(target) -> dict:
+    """A compose target: {"pos": ..., "semantic": ...} as a dict or its JSON text."""
+    if isinstance(target, str):
+        try:
+            target = json.loads(target)
+        except json.JSONDecodeError:
+            raise UserError(f"malformed compose target {target!r}: expected JSON like "
+                            '{"pos": "DT NN VBZ ...", "semantic": "food : Italian"}') from None
+    if not isinstance(target, dict) or set(target) != {"pos", "semantic"}:
+        raise UserError(f"a compose target needs exactly the keys pos and semantic, got {target!r}")
+    return target
+
+
+def parse_request(task: str, target, classifiers: dict, max_words: int, generator: torch.Generator) -> Request:
+    """Validate a target against the classifiers (one-line UserError) and turn it into a Request."""
+    if task == "length":
+        return Request(length=parse_length_target(target, max_words))
+    if task == "pos":
+        row, n = classifiers["pos"].target(target)
+        return Request([("pos", row)], n)
+    if task == "tree":
+        clf = classifiers["tree"]
+        tt = clf.tree_target(target)
+        return Request([("tree", tt)], int(tt.lengths[0]))
+    if task == "spans":
+        clf = classifiers["tree"]
+        n = clf.span_length(target, generator)
+        return Request([("tree", clf.span_target(target, n))], n)
+    if task == "semantic":
+        return Request([("semantic", classifiers["semantic"].target(target))])
+    if task == "compose":
+        parts = compose_parts(target)
+        row, n = classifiers["pos"].target(parts["pos"])
+        return Request([("pos", row), ("semantic", classifiers["semantic"].target(parts["semantic"]))], n)
+    raise UserError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+
+
+def controls_for(requests: list[Request], classifiers: dict, device=None) -> list[Control]:
+    """Batch the per-sample targets of each classifier into one Control per classifier."""
+    kinds = [k for k, _ in requests[0].parts]
+    out = []
+    for pos, kind in enumerate(kinds):
+        targets = [r.parts[pos][1] for r in requests]
+        if kind == "tree":
+            batched = TreeTarget.stack(targets, device)
+        elif kind == "pos":
+            batched = torch.stack(targets).to(device)
+        else:
+            batched = torch.tensor(targets, device=device)
+        out.append(Control(classifiers[kind], batched))
+    return out

@@ -1,0 +1,214 @@
+"""Syntax control: a t-conditioned span parser over noisy latents with a tree CRF.
+
+Every span (i, j) of word positions gets a score for each label — a
+constituent label, a unary chain such as "S+VP" (outermost first), or ∅ for
+a span that is not a constituent. A binary tree's score is the sum over its
+spans; torch-struct's `TreeCRF` sums over all trees (log Z).
+
+Both controls are one computation, log Z over the trees a constraint allows
+minus log Z over all trees:
+
+* tree: the target's constituents with their labels, spans crossing none of
+  them labelled ∅ (they are the binarisation, summed over), crossing spans
+  forbidden;
+* span (i, j, LABEL): spans crossing (i, j) forbidden, (i, j) restricted to
+  labels whose chain contains LABEL — log p(the span is in the tree).
+
+A span compatible with every bracket of a full binary tree is in it, so
+forbidding the crossing spans is what forces the wanted ones in.
+"""
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from nltk import Tree
+from torch import nn
+
+from diffusion_lm.errors import UserError
+from diffusion_lm.eval.metrics import parse_span_target
+from diffusion_lm.eval.trees import base_label, parse_bracketed, tree_to_string
+
+from .encoder import EncoderConfig, LatentEncoder, LatentSpace
+
+EMPTY = "∅"
+FORBID = -1e4  # not −inf: log Z over an all-forbidden span stays finite and its gradient zero
+
+
+def constituents(tree: Tree) -> tuple[int, dict[tuple[int, int], str]]:
+    """Word count and {(i, j): label chain} over word positions (j inclusive); no preterminals, no TOP."""
+    spans: dict[tuple[int, int], list[str]] = {}
+
+    def walk(t, start: int) -> int:
+        if isinstance(t, str) or (len(t) == 1 and isinstance(t[0], str)):
+            return start + 1
+        end = start
+        for kid in t:
+            end = walk(kid, end)
+        label = base_label(t.label())
+        if label not in ("TOP", "ROOT", "") and end > start:
+            spans.setdefault((start, end - 1), []).insert(0, label)  # parents come after children
+        return end
+
+    n = walk(tree, 0)
+    return n, {k: "+".join(v) for k, v in spans.items()}
+
+
+def crossing(n: int, size: int, spans) -> np.ndarray:
+    """(size, size) bool: spans (i, j) inside n words that cross any of `spans`."""
+    if not spans:
+        return np.zeros((size, size), dtype=bool)
+    a, b = (np.array(v)[:, None, None] for v in zip(*spans))
+    i, j = np.arange(size)[None, :, None], np.arange(size)[None, None, :]
+    cross = ((i < a) & (a <= j) & (j < b)) | ((a < i) & (i <= b) & (b < j))
+    return cross.any(0)
+
+
+@dataclass
+class TreeTarget:
+    """A batch of constraints for `TreeClassifier.log_prob`."""
+
+    allowed: torch.Tensor  # (B, N, N, NT) bool
+    lengths: torch.Tensor  # (B,) words
+
+    @staticmethod
+    def stack(rows: list["TreeTarget"], device=None) -> "TreeTarget":
+        return TreeTarget(torch.cat([r.allowed for r in rows]).to(device), torch.cat([r.lengths for r in rows]).to(device))
+
+
+class TreeClassifier(nn.Module):
+    kind = "tree"
+
+    def __init__(self, space: LatentSpace, encoder: EncoderConfig, labels: list[str], span_hidden: int = 128,
+                 lengths: list[int] | None = None):
+        super().__init__()
+        if not labels or labels[0] != EMPTY:
+            raise ValueError(f"labels must start with {EMPTY!r}")
+        self.space, self.labels = space, list(labels)
+        self.lengths = list(lengths or [])  # word counts of the training sentences (for span targets)
+        self.span_hidden = span_hidden
+        self.encoder = LatentEncoder(space, encoder)
+        self.left = nn.Linear(encoder.hidden, span_hidden)
+        self.right = nn.Linear(encoder.hidden, span_hidden, bias=False)
+        self.out = nn.Sequential(nn.LayerNorm(span_hidden), nn.Linear(span_hidden, len(self.labels)))
+        self._index = {lab: k for k, lab in enumerate(self.labels)}
+
+    @property
+    def size(self) -> int:
+        return self.space.max_len - 2  # word positions 1..L−2 (START before, END after)
+
+    def extra_config(self) -> dict:
+        return {"labels": self.labels, "span_hidden": self.span_hidden, "lengths": self.lengths}
+
+    @classmethod
+    def for_data(cls, space: LatentSpace, encoder: EncoderConfig, oracle_rows: list,
+                 min_count: int = 10) -> "TreeClassifier":
+        counts = Counter(lab for row in oracle_rows for lab in constituents(parse_bracketed(row))[1].values())
+        labels = [EMPTY] + sorted(lab for lab, c in counts.items() if c >= min_count)
+        lengths = [len(parse_bracketed(row).leaves()) for row in oracle_rows]
+        return cls(space, encoder, labels, lengths=lengths)
+
+    # ---- labels and targets -----------------------------------------------------------------
+    def label_id(self, chain: str, strict: bool = True) -> int | None:
+        """A chain's id; a rare chain falls back to its outermost label."""
+        for candidate in (chain, chain.split("+")[0]):
+            if candidate in self._index:
+                return self._index[candidate]
+        if strict:
+            raise UserError(f"unknown constituent label {chain!r} for this tree classifier "
+                            f"(known: {', '.join(self.labels[1:])})")
+        return None
+
+    def _check_length(self, n: int) -> None:
+        if not 1 <= n <= self.size:
+            raise UserError(f"a syntax target of {n} words does not fit this model (1..{self.size} words)")
+
+    def gold(self, tree: Tree | str, strict: bool = True) -> tuple[int, dict[tuple[int, int], int]]:
+        """Word count and {(i, j): label id} of a tree (rare chains mapped, unknown ones dropped unless strict)."""
+        tree = parse_bracketed(tree) if isinstance(tree, str) else tree
+        n, spans = constituents(tree)
+        self._check_length(n)
+        gold = {k: self.label_id(v, strict) for k, v in spans.items()}
+        return n, {k: v for k, v in gold.items() if v is not None}
+
+    def tree_target(self, tree: Tree | str) -> TreeTarget:
+        return self.gold_target(*self.gold(tree))
+
+    def gold_target(self, n: int, gold: dict[tuple[int, int], int]) -> TreeTarget:
+        N, NT = self.size, len(self.labels)
+        allowed = np.ones((N, N, NT), dtype=bool)
+        allowed[:n, :n] = False
+        free = ~crossing(n, N, list(gold)) & np.triu(np.ones((N, N), dtype=bool))
+        allowed[:n, :n, 0] = free[:n, :n]
+        for (i, j), k in gold.items():
+            allowed[i, j] = False
+            allowed[i, j, k] = True
+        return TreeTarget(torch.from_numpy(allowed)[None], torch.tensor([n]))
+
+    def span_target(self, target, n: int) -> TreeTarget:
+        i, j, label = parse_span_target(target, n)
+        self._check_length(n)
+        ids = [k for k, chain in enumerate(self.labels) if label in chain.split("+")]
+        if not ids:
+            raise UserError(f"unknown constituent label {label!r} for this tree classifier "
+                            f"(known: {', '.join(sorted({p for c in self.labels[1:] for p in c.split('+')}))})")
+        N, NT = self.size, len(self.labels)
+        allowed = np.ones((N, N, NT), dtype=bool)
+        allowed[crossing(n, N, [(i, j)])] = False
+        allowed[i, j] = False
+        allowed[i, j, ids] = True
+        return TreeTarget(torch.from_numpy(allowed)[None], torch.tensor([n]))
+
+    def span_length(self, target, generator: torch.Generator) -> int:
+        """A sentence length for a span target: a training sentence's length that holds the span."""
+        _, j, _ = parse_span_target(target)
+        fits = [n for n in self.lengths if j < n <= self.size]
+        if not fits:
+            raise UserError(f"span target {target} ends past the longest sentence this model writes")
+        return fits[int(torch.randint(len(fits), (1,), generator=generator))]
+
+    # ---- scores ---------------------------------------------------------------------------
+    def potentials(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """(B, N, N, NT) label scores of every span of word positions."""
+        h = self.encoder(x_t, t)[:, 1:1 + self.size]
+        z = F.gelu(self.left(h)[:, :, None] + self.right(h)[:, None, :])
+        return self.out(z)
+
+    @staticmethod
+    def _log_partition(potentials: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        from torch_struct import TreeCRF
+
+        with warnings.catch_warnings():  # torch.distributions nags about arg_constraints
+            warnings.simplefilter("ignore")
+            return TreeCRF(potentials, lengths=lengths).partition
+
+    def log_prob(self, x_t: torch.Tensor, t: torch.Tensor, target: TreeTarget) -> torch.Tensor:
+        pot = self.potentials(x_t, t)
+        constrained = pot.masked_fill(~target.allowed, FORBID)
+        return self._log_partition(constrained, target.lengths) - self._log_partition(pot, target.lengths)
+
+    # ---- training ---------------------------------------------------------------------------
+    @staticmethod
+    def oracle(sentences: list[list[str]], mrs: list[str]) -> list[str]:
+        """The parser oracle's trees, as strings (cached by the trainer)."""
+        from diffusion_lm.eval.oracles import constituency_parser
+
+        return [tree_to_string(t) for t in constituency_parser("shipped").parse(sentences)]
+
+    def encode_labels(self, oracle_rows: list) -> list:
+        return [self.gold(row, strict=False) for row in oracle_rows]
+
+    def collate(self, labels: list, rows, device=None) -> TreeTarget:
+        return TreeTarget.stack([self.gold_target(*labels[r]) for r in rows], device)
+
+    def loss(self, x_t: torch.Tensor, t: torch.Tensor, labels: TreeTarget) -> torch.Tensor:
+        return -(self.log_prob(x_t, t, labels) / labels.lengths).mean()
+
+    @torch.no_grad()
+    def accuracy(self, x_t: torch.Tensor, t: torch.Tensor, labels: TreeTarget) -> float:
+        """Mean per-word log p(gold tree) — higher is better (0 is certainty)."""
+        return (self.log_prob(x_t, t, labels) / labels.lengths).mean().item()

@@ -1,0 +1,179 @@
+"""Control classifiers: the tree CRF against brute force, POS and semantic heads, training, CLI."""
+import itertools
+import json
+
+import pytest
+import torch
+
+from classifiers.encoder import EncoderConfig, LatentSpace
+from classifiers.io import load_classifier
+from classifiers.pos import UNIVERSAL, PosClassifier
+from classifiers.semantic import SemanticClassifier
+from classifiers.tree import EMPTY, TreeClassifier, constituents, crossing
+from diffusion_lm.cli.main import run
+from diffusion_lm.errors import UserError
+from diffusion_lm.eval.trees import parse_bracketed
+
+SPACE = LatentSpace(emb_dim=4, max_len=5, vocab_size=10, fingerprint="x")  # 3 word positions
+SMALL = EncoderConfig(hidden=8, layers=1, heads=2, mlp_ratio=2, dropout=0.0)
+
+
+def test_constituents_collapse_unary_chains_and_skip_preterminals():
+    n, spans = constituents(parse_bracketed("(TOP (S (VP (VB go) (NP (PRP it)))))"))
+    assert n == 2 and spans == {(0, 1): "S+VP", (1, 1): "NP"}
+
+
+def test_crossing_marks_exactly_the_crossing_spans():
+    cross = crossing(4, 4, [(1, 2)])
+    assert {(i, j) for i in range(4) for j in range(i, 4) if cross[i, j]} == {(0, 1), (2, 3)}
+
+
+def _brute(pot, keep):
+    """log Σ over labelled binary trees of 3 words that `keep` accepts, of exp(score)."""
+    bracketings = [[(0, 0), (1, 1), (2, 2), (0, 1), (0, 2)], [(0, 0), (1, 1), (2, 2), (1, 2), (0, 2)]]
+    scores = []
+    for spans in bracketings:
+        for labels in itertools.product(range(pot.shape[-1]), repeat=len(spans)):
+            tree = dict(zip(spans, labels))
+            if keep(tree):
+                scores.append(sum(pot[i, j, k] for (i, j), k in tree.items()))
+    return torch.logsumexp(torch.stack(scores), 0)
+
+
+def test_tree_and_span_log_probs_match_brute_force(monkeypatch):
+    clf = TreeClassifier(SPACE, SMALL, [EMPTY, "NP", "S"])
+    pot = torch.randn(3, 3, 3, dtype=torch.float64)
+    monkeypatch.setattr(clf, "potentials", lambda x, t: pot[None])
+    x, t = torch.zeros(1, 5, 4), torch.zeros(1, dtype=torch.long)
+    log_z = _brute(pot, lambda tree: True)
+
+    target = clf.tree_target("(TOP (S (NP (DT a) (NN b)) (VBZ c)))")
+    gold = {(0, 0): 0, (1, 1): 0, (2, 2): 0, (0, 1): 1, (0, 2): 2}
+    expect = _brute(pot, lambda tree: tree == gold) - log_z
+    assert torch.allclose(clf.log_prob(x, t, target), expect[None], atol=1e-3)
+
+    span = clf.span_target([1, 2, "NP"], 3)
+    expect = _brute(pot, lambda tree: tree.get((1, 2)) == 1) - log_z
+    assert torch.allclose(clf.log_prob(x, t, span), expect[None], atol=1e-3)
+
+
+def test_tree_targets_fail_cleanly():
+    clf = TreeClassifier(SPACE, SMALL, [EMPTY, "NP", "S"], lengths=[2, 3])
+    with pytest.raises(UserError, match="unknown constituent label 'QP'"):
+        clf.span_target([0, 1, "QP"], 3)
+    with pytest.raises(UserError, match="outside a sentence of 3 words"):
+        clf.span_target([1, 3, "NP"], 3)
+    with pytest.raises(UserError, match="longest sentence"):
+        clf.span_length([0, 7, "NP"], torch.Generator())
+    with pytest.raises(UserError, match="does not fit"):
+        clf.tree_target("(S (NP (DT a) (NN b)) (VP (VBZ c) (NN d)))")
+    with pytest.raises(UserError):
+        clf.tree_target("(S (NP a")
+    assert clf.span_length([0, 1, "NP"], torch.Generator().manual_seed(0)) in (2, 3)
+
+
+def test_pos_log_prob_sums_word_positions_and_universal_tags_sum_their_ptb_tags():
+    clf = PosClassifier(LatentSpace(4, 6, 10, "x"), SMALL, ["DT", "NN", "NNS", "VBZ", "."])
+    x, t = torch.randn(1, 6, 4), torch.tensor([3])
+    lp = clf.head(clf.encoder(x, t)).log_softmax(-1)[0]
+    row, n = clf.target("DT NN VBZ")
+    assert n == 3 and row.tolist() == [-1, 0, 1, 3, -1, -1]
+    assert torch.allclose(clf.log_prob(x, t, row[None]), lp[1, 0] + lp[2, 1] + lp[3, 3])
+    row, _ = clf.target("DET NOUN")
+    noun = torch.logsumexp(lp[2, [1, 2]], 0)  # NN and NNS are NOUN
+    assert torch.allclose(clf.log_prob(x, t, row[None]), lp[1, 0] + noun)
+    assert row[2] == len(clf.tags) + UNIVERSAL.index("NOUN")
+    with pytest.raises(UserError, match="unknown POS tag 'XX'"):
+        clf.target("DT XX")
+    with pytest.raises(UserError, match="at most 4 words"):
+        clf.target("DT NN VBZ DT NN")
+
+
+def test_semantic_labels_are_stated_values_and_targets_are_checked():
+    rows = SemanticClassifier.oracle([["Zizzi", "serves", "Italian", "food", "."]] * 3,
+                                     ["name[Zizzi], food[Italian], area[riverside], familyFriendly[yes]"] * 3)
+    assert rows[0]["present"] == ["Zizzi", "Italian"]
+    clf = SemanticClassifier.for_data(SPACE, SMALL, rows, min_count=1)
+    assert clf.values == ["Italian", "Zizzi"] and "food : Italian" in clf.pairs
+    assert clf.encode_labels(rows)[0].tolist() == [1.0, 1.0]
+    assert clf.values[clf.target("food : Italian")] == "Italian"
+    for bad, msg in [("food : Klingon", "unknown value 'Klingon'"), ("colour : red", "unknown MR field"),
+                     ("familyFriendly : yes", "cannot be controlled"), ("food", "malformed")]:
+        with pytest.raises(UserError, match=msg):
+            clf.target(bad)
+    x = torch.randn(2, 5, 4, requires_grad=True)
+    lp = clf.log_prob(x, torch.tensor([1, 2]), torch.tensor([0, 1]))
+    lp.sum().backward()
+    assert lp.shape == (2,) and (lp < 0).all() and x.grad.abs().sum() > 0
+
+
+@pytest.fixture(scope="module")
+def tiny_classifiers(tiny_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cls")
+    common = [f"checkpoint={tiny_model}", "optim.limit=48", "optim.eval_size=8", "optim.batch_size=8",
+              "encoder.hidden=16", "encoder.layers=1", "encoder.heads=2", "optim.log_every=1", "optim.min_count=1"]
+    for kind in ("pos", "tree", "semantic"):
+        assert run(["train-classifier", f"task={kind}", f"out_dir={out / kind}", "optim.steps=3", *common]) == 0
+    return out, common
+
+
+def test_train_classifier_saves_loads_and_resumes(tiny_classifiers, tiny_model):
+    out, common = tiny_classifiers
+    for kind in ("pos", "tree", "semantic"):
+        clf = load_classifier(out / kind, kind=kind)
+        summary = json.loads((out / kind / "summary.json").read_text())
+        assert summary["steps"] == 3 and list(summary["heldout"]) == ["t=0", "t=25", "t=50", "t=75", "t=95"]
+        assert json.loads((out / kind / "config.json").read_text())["metrics"]["steps"] == 3
+        assert clf.kind == kind
+    # a second call with more steps continues from the checkpoint, not from scratch
+    assert run(["train-classifier", "task=pos", f"out_dir={out / 'pos'}", "optim.steps=5", *common]) == 0
+    log = [json.loads(r) for r in (out / "pos" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5]
+
+
+def test_generate_cli_with_classifiers(tiny_classifiers, tiny_model, tmp_path, capsys):
+    out, _ = tiny_classifiers
+    cls = [f"classifiers.{k}={out / k}" for k in ("pos", "tree", "semantic")]
+    base = ["generate", f"checkpoint={tiny_model}", "sample.steps=4", "n=2", *cls]
+    cases = {"pos": "target=DT NN VBZ", "tree": 'target="(TOP (S (NP (DT a) (NN b)) (VBZ c)))"',
+             "spans": "target=[0, 1, NP]", "semantic": f"target={_a_pair(out)}",
+             "compose": f'target={{pos: "DT NN VBZ", semantic: "{_a_pair(out)}"}}'}
+    for task, target in cases.items():
+        path = tmp_path / f"{task}.jsonl"
+        assert run([*base, f"task={task}", target, f"output={path}", f"trajectory={tmp_path / task}"]) == 0, task
+        rows = [json.loads(r) for r in path.read_text().splitlines()]
+        assert len(rows) == 2 and all(r["task"] == task and r["system"] == "diffusion-lm" for r in rows)
+        if task in ("pos", "tree", "compose"):  # the target fixes the length
+            assert all(len(r["text"].split()) == 3 for r in rows), rows
+        assert (tmp_path / f"{task}.png").is_file()
+    capsys.readouterr()
+    for task, target, msg in [("pos", "target=DT XX", "unknown POS tag"),
+                              ("tree", 'target="(S (NP a"', "malformed"),
+                              ("spans", "target=[0, 99, NP]", "longest sentence"),
+                              ("spans", "target=[0, 1, QQ]", "unknown constituent label"),
+                              ("semantic", "target=food : Klingon", "unknown value"),
+                              ("semantic", "target=colour : red", "unknown MR field"),
+                              ("compose", "target=DT NN", "compose target"),
+                              ("length", "target=0", "out of range"),
+                              ("pos", "strength=abc", "strength must be a number")]:
+        args = [*base, f"task={task}", target] + (["target=DT"] if target.startswith("strength") else [])
+        code = run(args + [f"output={tmp_path / 'bad.jsonl'}"])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and msg in err and len(err.splitlines()) == 1, (task, err)
+        assert not (tmp_path / "bad.jsonl").exists()
+
+
+def _a_pair(out) -> str:
+    return json.loads((out / "semantic" / "config.json").read_text())["pairs"][0]
+
+
+def test_classifier_refuses_another_models_latents(tiny_classifiers, tmp_path, capsys):
+    other = tmp_path / "other"
+    assert run(["train", "preset=tiny", "optim.steps=2", "optim.seed=1", "run.final_samples=0",
+                f"run.out_dir={other}"]) == 0
+    out, _ = tiny_classifiers
+    capsys.readouterr()
+    code = run(["generate", f"checkpoint={other}", "task=pos", "target=DT NN", f"classifiers.pos={out / 'pos'}",
+                "sample.steps=2"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "another Diffusion-LM" in err and len(err.splitlines()) == 1
