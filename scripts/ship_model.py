@@ -5,6 +5,7 @@
     kind=diffusion  run=runs/cpu      name=diffusion-lm-cpu     (diffusion-lm train preset=cpu)
     kind=teacher    run=runs/teacher  name=teacher-lm           (diffusion-lm train-lm)
     kind=parser     run=runs/parser   name=parser-wsj-charlstm  (diffusion-lm build-parser)
+    kind=classifier run=runs/classifiers/pos  name=classifier-pos  (diffusion-lm train-classifier task=pos)
 
 Writes diffusion_lm/assets/models/<name>/ with the run's JSON files and
 model.safetensors (weights stored in fp16; every loader casts back to fp32),
@@ -27,6 +28,7 @@ KINDS = {
     "diffusion": ("runs/cpu", "diffusion-lm-cpu", ("config.json", "tokenizer.json")),
     "teacher": ("runs/teacher", "teacher-lm", ("config.json", "tokenizer.json", "generation_config.json")),
     "parser": ("runs/parser", "parser-wsj-charlstm", ("config.json",)),
+    "classifier": ("runs/classifiers/pos", None, ("config.json",)),  # name: classifier-<its task>
 }
 
 
@@ -42,6 +44,9 @@ def manifest_for(kind: str, run: Path) -> dict:
                 "sampling_sweep": _json(run / "sampling_sweep.json")}
     if kind == "teacher":
         return {"command": "diffusion-lm train-lm", "summary": _json(run / "summary.json")}
+    if kind == "classifier":
+        summary = _json(run / "summary.json") or {}
+        return {"command": summary.get("command"), "metrics": summary}
     summary = _json(run / "train_summary.json") or {}
     return {"command": "diffusion-lm build-parser", "heldout_f1": summary.get("heldout_f1"),
             "minutes": summary.get("minutes"), "metrics": (_json(run / "config.json") or {}).get("metrics")}
@@ -53,7 +58,8 @@ def main(argv: list[str]) -> None:
     if kind not in KINDS:
         sys.exit(f"error: unknown kind {kind!r}; choose {', '.join(KINDS)}")
     default_run, default_name, files = KINDS[kind]
-    run, name = Path(args.get("run", default_run)), args.get("name", default_name)
+    run = Path(args.get("run", default_run))
+    name = args.get("name", default_name or f"classifier-{(_json(run / 'config.json') or {}).get('kind')}")
     if not (run / "model.safetensors").is_file():
         sys.exit(f"error: no model.safetensors in {run}")
     dest, tmp = ASSETS / name, ASSETS / f".{name}.tmp"

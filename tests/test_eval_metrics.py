@@ -3,7 +3,7 @@ import pytest
 from nltk import Tree
 
 from diffusion_lm.errors import UserError
-from diffusion_lm.eval.metrics import (LengthMatch, PosMatch, SemanticContent, SpanMatch, TreeF1, pos_score,
+from diffusion_lm.eval.metrics import (LengthMatch, compose_score, PosMatch, SemanticContent, SpanMatch, TreeF1, pos_score,
                                        semantic_score, span_hit, validate_target)
 from diffusion_lm.eval.oracles import pos_tagger
 from diffusion_lm.eval.trees import bracket_f1, clean_ptb, labelled_spans, parse_bracketed
@@ -80,6 +80,13 @@ def test_semantic_value_words_case_insensitive():
     assert SemanticContent().compute(predictions=["a pub"], references=["eatType : pub"])["success"] == 100.0
 
 
+def test_compose_needs_both_the_value_and_the_tags():
+    target = '{"pos": "NNP VBZ JJ NN .", "semantic": "food : Italian"}'
+    assert compose_score("Zizzi serves Italian food .", target) == 100.0
+    assert compose_score("Zizzi serves French food .", target) == 0.0  # tags match, value missing
+    assert compose_score("Italian food .", target) == pytest.approx(pos_score("Italian food .", "NNP VBZ JJ NN ."))
+
+
 def test_length_within_two_tokens():
     out = LengthMatch().compute(predictions=["a b c d e f g h i j"] * 4, references=["10", "12", "13", "7"])
     assert out["scores"] == [100.0, 100.0, 0.0, 0.0]
@@ -98,6 +105,8 @@ def test_length_within_two_tokens():
     ("semantic", "food Italian", None, "malformed semantic"),
     ("length", "0", 40, "out of range"),
     ("length", "abc", 40, "not an integer"),
+    ("compose", '{"pos": "DT NN"}', None, "malformed compose"),
+    ("compose", '{"pos": "DT XX", "semantic": "food : Italian"}', None, "unknown POS tag 'XX'"),
     ("colour", "red", None, "unknown task"),
 ])
 def test_bad_targets_fail_with_one_line(task, target, n_words, message):

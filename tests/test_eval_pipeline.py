@@ -4,6 +4,7 @@ import json
 import pytest
 
 from diffusion_lm.cli.main import run
+from diffusion_lm.eval.metrics import compose_score
 from diffusion_lm.eval.parser import ParserConfig, load_parser, parse_words, train_parser, treebank_trees
 from diffusion_lm.eval.targets import load_targets
 from diffusion_lm.eval.trees import labelled_spans
@@ -43,7 +44,7 @@ def test_parser_round_trips_through_safetensors(harness):
 
 def test_targets_have_every_task_and_fit_their_reference(harness):
     targets = load_targets(harness / "targets")
-    assert set(targets) == {"semantic", "pos", "tree", "spans", "length"}
+    assert set(targets) == {"semantic", "pos", "tree", "spans", "length", "compose"}
     for task, recs in targets.items():
         assert len(recs) == 6
         for r in recs:
@@ -58,6 +59,8 @@ def test_targets_have_every_task_and_fit_their_reference(harness):
                 assert 0 <= i <= j < n and j - i + 1 < n
             if task == "semantic":
                 assert r["target"].split(" : ")[0] in r["mr"]
+            if task == "compose":  # the reference satisfies both parts
+                assert compose_score(r["reference"], r["target"]) == 100.0
     again = harness / "targets2"
     assert run(["build-targets", "n=6", f"parser={harness}/parser", f"out_dir={again}"]) == 0
     assert (again / "pos.jsonl").read_text() == (harness / "targets" / "pos.jsonl").read_text()  # seeded

@@ -9,7 +9,7 @@ from diffusion_lm.text import SampleConfig, from_pretrained, generate
 
 def test_shipped_targets_are_valid_and_complete():
     targets = load_targets(resolve_asset("shipped", "targets"))  # validates every target against its reference
-    assert {t: len(r) for t, r in targets.items()} == {t: 200 for t in ("semantic", "pos", "tree", "spans", "length")}
+    assert {t: len(r) for t, r in targets.items()} == {t: 200 for t in ("semantic", "pos", "tree", "spans", "length", "compose")}
 
 
 def test_shipped_teacher_prefers_real_sentences():

@@ -13,6 +13,7 @@ them with `evaluate.combine` like any other module.
 | spans | `"[3, 5, \\"PP\\"]"` (inclusive word indices) | 100 if the oracle parse has that span with that label, else 0 |
 | semantic | `"food : Italian"` | 100 if the value's words appear in the generation (case-insensitive), else 0 |
 | length | `"12"` | 100 if the generation has target ± 2 tokens, else 0 |
+| compose | `{"pos": "...", "semantic": "food : Italian"}` | the POS score if the value appears, else 0 (both must hold) |
 """
 from __future__ import annotations
 
@@ -122,6 +123,26 @@ def length_score(text: str, target) -> float:
     return 100.0 * (abs(len(words_of(text)) - parse_length_target(target)) <= LENGTH_TOLERANCE)
 
 
+def parse_compose_target(target) -> dict:
+    """`{"pos": tags, "semantic": "field : value"}` (a dict or its JSON text), both parts checked."""
+    parts = target
+    if isinstance(target, str):
+        try:
+            parts = json.loads(target)
+        except json.JSONDecodeError:
+            parts = None
+    if not isinstance(parts, dict) or set(parts) != {"pos", "semantic"}:
+        raise UserError(f"malformed compose target {target!r}: expected {{\"pos\": tags, \"semantic\": \"field : value\"}}")
+    parse_pos_target(parts["pos"])
+    parse_semantic_target(parts["semantic"])
+    return parts
+
+
+def compose_score(text: str, target) -> float:
+    parts = parse_compose_target(target)
+    return pos_score(text, parts["pos"]) if semantic_score(text, parts["semantic"]) else 0.0
+
+
 def validate_target(task: str, target: str, n_words: int | None = None) -> None:
     """A one-line UserError if a target (text form) is malformed; n_words bounds spans and lengths."""
     if task == "pos":
@@ -134,6 +155,8 @@ def validate_target(task: str, target: str, n_words: int | None = None) -> None:
         parse_semantic_target(target)
     elif task == "length":
         parse_length_target(target, n_words)
+    elif task == "compose":
+        parse_compose_target(target)
     else:
         raise UserError(f"unknown task {task!r} (known: {', '.join(TASKS)})")
 
@@ -223,7 +246,15 @@ class LengthMatch(_Success):
         return [length_score(p, r) for p, r in zip(predictions, references)]
 
 
-METRICS = {"semantic": SemanticContent, "pos": PosMatch, "tree": TreeF1, "spans": SpanMatch, "length": LengthMatch}
+class ComposeMatch(_Success):
+    description = "POS match of the generation, counted only where the semantic target's value also appears"
+
+    def _scores(self, predictions, references):
+        return [compose_score(p, r) for p, r in zip(predictions, references)]
+
+
+METRICS = {"semantic": SemanticContent, "pos": PosMatch, "tree": TreeF1, "spans": SpanMatch, "length": LengthMatch,
+           "compose": ComposeMatch}
 TASKS = tuple(METRICS)
 
 _CITATION = """@inproceedings{li2022diffusionlm, title={Diffusion-LM Improves Controllable Text Generation},
@@ -237,5 +268,7 @@ def target_text(task: str, target) -> str:
         return json.dumps(list(target))
     if task == "pos" and not isinstance(target, str):
         return " ".join(target)
+    if task == "compose" and not isinstance(target, str):
+        return json.dumps(target, ensure_ascii=False)
     return str(target)
 

@@ -60,7 +60,10 @@ def build_targets(out_dir: str, n: int = 200, seed: int = 0, parser="shipped",
     counts = {}
     for k, task in enumerate(TASKS):
         rng = random.Random(seed * 1000 + k)
-        picked = rng.sample(refs, n)
+        pool = refs
+        if task == "compose":  # references that state at least one value verbatim, so both parts can hold
+            pool = [(r, m) for r, m in refs if _stated(r, m)]
+        picked = rng.sample(pool, min(n, len(pool)))
         records = []
         oracle = constituency_parser(parser) if isinstance(parser, str) else parser
         trees = oracle.parse([r.split() for r, _ in picked]) if task in ("tree", "spans") else None
@@ -82,12 +85,22 @@ def build_targets(out_dir: str, n: int = 200, seed: int = 0, parser="shipped",
                 rec["target"] = f"{f} : {v}"
             elif task == "length":
                 rec["target"] = len(words)
+            elif task == "compose":
+                rec["target"] = {"pos": " ".join(pos_tagger().tag(words)), "semantic": rng.choice(_stated(ref, mr))}
             rec.update(reference=ref, mr=mr)
             records.append(rec)
         atomic_write(out / f"{task}.jsonl", lambda p, rs=records: Path(p).write_text(
             "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rs), encoding="utf-8"))
         counts[task] = len(records)
     return counts
+
+
+def _stated(ref: str, mr: str) -> list[str]:
+    """The "field : value" targets of an MR whose value the reference states verbatim."""
+    from .metrics import semantic_score
+
+    pairs = [f"{f} : {v}" for f, v in parse_mr(mr).items() if f in SEMANTIC_FIELDS]
+    return [p for p in pairs if semantic_score(ref, p)]
 
 
 def read_jsonl(path: str | Path, what: str = "file") -> list[dict]:
