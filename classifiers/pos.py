@@ -37,7 +37,8 @@ class PosClassifier(nn.Module):
         return {"tags": self.tags}
 
     @classmethod
-    def for_data(cls, space: LatentSpace, encoder: EncoderConfig, oracle_rows: list, min_count: int = 0) -> "PosClassifier":
+    def for_data(cls, space: LatentSpace, encoder: EncoderConfig, oracle_rows: list, min_count: int = 0,
+                 tokenizer=None) -> "PosClassifier":
         from diffusion_lm.eval.oracles import pos_tagger
 
         return cls(space, encoder, sorted(pos_tagger().ptb_tags))

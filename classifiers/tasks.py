@@ -3,7 +3,7 @@
 | task | classifier | length held by masked replacement |
 | --- | --- | --- |
 | pos | pos tagger, log p(tags) | the number of tags |
-| tree | span parser, log p(tree) | the tree's words |
+| tree | span parser, log p(tree), + the tagger on the tree's preterminal tags | the tree's words |
 | spans | span parser, log p(span in tree) | a training sentence's length that holds the span |
 | semantic | stated values, log p(value stated) | free |
 | compose | pos + semantic, their log-probabilities summed | the number of tags |
@@ -11,7 +11,9 @@
 
 POS and tree targets fix the sentence's length, so the length is held by
 the same masked replacement that length control uses, and the classifier
-spends its gradient on the words alone.
+spends its gradient on the words alone. A bracketed tree also names each
+word's part of speech (its preterminals); tree control uses them through the
+POS classifier, composed with the span parser by summing log-probabilities.
 """
 from __future__ import annotations
 
@@ -24,11 +26,12 @@ import torch
 from diffusion_lm.core.guidance import Control
 from diffusion_lm.errors import UserError
 from diffusion_lm.eval.metrics import parse_length_target
+from diffusion_lm.eval.trees import parse_bracketed
 
 from .tree import TreeTarget
 
 TASKS = ("pos", "tree", "spans", "semantic", "compose", "length")
-NEEDS = {"pos": ("pos",), "tree": ("tree",), "spans": ("tree",), "semantic": ("semantic",),
+NEEDS = {"pos": ("pos",), "tree": ("tree", "pos"), "spans": ("tree",), "semantic": ("semantic",),
          "compose": ("pos", "semantic"), "length": ()}
 
 
@@ -61,9 +64,10 @@ def parse_request(task: str, target, classifiers: dict, max_words: int, generato
         row, n = classifiers["pos"].target(target)
         return Request([("pos", row)], n)
     if task == "tree":
-        clf = classifiers["tree"]
-        tt = clf.tree_target(target)
-        return Request([("tree", tt)], int(tt.lengths[0]))
+        tree = parse_bracketed(target) if isinstance(target, str) else target
+        tt = classifiers["tree"].tree_target(tree)
+        row, _ = classifiers["pos"].target([tag for _, tag in tree.pos()])
+        return Request([("tree", tt), ("pos", row)], int(tt.lengths[0]))
     if task == "spans":
         clf = classifiers["tree"]
         n = clf.span_length(target, generator)
@@ -88,6 +92,6 @@ def controls_for(requests: list[Request], classifiers: dict, device=None) -> lis
         elif kind == "pos":
             batched = torch.stack(targets).to(device)
         else:
-            batched = torch.tensor(targets, device=device)
+            batched = classifiers[kind].stack_targets(targets).to(device)
         out.append(Control(classifiers[kind], batched))
     return out

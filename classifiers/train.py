@@ -100,7 +100,7 @@ def train_classifier(kind: str, checkpoint: str, out_dir: str, encoder: EncoderC
         clf = load_classifier(out, kind=kind).train()  # the label sets were fixed on the first run
         clf.space.check(lm, f"the classifier being trained in {out}")
     else:
-        clf = KINDS[kind].for_data(space, encoder, rows, cfg.min_count).train()
+        clf = KINDS[kind].for_data(space, encoder, rows, cfg.min_count, tokenizer=tok).train()
         save_classifier(clf, out)
     labels, v_labels = clf.encode_labels(rows), clf.encode_labels(v_rows)
     ids = tok.encode_batch([" ".join(w) for w in words], L)[0]

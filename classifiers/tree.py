@@ -105,8 +105,8 @@ class TreeClassifier(nn.Module):
         return {"labels": self.labels, "span_hidden": self.span_hidden, "lengths": self.lengths}
 
     @classmethod
-    def for_data(cls, space: LatentSpace, encoder: EncoderConfig, oracle_rows: list,
-                 min_count: int = 10) -> "TreeClassifier":
+    def for_data(cls, space: LatentSpace, encoder: EncoderConfig, oracle_rows: list, min_count: int = 10,
+                 tokenizer=None) -> "TreeClassifier":
         counts = Counter(lab for row in oracle_rows for lab in constituents(parse_bracketed(row))[1].values())
         labels = [EMPTY] + sorted(lab for lab, c in counts.items() if c >= min_count)
         lengths = [len(parse_bracketed(row).leaves()) for row in oracle_rows]

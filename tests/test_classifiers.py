@@ -13,6 +13,7 @@ from classifiers.tree import EMPTY, TreeClassifier, constituents, crossing
 from diffusion_lm.cli.main import run
 from diffusion_lm.errors import UserError
 from diffusion_lm.eval.trees import parse_bracketed
+from diffusion_lm.text.tokenizer import WordTokenizer
 
 SPACE = LatentSpace(emb_dim=4, max_len=5, vocab_size=10, fingerprint="x")  # 3 word positions
 SMALL = EncoderConfig(hidden=8, layers=1, heads=2, mlp_ratio=2, dropout=0.0)
@@ -89,22 +90,41 @@ def test_pos_log_prob_sums_word_positions_and_universal_tags_sum_their_ptb_tags(
         clf.target("DT NN VBZ DT NN")
 
 
-def test_semantic_labels_are_stated_values_and_targets_are_checked():
-    rows = SemanticClassifier.oracle([["Zizzi", "serves", "Italian", "food", "."]] * 3,
-                                     ["name[Zizzi], food[Italian], area[riverside], familyFriendly[yes]"] * 3)
-    assert rows[0]["present"] == ["Zizzi", "Italian"]
-    clf = SemanticClassifier.for_data(SPACE, SMALL, rows, min_count=1)
-    assert clf.values == ["Italian", "Zizzi"] and "food : Italian" in clf.pairs
-    assert clf.encode_labels(rows)[0].tolist() == [1.0, 1.0]
-    assert clf.values[clf.target("food : Italian")] == "Italian"
+def _semantic():
+    tok = WordTokenizer.train(["The Eagle is a pub .", "the eagle serves Italian food near Zizzi ."])
+    space = LatentSpace(emb_dim=4, max_len=6, vocab_size=len(tok), fingerprint="x")
+    rows = SemanticClassifier.oracle([["The", "Eagle", "serves", "Italian", "food", "."]],
+                                     ["name[The Eagle], food[Italian], near[Clowns], familyFriendly[yes]"])
+    return SemanticClassifier.for_data(space, SMALL, rows, tokenizer=tok), tok
+
+
+def test_semantic_targets_name_known_pairs_whose_words_the_model_has():
+    clf, tok = _semantic()
+    assert clf.pairs == ["food : Italian", "name : The Eagle"]  # Clowns: not in the vocabulary
+    mask = clf.target("name : The Eagle")
+    assert mask.shape == (2, len(tok))
+    assert {clf.words[i] for i in mask[0].nonzero()[:, 0].tolist()} == {"The", "the"}  # case-insensitive
     for bad, msg in [("food : Klingon", "unknown value 'Klingon'"), ("colour : red", "unknown MR field"),
                      ("familyFriendly : yes", "cannot be controlled"), ("food", "malformed")]:
         with pytest.raises(UserError, match=msg):
             clf.target(bad)
-    x = torch.randn(2, 5, 4, requires_grad=True)
-    lp = clf.log_prob(x, torch.tensor([1, 2]), torch.tensor([0, 1]))
+    labels = clf.encode_labels([{"words": ["The", "Eagle", "."]}])[0].tolist()
+    assert labels == [tok.start_id, tok.word_id("The"), tok.word_id("Eagle"), tok.word_id("."), tok.end_id, -1]
+
+
+def test_semantic_log_prob_is_a_noisy_or_over_start_positions():
+    clf, tok = _semantic()
+    x, t = torch.randn(2, 6, 4, requires_grad=True), torch.tensor([1, 2])
+    target = clf.stack_targets([clf.target("food : Italian"), clf.target("name : The Eagle")])
+    lp = clf.log_prob(x, t, target)
+    p = clf.head(clf.encoder(x, t)).softmax(-1).detach()
+    italian = 1 - torch.prod(1 - p[0, :, tok.word_id("Italian")])
+    the = p[1, :, tok.word_id("The")] + p[1, :, tok.word_id("the")]
+    eagle = p[1, :, tok.word_id("Eagle")] + p[1, :, tok.word_id("eagle")]
+    the_eagle = 1 - torch.prod(1 - the[:-1] * eagle[1:])
+    assert torch.allclose(lp.detach(), torch.log(torch.stack([italian, the_eagle])), atol=1e-5)
     lp.sum().backward()
-    assert lp.shape == (2,) and (lp < 0).all() and x.grad.abs().sum() > 0
+    assert x.grad.abs().sum() > 0
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +183,7 @@ def test_generate_cli_with_classifiers(tiny_classifiers, tiny_model, tmp_path, c
         assert not (tmp_path / "bad.jsonl").exists()
 
 
-def _a_pair(out) -> str:
+def _a_pair(out) -> str:  # a (field, value) the tiny semantic classifier knows
     return json.loads((out / "semantic" / "config.json").read_text())["pairs"][0]
 
 
