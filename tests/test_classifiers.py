@@ -166,8 +166,14 @@ def test_generate_cli_with_classifiers(tiny_classifiers, tiny_model, tmp_path, c
         if task in ("pos", "tree", "compose"):  # the target fixes the length
             assert all(len(r["text"].split()) == 3 for r in rows), rows
         assert (tmp_path / f"{task}.png").is_file()
+    # best of 2 draws by the classifier: still one row per sample, still the target's length
+    path = tmp_path / "best.jsonl"
+    assert run([*base, "task=pos", "target=DT NN VBZ", "select=2", f"output={path}"]) == 0
+    rows = [json.loads(r) for r in path.read_text().splitlines()]
+    assert len(rows) == 2 and all(len(r["text"].split()) == 3 for r in rows)
     capsys.readouterr()
     for task, target, msg in [("pos", "target=DT XX", "unknown POS tag"),
+                              ("length", "select=2", "needs a classifier task"),
                               ("tree", 'target="(S (NP a"', "malformed"),
                               ("spans", "target=[0, 99, NP]", "longest sentence"),
                               ("spans", "target=[0, 1, QQ]", "unknown constituent label"),
@@ -176,7 +182,7 @@ def test_generate_cli_with_classifiers(tiny_classifiers, tiny_model, tmp_path, c
                               ("compose", "target=DT NN", "compose target"),
                               ("length", "target=0", "out of range"),
                               ("pos", "strength=abc", "strength must be a number")]:
-        args = [*base, f"task={task}", target] + (["target=DT"] if target.startswith("strength") else [])
+        args = [*base, f"task={task}", target] + (["target=3"] if target.startswith(("strength", "select")) else [])
         code = run(args + [f"output={tmp_path / 'bad.jsonl'}"])
         err = capsys.readouterr().err.strip()
         assert code == 2 and msg in err and len(err.splitlines()) == 1, (task, err)

@@ -69,10 +69,20 @@ def guidance_config(cfg):
     return g
 
 
+@torch.no_grad()
+def _word_log_prob(model, tok, hook, texts: list[str]) -> torch.Tensor:
+    """Σ_c log p(c | EMB(words), t = 0): how well finished sentences meet their targets, by the classifiers."""
+    device = next(model.parameters()).device
+    ids = tok.encode_batch(texts, model.config.max_len)[0].to(device)
+    with torch.enable_grad():  # some classifiers (the tree CRF) differentiate internally
+        return hook.log_prob(model.embed(ids), torch.zeros(len(texts), dtype=torch.long, device=device)).detach()
+
+
 def main(cfg) -> int:
     if cfg.task not in ALL_TASKS:
         raise UserError(f"unknown task {cfg.task!r}; choose one of {', '.join(ALL_TASKS)}")
     n, batch_size, seed = integer(cfg, "n", 1), integer(cfg, "batch_size", 1), integer(cfg, "seed")
+    select = integer(cfg, "select", 1)
     sample_cfg = build(cfg, "sample")
     sample_cfg.length = None  # constraints span the model's full max_len
     gcfg = guidance_config(cfg)
@@ -80,6 +90,8 @@ def main(cfg) -> int:
     device = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
     model, tok = from_pretrained(resolve_checkpoint(cfg.checkpoint), device=device)
     classifiers = load_classifiers(cfg, cfg.task, model, device)
+    if select > 1 and not classifiers:
+        raise UserError(f"select > 1 needs a classifier task (pos, tree, spans, semantic, compose), not {cfg.task}")
     L = model.config.max_len
     g = torch.Generator().manual_seed(seed or 0)
     # every target is checked before anything is sampled: a bad one fails in one line, nothing written
@@ -98,9 +110,21 @@ def main(cfg) -> int:
             known = length_constraint(model, tok, [r.length for r in reqs])
         if classifiers:
             hook = ControlGuidance(controls_for(reqs, classifiers, device), gcfg)
-        texts = generate(model, tok, len(chunk), sample_cfg, batch_size=len(chunk), seed=seed + b, known=known,
-                         exclude=None if known is None else words_only(known, tok, len(tok)), step_hook=hook,
-                         callback=recorder)
+        exclude = None if known is None else words_only(known, tok, len(tok))
+        texts, best = None, None
+        for k in range(select):  # best of `select` draws by the controls' own log p(c | words) at t = 0
+            draw = generate(model, tok, len(chunk), sample_cfg, batch_size=len(chunk), seed=seed + b + 100003 * k,
+                            known=known, exclude=exclude, step_hook=hook, callback=recorder)
+            if select == 1:
+                texts = draw
+                break
+            score = _word_log_prob(model, tok, hook, draw)
+            if texts is None:
+                texts, best = draw, score
+            else:
+                better = score > best
+                texts = [d if w else o for d, o, w in zip(draw, texts, better.tolist())]
+                best = torch.where(better, score, best)
         for (i, target), text in zip(chunk, texts):
             rows.append({"task": cfg.task, "target": target, "text": text, "system": cfg.system})
             print(text if len(targets) == 1 else f"[{target}] {text}")
