@@ -69,6 +69,14 @@ class PosClassifier(nn.Module):
                else [len(self.tags) + UNIVERSAL.index(t) for t in tags])
         return self._row(ids), len(tags)
 
+    def tree_row(self, tags: list[str]) -> torch.Tensor:
+        """Class ids for a parse's preterminal tags; tags the tagger lacks (a parser's -LRB-, say) are not steered."""
+        alias = {"-LRB-": "(", "-RRB-": ")", "-LCB-": "(", "-RCB-": ")"}
+        ids = [self.tags.index(alias.get(t, t)) if alias.get(t, t) in self.tags else -1 for t in tags]
+        if len(ids) > self.space.max_len - 2:
+            raise UserError(f"a tree of {len(ids)} words does not fit this model ({self.space.max_len - 2} words)")
+        return self._row(ids)
+
     def class_log_probs(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """(B, L, n_ptb + n_universal): PTB log-probs, then universal ones (sums of their PTB tags)."""
         lp = self.head(self.encoder(x_t, t)).log_softmax(-1)

@@ -4,7 +4,7 @@
 | --- | --- | --- |
 | pos | pos tagger, log p(tags) | the number of tags |
 | tree | span parser, log p(tree), + the tagger on the tree's preterminal tags | the tree's words |
-| spans | span parser, log p(span in tree) | a training sentence's length that holds the span |
+| spans | span parser + tagger toward a training tree that holds the span (else log p(span in tree)) | that tree's words (else a typical length for the label) |
 | semantic | stated values, log p(value stated) | free |
 | compose | pos + semantic, their log-probabilities summed | the number of tags |
 | length | none | the target |
@@ -14,6 +14,10 @@ the same masked replacement that length control uses, and the classifier
 spends its gradient on the words alone. A bracketed tree also names each
 word's part of speech (its preterminals); tree control uses them through the
 POS classifier, composed with the span parser by summing log-probabilities.
+A span target borrows a whole shape: a training tree (kept with the tree
+classifier) that has a constituent with that label over the same words, and
+is then controlled like a tree target. Where no training tree has the span,
+the span parser's marginal log p(span in tree) is used alone.
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ from diffusion_lm.eval.trees import parse_bracketed
 from .tree import TreeTarget
 
 TASKS = ("pos", "tree", "spans", "semantic", "compose", "length")
-NEEDS = {"pos": ("pos",), "tree": ("tree", "pos"), "spans": ("tree",), "semantic": ("semantic",),
+NEEDS = {"pos": ("pos",), "tree": ("tree", "pos"), "spans": ("tree", "pos"), "semantic": ("semantic",),
          "compose": ("pos", "semantic"), "length": ()}
 
 
@@ -56,6 +60,12 @@ def compose_parts(target) -> dict:
     return target
 
 
+def _tree_request(tree, classifiers: dict) -> Request:
+    tt = classifiers["tree"].tree_target(tree)
+    row = classifiers["pos"].tree_row([tag for _, tag in tree.pos()])
+    return Request([("tree", tt), ("pos", row)], int(tt.lengths[0]))
+
+
 def parse_request(task: str, target, classifiers: dict, max_words: int, generator: torch.Generator) -> Request:
     """Validate a target against the classifiers (one-line UserError) and turn it into a Request."""
     if task == "length":
@@ -64,14 +74,16 @@ def parse_request(task: str, target, classifiers: dict, max_words: int, generato
         row, n = classifiers["pos"].target(target)
         return Request([("pos", row)], n)
     if task == "tree":
-        tree = parse_bracketed(target) if isinstance(target, str) else target
-        tt = classifiers["tree"].tree_target(tree)
-        row, _ = classifiers["pos"].target([tag for _, tag in tree.pos()])
-        return Request([("tree", tt), ("pos", row)], int(tt.lengths[0]))
+        return _tree_request(parse_bracketed(target) if isinstance(target, str) else target, classifiers)
     if task == "spans":
         clf = classifiers["tree"]
+        clf.span_target(target, clf.size)  # checks the label and the range
+        shape = clf.exemplar(target, generator)
+        if shape is not None and "pos" in classifiers:
+            return _tree_request(shape, classifiers)
         n = clf.span_length(target, generator)
-        return Request([("tree", clf.span_target(target, n))], n)
+        no_tags = [("pos", classifiers["pos"].tree_row([]))] if "pos" in classifiers else []  # batch alike
+        return Request([("tree", clf.span_target(target, n)), *no_tags], n)
     if task == "semantic":
         return Request([("semantic", classifiers["semantic"].target(target))])
     if task == "compose":

@@ -36,6 +36,7 @@ from diffusion_lm.eval.trees import base_label, parse_bracketed, tree_to_string
 from .encoder import EncoderConfig, LatentEncoder, LatentSpace
 
 EMPTY = "∅"
+EXEMPLARS = 4000  # training trees kept with the classifier for span targets
 FORBID = -1e4  # not −inf: log Z over an all-forbidden span stays finite and its gradient zero
 
 
@@ -68,6 +69,17 @@ def crossing(n: int, size: int, spans) -> np.ndarray:
     return cross.any(0)
 
 
+def span_tails(oracle_rows: list[str], size: int) -> dict[str, list[int]]:
+    """For each constituent label, how many words follow a span with that label (counts of 0..size−1)."""
+    tails: dict[str, list[int]] = {}
+    for row in oracle_rows:
+        n, spans = constituents(parse_bracketed(row))
+        for (i, j), chain in spans.items():
+            for label in set(chain.split("+")):
+                tails.setdefault(label, [0] * size)[min(n - 1 - j, size - 1)] += 1
+    return tails
+
+
 @dataclass
 class TreeTarget:
     """A batch of constraints for `TreeClassifier.log_prob`."""
@@ -84,12 +96,16 @@ class TreeClassifier(nn.Module):
     kind = "tree"
 
     def __init__(self, space: LatentSpace, encoder: EncoderConfig, labels: list[str], span_hidden: int = 128,
-                 lengths: list[int] | None = None):
+                 lengths: list[int] | None = None, tails: dict[str, list[int]] | None = None,
+                 exemplars: list[str] | None = None):
         super().__init__()
         if not labels or labels[0] != EMPTY:
             raise ValueError(f"labels must start with {EMPTY!r}")
         self.space, self.labels = space, list(labels)
-        self.lengths = list(lengths or [])  # word counts of the training sentences (for span targets)
+        self.lengths = list(lengths or [])  # word counts of the training sentences
+        self.tails = dict(tails or {})  # label → counts of the words after such a span (sentence lengths for spans)
+        self.exemplars = list(exemplars or [])  # training trees (bracketed) that span targets borrow a shape from
+        self._exemplar_spans = None
         self.span_hidden = span_hidden
         self.encoder = LatentEncoder(space, encoder)
         self.left = nn.Linear(encoder.hidden, span_hidden)
@@ -102,7 +118,8 @@ class TreeClassifier(nn.Module):
         return self.space.max_len - 2  # word positions 1..L−2 (START before, END after)
 
     def extra_config(self) -> dict:
-        return {"labels": self.labels, "span_hidden": self.span_hidden, "lengths": self.lengths}
+        return {"labels": self.labels, "span_hidden": self.span_hidden, "lengths": self.lengths, "tails": self.tails,
+                "exemplars": self.exemplars}
 
     @classmethod
     def for_data(cls, space: LatentSpace, encoder: EncoderConfig, oracle_rows: list, min_count: int = 10,
@@ -110,7 +127,8 @@ class TreeClassifier(nn.Module):
         counts = Counter(lab for row in oracle_rows for lab in constituents(parse_bracketed(row))[1].values())
         labels = [EMPTY] + sorted(lab for lab, c in counts.items() if c >= min_count)
         lengths = [len(parse_bracketed(row).leaves()) for row in oracle_rows]
-        return cls(space, encoder, labels, lengths=lengths)
+        return cls(space, encoder, labels, lengths=lengths, tails=span_tails(oracle_rows, space.max_len - 2),
+                   exemplars=oracle_rows[:EXEMPLARS])
 
     # ---- labels and targets -----------------------------------------------------------------
     def label_id(self, chain: str, strict: bool = True) -> int | None:
@@ -164,12 +182,35 @@ class TreeClassifier(nn.Module):
         return TreeTarget(torch.from_numpy(allowed)[None], torch.tensor([n]))
 
     def span_length(self, target, generator: torch.Generator) -> int:
-        """A sentence length for a span target: a training sentence's length that holds the span."""
-        _, j, _ = parse_span_target(target)
-        fits = [n for n in self.lengths if j < n <= self.size]
-        if not fits:
-            raise UserError(f"span target {target} ends past the longest sentence this model writes")
-        return fits[int(torch.randint(len(fits), (1,), generator=generator))]
+        """A sentence length for a span target: j + 1 + a number of words that follow such a span in training.
+
+        A span's label says where it tends to sit (a VP often ends just before
+        the final period), so the sentence ends where such spans usually end.
+        """
+        _, j, label = parse_span_target(target)
+        if j >= self.size:
+            raise UserError(f"span target {target} ends past the longest sentence this model writes "
+                            f"({self.size} words)")
+        counts = torch.tensor(self.tails.get(label, [1]), dtype=torch.float)[: self.size - j]
+        if counts.sum() == 0:
+            counts = torch.ones(1)
+        return j + 1 + int(torch.multinomial(counts, 1, generator=generator))
+
+    def exemplar(self, target, generator: torch.Generator) -> Tree | None:
+        """A training tree that has the target span (same words i..j, a chain holding the label), or None.
+
+        Span control then steers toward that tree (its brackets and tags), a
+        whole sentence shape known to hold the span, instead of asking for the
+        span alone in a sentence of a guessed length.
+        """
+        i, j, label = parse_span_target(target)
+        if self._exemplar_spans is None:
+            self._exemplar_spans = [constituents(parse_bracketed(e)) for e in self.exemplars]
+        hits = [k for k, (n, spans) in enumerate(self._exemplar_spans)
+                if n <= self.size and label in spans.get((i, j), "").split("+")]
+        if not hits:
+            return None
+        return parse_bracketed(self.exemplars[hits[int(torch.randint(len(hits), (1,), generator=generator))]])
 
     # ---- scores ---------------------------------------------------------------------------
     def potentials(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -175,7 +175,7 @@ def test_generate_cli_with_classifiers(tiny_classifiers, tiny_model, tmp_path, c
     for task, target, msg in [("pos", "target=DT XX", "unknown POS tag"),
                               ("length", "select=2", "needs a classifier task"),
                               ("tree", 'target="(S (NP a"', "malformed"),
-                              ("spans", "target=[0, 99, NP]", "longest sentence"),
+                              ("spans", "target=[0, 99, NP]", "outside a sentence"),
                               ("spans", "target=[0, 1, QQ]", "unknown constituent label"),
                               ("semantic", "target=food : Klingon", "unknown value"),
                               ("semantic", "target=colour : red", "unknown MR field"),

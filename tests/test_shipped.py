@@ -29,3 +29,20 @@ def test_shipped_diffusion_lm_samples():
     model, tok = from_pretrained(resolve_checkpoint("shipped"))
     out = generate(model, tok, 2, SampleConfig(steps=10), seed=0, progress=False)
     assert len(out) == 2 and all(s.split() for s in out)
+
+
+def test_shipped_classifiers_fit_the_shipped_model_and_steer_it(tmp_path):
+    import json
+
+    from diffusion_lm.cli.main import run
+
+    model, _ = from_pretrained(resolve_checkpoint("shipped"))
+    from classifiers.io import load_classifier
+
+    for kind in ("pos", "tree", "semantic"):
+        load_classifier(resolve_asset("shipped", "classifier", kind), kind=kind).space.check(model, kind)
+    out = tmp_path / "pos.jsonl"
+    assert run(["generate", "task=pos", "target=DT NNP VBZ DT JJ NN .", "n=2", "sample.steps=10",
+                f"output={out}"]) == 0
+    rows = [json.loads(r) for r in out.read_text().splitlines()]
+    assert [len(r["text"].split()) for r in rows] == [7, 7]
