@@ -15,7 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     # name: (config file, one-line description)
     "train": ("train", "train a Diffusion-LM on E2E (preset=tiny|cpu|paper); resumes from out_dir"),
     "sample": ("sample", "sample sentences from a trained Diffusion-LM (sampler, steps, clamping)"),
-    "generate": ("generate", "controlled generation with a frozen Diffusion-LM (task=length|infill), JSONL out"),
+    "generate": ("generate", "controlled generation (task=pos|tree|spans|semantic|compose|length|infill), JSONL out"),
     "train-classifier": ("train_classifier", "train a control classifier (task=pos|tree|semantic) on a model's noisy latents"),
     "train-lm": ("train_lm", "train the GPT-2-architecture teacher LM on E2E (fluency = its perplexity)"),
     "build-parser": ("build_parser", "train the constituency-parser oracle (benepar, char LSTM) on the WSJ sample"),
@@ -33,6 +33,7 @@ commands:
 Settings are hydra overrides, e.g.
   diffusion-lm train preset=cpu optim.steps=500 run.out_dir=runs/mine
   diffusion-lm sample checkpoint=runs/cpu n=20 sample.steps=50 sample.sampler=ddim
+  diffusion-lm generate task=pos target="DT NNP VBZ DT JJ NN ." n=5
   diffusion-lm evaluate generations=[runs/gen/pos.jsonl]
 `diffusion-lm <command> --help` prints every key with its default.
 """
