@@ -15,17 +15,20 @@ from diffusion_lm.eval.metrics import parse_pos_target
 
 from .encoder import EncoderConfig, LatentEncoder, LatentSpace
 
+EXEMPLARS = 4000  # training tag sequences kept for length targets
 UNIVERSAL = ["ADJ", "ADP", "ADV", "CONJ", "DET", "NOUN", "NUM", "PRT", "PRON", "VERB", ".", "X"]
 
 
 class PosClassifier(nn.Module):
     kind = "pos"
 
-    def __init__(self, space: LatentSpace, encoder: EncoderConfig, tags: list[str]):
+    def __init__(self, space: LatentSpace, encoder: EncoderConfig, tags: list[str],
+                 exemplars: list[str] | None = None):
         super().__init__()
         from diffusion_lm.eval.oracles import pos_tagger
 
         self.space, self.tags = space, list(tags)
+        self.exemplars = list(exemplars or [])  # tag sequences of training sentences: shapes for length targets
         self.encoder = LatentEncoder(space, encoder)
         self.head = nn.Linear(encoder.hidden, len(self.tags))
         groups = torch.zeros(len(UNIVERSAL), len(self.tags))
@@ -34,14 +37,14 @@ class PosClassifier(nn.Module):
         self.register_buffer("groups", groups, persistent=False)
 
     def extra_config(self) -> dict:
-        return {"tags": self.tags}
+        return {"tags": self.tags, "exemplars": self.exemplars}
 
     @classmethod
     def for_data(cls, space: LatentSpace, encoder: EncoderConfig, oracle_rows: list, min_count: int = 0,
                  tokenizer=None) -> "PosClassifier":
         from diffusion_lm.eval.oracles import pos_tagger
 
-        return cls(space, encoder, sorted(pos_tagger().ptb_tags))
+        return cls(space, encoder, sorted(pos_tagger().ptb_tags), exemplars=[" ".join(r) for r in oracle_rows[:EXEMPLARS]])
 
     # ---- oracle labels --------------------------------------------------------------------
     @staticmethod
@@ -68,6 +71,13 @@ class PosClassifier(nn.Module):
         ids = ([self.tags.index(t) for t in tags] if tagset == "ptb"
                else [len(self.tags) + UNIVERSAL.index(t) for t in tags])
         return self._row(ids), len(tags)
+
+    def length_row(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """The tags of a training sentence of n words (a plausible shape for a length target), or no steering."""
+        fits = [e for e in self.exemplars if len(e.split()) == n]
+        if not fits:
+            return self._row([])
+        return self.tree_row(fits[int(torch.randint(len(fits), (1,), generator=generator))].split())
 
     def tree_row(self, tags: list[str]) -> torch.Tensor:
         """Class ids for a parse's preterminal tags; tags the tagger lacks (a parser's -LRB-, say) are not steered."""

@@ -7,7 +7,7 @@
 | spans | span parser + tagger toward a training tree that holds the span (else log p(span in tree)) | that tree's words (else a typical length for the label) |
 | semantic | stated values, log p(value stated) | free |
 | compose | pos + semantic, their log-probabilities summed | the number of tags |
-| length | none | the target |
+| length | none, or (length_shape) the tagger toward a training sentence's tags of that length | the target |
 
 POS and tree targets fix the sentence's length, so the length is held by
 the same masked replacement that length control uses, and the classifier
@@ -36,7 +36,7 @@ from .tree import TreeTarget
 
 TASKS = ("pos", "tree", "spans", "semantic", "compose", "length")
 NEEDS = {"pos": ("pos",), "tree": ("tree", "pos"), "spans": ("tree", "pos"), "semantic": ("semantic",),
-         "compose": ("pos", "semantic"), "length": ()}
+         "compose": ("pos", "semantic"), "length": ()}  # length may add the tagger (generate's length_shape)
 
 
 @dataclass
@@ -69,7 +69,10 @@ def _tree_request(tree, classifiers: dict) -> Request:
 def parse_request(task: str, target, classifiers: dict, max_words: int, generator: torch.Generator) -> Request:
     """Validate a target against the classifiers (one-line UserError) and turn it into a Request."""
     if task == "length":
-        return Request(length=parse_length_target(target, max_words))
+        n = parse_length_target(target, max_words)
+        if "pos" in classifiers:  # steer toward the tags of a training sentence of that length
+            return Request([("pos", classifiers["pos"].length_row(n, generator))], n)
+        return Request(length=n)
     if task == "pos":
         row, n = classifiers["pos"].target(target)
         return Request([("pos", row)], n)

@@ -166,6 +166,10 @@ def test_generate_cli_with_classifiers(tiny_classifiers, tiny_model, tmp_path, c
         if task in ("pos", "tree", "compose"):  # the target fixes the length
             assert all(len(r["text"].split()) == 3 for r in rows), rows
         assert (tmp_path / f"{task}.png").is_file()
+    # length targets borrow the tags of a training sentence of that length (the tagger's exemplars)
+    path = tmp_path / "len.jsonl"
+    assert run([*base, "task=length", "target=3", f"output={path}"]) == 0
+    assert all(len(json.loads(r)["text"].split()) == 3 for r in path.read_text().splitlines())
     # best of 2 draws by the classifier: still one row per sample, still the target's length
     path = tmp_path / "best.jsonl"
     assert run([*base, "task=pos", "target=DT NN VBZ", "select=2", f"output={path}"]) == 0
@@ -173,7 +177,7 @@ def test_generate_cli_with_classifiers(tiny_classifiers, tiny_model, tmp_path, c
     assert len(rows) == 2 and all(len(r["text"].split()) == 3 for r in rows)
     capsys.readouterr()
     for task, target, msg in [("pos", "target=DT XX", "unknown POS tag"),
-                              ("length", "select=2", "needs a classifier task"),
+                              ("infill", "select=2", "needs a classifier task"),
                               ("tree", 'target="(S (NP a"', "malformed"),
                               ("spans", "target=[0, 99, NP]", "outside a sentence"),
                               ("spans", "target=[0, 1, QQ]", "unknown constituent label"),

@@ -90,8 +90,8 @@ def test_infill_holds_context_words(tiny_model):
 
 def test_generate_cli_writes_rows_evaluate_reads(tiny_model, tmp_path, capsys):
     out = tmp_path / "len.jsonl"
-    assert run(["generate", f"checkpoint={tiny_model}", "task=length", "target=6", "n=2", "sample.steps=5",
-                f"output={out}"]) == 0
+    assert run(["generate", f"checkpoint={tiny_model}", "task=length", "length_shape=false", "target=6", "n=2",
+                "sample.steps=5", f"output={out}"]) == 0
     rows = [json.loads(r) for r in out.read_text().splitlines()]
     assert len(rows) == 2 and all(r["task"] == "length" and r["target"] == 6 for r in rows)
     assert all(len(r["text"].split()) == 6 for r in rows)
@@ -99,6 +99,6 @@ def test_generate_cli_writes_rows_evaluate_reads(tiny_model, tmp_path, capsys):
     for argv, msg in [(["target=0"], "out of range"), (["target=99"], "out of range"), (["target=x"], "not an integer"),
                       (["task=bogus", "target=DT"], "unknown task"), (["target=3", "targets=shipped"], "exactly one"),
                       (["targets=/no/file.jsonl"], "not found")]:
-        code = run(["generate", f"checkpoint={tiny_model}", "task=length", "sample.steps=5", *argv])
+        code = run(["generate", f"checkpoint={tiny_model}", "task=length", "length_shape=false", "sample.steps=5", *argv])
         err = capsys.readouterr().err.strip()
         assert code == 2 and msg in err and len(err.splitlines()) == 1, (argv, err)

@@ -48,7 +48,8 @@ def _targets(cfg) -> list:
 
 def load_classifiers(cfg, task: str, model, device) -> dict:
     out = {}
-    for kind in NEEDS.get(task, ()):
+    kinds = NEEDS.get(task, ()) + (("pos",) if task == "length" and cfg.length_shape else ())
+    for kind in kinds:
         where = cfg.classifiers[kind]
         clf = load_classifier(resolve_asset(where, "classifier", kind), device=device, kind=kind)
         clf.space.check(model, f"the {kind} classifier ({where})")
