@@ -61,6 +61,21 @@ def embedding_fingerprint(model: DiffusionLM) -> str:
     return hashlib.sha256(w.numpy().tobytes()).hexdigest()
 
 
+def position_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of per-position class logits (B, L, C) against labels (B, L), −1 ignored."""
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-1)
+
+
+@torch.no_grad()
+def position_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    keep = labels >= 0
+    return 100.0 * (logits.argmax(-1)[keep] == labels[keep]).float().mean().item()
+
+
+def collate_rows(labels: torch.Tensor, rows, device=None) -> torch.Tensor:
+    return labels[rows].to(device)
+
+
 class LatentEncoder(nn.Module):
     """(x_t, t) → contextual features h of shape (B, L, hidden)."""
 

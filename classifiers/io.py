@@ -43,6 +43,9 @@ def load_classifier(directory, device: str | torch.device = "cpu", kind: str | N
         raise UserError(f"{d}/config.json: {e}") from None
     cls = KINDS[cfg.pop("kind")]
     cfg.pop("metrics", None)
-    clf = cls(space, encoder, **cfg)
+    try:
+        clf = cls(space, encoder, **cfg)
+    except TypeError as e:
+        raise UserError(f"{d}/config.json does not describe a {cls.kind} classifier: {e}") from None
     load_weights(clf, {k: v.float() for k, v in load_tensors(d / "model.safetensors").items()}, str(d))
     return clf.to(device).eval()

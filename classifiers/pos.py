@@ -7,13 +7,12 @@ universal tags; a universal tag's probability is the sum of its PTB tags'.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from diffusion_lm.errors import UserError
 from diffusion_lm.eval.metrics import parse_pos_target
 
-from .encoder import EncoderConfig, LatentEncoder, LatentSpace
+from .encoder import EncoderConfig, LatentEncoder, LatentSpace, collate_rows, position_accuracy, position_loss
 
 EXEMPLARS = 4000  # training tag sequences kept for length targets
 UNIVERSAL = ["ADJ", "ADP", "ADV", "CONJ", "DET", "NOUN", "NUM", "PRT", "PRON", "VERB", ".", "X"]
@@ -98,16 +97,11 @@ class PosClassifier(nn.Module):
         return (lp * (target >= 0)).sum(-1)
 
     # ---- training ---------------------------------------------------------------------------
-    @staticmethod
-    def collate(labels: torch.Tensor, rows, device=None) -> torch.Tensor:
-        return labels[rows].to(device)
+    collate = staticmethod(collate_rows)
 
     def loss(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        logits = self.head(self.encoder(x_t, t))
-        return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-1)
+        return position_loss(self.head(self.encoder(x_t, t)), labels)
 
     @torch.no_grad()
     def accuracy(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> float:
-        pred = self.head(self.encoder(x_t, t)).argmax(-1)
-        keep = labels >= 0
-        return 100.0 * (pred[keep] == labels[keep]).float().mean().item()
+        return position_accuracy(self.head(self.encoder(x_t, t)), labels)

@@ -20,14 +20,13 @@ pairs that targets may name.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from diffusion_lm.errors import UserError
 from diffusion_lm.eval.metrics import MR_PATTERN, parse_semantic_target
 from diffusion_lm.text.data import tokenize_e2e
 
-from .encoder import EncoderConfig, LatentEncoder, LatentSpace
+from .encoder import EncoderConfig, LatentEncoder, LatentSpace, collate_rows, position_accuracy, position_loss
 
 SKIP_FIELDS = ("familyFriendly",)  # yes/no: the value's words never appear as such
 SPECIAL = ("[PAD]", "[START]", "[END]")
@@ -131,17 +130,12 @@ class SemanticClassifier(nn.Module):
         return torch.log((-torch.expm1(miss)).clamp_min(1e-12))  # log(1 − Π_s (1 − p_s))
 
     # ---- training ---------------------------------------------------------------------------
-    @staticmethod
-    def collate(labels: torch.Tensor, rows, device=None) -> torch.Tensor:
-        return labels[rows].to(device)
+    collate = staticmethod(collate_rows)
 
     def loss(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        logits = self.head(self.encoder(x_t, t))
-        return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-1)
+        return position_loss(self.head(self.encoder(x_t, t)), labels)
 
     @torch.no_grad()
     def accuracy(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> float:
         """Word accuracy of the predictor over [START] w_1 … w_n [END]."""
-        pred = self.head(self.encoder(x_t, t)).argmax(-1)
-        keep = labels >= 0
-        return 100.0 * (pred[keep] == labels[keep]).float().mean().item()
+        return position_accuracy(self.head(self.encoder(x_t, t)), labels)

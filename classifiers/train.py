@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from diffusion_lm.errors import UserError
 from diffusion_lm.text import from_pretrained
 from diffusion_lm.text.data import load_e2e
 from diffusion_lm.text.io import atomic_write, save_json
-from diffusion_lm.text.train import batch_indices, load_checkpoint, save_checkpoint
+from diffusion_lm.text.train import batch_indices, load_checkpoint, lr_at, save_checkpoint
 
 from .encoder import EncoderConfig, LatentSpace
 from .io import KINDS, load_classifier, save_classifier
@@ -40,6 +39,8 @@ class ClassifierTrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup: int = 100
+    schedule: str = "cosine"  # after warm-up, as the Diffusion-LM trainer (text.train.lr_at)
+    min_lr_ratio: float = 0.0
     grad_clip: float = 1.0
     limit: int | None = None  # first N E2E train sentences (labelling trees is the slow part)
     min_count: int = 10  # tree labels and semantic values rarer than this in the train labels are left out
@@ -117,7 +118,7 @@ def train_classifier(kind: str, checkpoint: str, out_dir: str, encoder: EncoderC
     while step < cfg.steps:
         if cfg.max_minutes is not None and (time.time() - started) / 60 > cfg.max_minutes:
             break
-        lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup)) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
+        lr = lr_at(step, cfg)
         for g in optimizer.param_groups:
             g["lr"] = lr
         batch = batch_indices(step, cfg.batch_size, len(ids), cfg.seed)

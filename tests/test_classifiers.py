@@ -207,3 +207,20 @@ def test_classifier_refuses_another_models_latents(tiny_classifiers, tmp_path, c
                 "sample.steps=2"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "another Diffusion-LM" in err and len(err.splitlines()) == 1
+
+
+def test_malformed_classifier_folder_fails_in_one_line(tiny_classifiers, tmp_path):
+    import shutil
+
+    out, _ = tiny_classifiers
+    bad = tmp_path / "pos"
+    shutil.copytree(out / "pos", bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["colour"] = "red"
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(UserError, match="does not describe a pos classifier"):
+        load_classifier(bad)
+    with pytest.raises(UserError, match="holds a pos classifier, not a tree one"):
+        load_classifier(out / "pos", kind="tree")
+    with pytest.raises(UserError, match="no classifier folder"):
+        load_classifier(tmp_path / "nowhere")
