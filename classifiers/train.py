@@ -52,7 +52,7 @@ class ClassifierTrainConfig:
     checkpoint_every: int = 250
 
 
-def _oracle_rows(kind: str, words: list[list[str]], mrs: list[str], cache: Path, progress: bool) -> list:
+def oracle_rows(kind: str, words: list[list[str]], mrs: list[str], cache: Path, progress: bool) -> list:
     if cache.is_file():
         with gzip.open(cache, "rt", encoding="utf-8") as f:
             rows = json.load(f)
@@ -71,7 +71,7 @@ def _oracle_rows(kind: str, words: list[list[str]], mrs: list[str], cache: Path,
     return rows
 
 
-def _split(split: str, limit: int | None, max_words: int) -> tuple[list[list[str]], list[str]]:
+def e2e_split(split: str, limit: int | None, max_words: int) -> tuple[list[list[str]], list[str]]:
     ds = load_e2e(split)
     rows = [(t.split(), m) for t, m in zip(ds["text"], ds["mr"]) if 1 <= len(t.split()) <= max_words]
     rows = rows[:limit] if limit else rows
@@ -92,10 +92,10 @@ def train_classifier(kind: str, checkpoint: str, out_dir: str, encoder: EncoderC
     space = LatentSpace.of(lm)
     L = space.max_len
 
-    words, mrs = _split("train", cfg.limit, L - 2)
-    v_words, v_mrs = _split("valid", cfg.eval_size, L - 2)
-    rows = _oracle_rows(kind, words, mrs, out / "oracle.json.gz", progress)
-    v_rows = _oracle_rows(kind, v_words, v_mrs, out / "oracle_valid.json.gz", progress)
+    words, mrs = e2e_split("train", cfg.limit, L - 2)
+    v_words, v_mrs = e2e_split("valid", cfg.eval_size, L - 2)
+    rows = oracle_rows(kind, words, mrs, out / "oracle.json.gz", progress)
+    v_rows = oracle_rows(kind, v_words, v_mrs, out / "oracle_valid.json.gz", progress)
     resuming = (out / "checkpoint").exists() or (out / "checkpoint.old").exists()
     if resuming:
         clf = load_classifier(out, kind=kind).train()  # the label sets were fixed on the first run

@@ -1,12 +1,15 @@
-"""Controlled-decoding throughput on this machine: sentences per second for each task.
+"""Controlled-decoding throughput on this machine: sentences per second for each system and task.
 
     python scripts/bench_control.py [sentences=20] [steps=200] [updates=3] [threads=0] [tasks=...]
+                                    [systems=diffusion-lm,fudge,pplm] [out=runs/bench_control.json]
 
-Runs `diffusion-lm generate` on the first `sentences` shipped targets of
-each task (one batch) with the shipped model and classifiers, and prints
-sentences/s with the number of diffusion steps and K (Adagrad updates per
-step). `none` is the same sampler with no control, the floor to compare with.
-Writes runs/bench_control.json.
+Runs `diffusion-lm generate` (Diffusion-LM) and `diffusion-lm baseline`
+(FUDGE, PPLM) on the first `sentences` shipped targets of each task (one
+batch) with the shipped models, and prints sentences/s. For Diffusion-LM it
+shows the number of diffusion steps and K (Adagrad updates per step); `none`
+is the same sampler with no control, the floor to compare with. PPLM runs
+only the task it has an attribute model for (semantic). `diffusion-lm
+evaluate throughput=<out>` puts these figures into Table 2.
 """
 from __future__ import annotations
 
@@ -26,30 +29,41 @@ def main(argv: list[str]) -> None:
     if int(args.get("threads", 0)):
         torch.set_num_threads(int(args["threads"]))
     tasks = args.get("tasks", "none,length,pos,tree,spans,semantic,compose").split(",")
+    systems = args.get("systems", "diffusion-lm,fudge,pplm").split(",")
     out = Path("runs/bench_control")
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for task in tasks:
-        if task == "none":
-            argv_ = ["sample", f"n={n}", f"batch_size={n}"]
-        else:
+    for system in systems:
+        for task in tasks:
+            if system == "pplm" and task != "semantic" or system != "diffusion-lm" and task == "none":
+                continue
             src = ["targets=shipped", f"limit={n}"] if task != "compose" else [
                 'target={pos: "DT NNP VBZ DT JJ NN NN IN DT NN NN .", semantic: "food : Italian"}', f"n={n}"]
-            argv_ = ["generate", f"task={task}", *src, f"batch_size={n}", f"guidance.updates={updates}",
-                     f"output={out / (task + '.jsonl')}"]
-        start = time.time()
-        code = run([*argv_, f"sample.steps={steps}"])
-        seconds = time.time() - start
-        if code:
-            sys.exit(code)
-        rows.append({"task": task, "sentences": n, "steps": steps, "K": 0 if task in ("none", "length") else updates,
-                     "seconds": round(seconds, 2), "sentences_per_s": round(n / seconds, 3),
-                     "threads": torch.get_num_threads()})
-        print(json.dumps(rows[-1]), flush=True)
-    Path("runs/bench_control.json").write_text(json.dumps(rows, indent=2) + "\n")
-    print("\n| task | steps | K | sentences/s |\n| --- | --- | --- | --- |")
+            written = f"output={out / f'{system}-{task}.jsonl'}"
+            if system == "diffusion-lm":
+                argv_ = (["sample", f"n={n}", f"batch_size={n}"] if task == "none" else
+                         ["generate", f"task={task}", *src, f"batch_size={n}", f"guidance.updates={updates}", written])
+                argv_.append(f"sample.steps={steps}")
+            else:
+                argv_ = ["baseline", f"method={system}", f"task={task}", *src, f"batch_size={n}", written]
+            start = time.time()
+            code = run(argv_)
+            seconds = time.time() - start
+            if code:
+                sys.exit(code)
+            diffusion = system == "diffusion-lm"
+            rows.append({"system": system, "task": task, "sentences": n, "steps": steps if diffusion else None,
+                         "K": (0 if task in ("none", "length") else updates) if diffusion else None,
+                         "seconds": round(seconds, 2), "sentences_per_s": round(n / seconds, 3),
+                         "threads": torch.get_num_threads()})
+            print(json.dumps(rows[-1]), flush=True)
+    path = Path(args.get("out", "runs/bench_control.json"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rows, indent=2) + "\n")
+    print("\n| system | task | diffusion steps | K | sentences/s |\n| --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['task']} | {r['steps']} | {r['K']} | {r['sentences_per_s']:.2f} |")
+        print(f"| {r['system']} | {r['task']} | {r['steps'] or '–'} | {r['K'] if r['K'] is not None else '–'} "
+              f"| {r['sentences_per_s']:.2f} |")
 
 
 if __name__ == "__main__":

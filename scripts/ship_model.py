@@ -6,6 +6,9 @@
     kind=teacher    run=runs/teacher  name=teacher-lm           (diffusion-lm train-lm)
     kind=parser     run=runs/parser   name=parser-wsj-charlstm  (diffusion-lm build-parser)
     kind=classifier run=runs/classifiers/pos  name=classifier-pos  (diffusion-lm train-classifier task=pos)
+    kind=base-lm    run=runs/base-lm  name=base-lm              (the baselines' LM: diffusion-lm train-lm, BASE_LM_ARGS)
+    kind=fudge      run=runs/fudge    name=fudge-discriminator  (diffusion-lm train-baseline method=fudge)
+    kind=pplm       run=runs/pplm     name=pplm-discriminator   (diffusion-lm train-baseline method=pplm)
 
 Writes diffusion_lm/assets/models/<name>/ with the run's JSON files and
 model.safetensors (weights stored in fp16; every loader casts back to fp32),
@@ -29,7 +32,12 @@ KINDS = {
     "teacher": ("runs/teacher", "teacher-lm", ("config.json", "tokenizer.json", "generation_config.json")),
     "parser": ("runs/parser", "parser-wsj-charlstm", ("config.json",)),
     "classifier": ("runs/classifiers/pos", None, ("config.json",)),  # name: classifier-<its task>
+    "base-lm": ("runs/base-lm", "base-lm", ("config.json", "tokenizer.json", "generation_config.json")),
+    "fudge": ("runs/fudge", "fudge-discriminator", ("config.json",)),
+    "pplm": ("runs/pplm", "pplm-discriminator", ("config.json",)),
 }
+# smaller than the teacher (4 x 256, seed 1234) and another seed, so the judge is not the contestant
+BASE_LM_ARGS = "model.layers=3 model.hidden=192 train.seed=7 train.out_dir=runs/base-lm"
 
 
 def _json(path: Path):
@@ -44,6 +52,11 @@ def manifest_for(kind: str, run: Path) -> dict:
                 "sampling_sweep": _json(run / "sampling_sweep.json")}
     if kind == "teacher":
         return {"command": "diffusion-lm train-lm", "summary": _json(run / "summary.json")}
+    if kind == "base-lm":
+        return {"command": f"diffusion-lm train-lm {BASE_LM_ARGS}", "summary": _json(run / "summary.json")}
+    if kind in ("fudge", "pplm"):
+        metrics = (_json(run / "config.json") or {}).get("metrics", {})
+        return {"command": metrics.get("command"), "metrics": metrics}
     if kind == "classifier":
         summary = _json(run / "summary.json") or {}
         return {"command": summary.get("command"), "metrics": summary}

@@ -5,7 +5,7 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
-from ..eval.report import check_generations, honesty_rows, score, write_report
+from ..eval.report import check_generations, honesty_rows, read_throughput, score, write_report
 from ..eval.targets import load_targets, read_jsonl
 from ..lm import ARLM
 from .common import resolve_asset
@@ -18,6 +18,7 @@ def main(cfg) -> int:
     rows = []
     for p in paths:
         rows += check_generations(read_jsonl(p, "generations file"), source=str(p))
+    speed = read_throughput(cfg.throughput) if cfg.throughput else None
     targets_dir = resolve_asset(cfg.targets, "targets")
     if cfg.honesty_rows:
         rows += honesty_rows(load_targets(targets_dir))
@@ -28,7 +29,7 @@ def main(cfg) -> int:
     shown = {k: f"shipped ({Path(v).name})" if cfg[k] == "shipped" else v
              for k, v in (("targets", targets_dir), ("teacher", teacher_dir), ("parser", parser))}
     meta = {"generations": paths, **shown,
-            "seconds": round(time.time() - start, 1)}
+            "seconds": round(time.time() - start, 1), **({"throughput": speed} if speed else {})}
     md, js = write_report(result, meta, cfg.out_dir)
     print(md.read_text(encoding="utf-8"))
     print(f"written: {md}, {js}")

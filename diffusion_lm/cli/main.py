@@ -17,7 +17,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sample": ("sample", "sample sentences from a trained Diffusion-LM (sampler, steps, clamping)"),
     "generate": ("generate", "controlled generation (task=pos|tree|spans|semantic|compose|length|infill), JSONL out"),
     "train-classifier": ("train_classifier", "train a control classifier (task=pos|tree|semantic) on a model's noisy latents"),
-    "train-lm": ("train_lm", "train the GPT-2-architecture teacher LM on E2E (fluency = its perplexity)"),
+    "baseline": ("baseline", "the paper's baselines on an AR LM: method=fudge|pplm, same targets and JSONL as generate"),
+    "train-baseline": ("train_baseline", "train a baseline's attribute model (method=fudge|pplm) on oracle-labelled E2E"),
+    "train-lm": ("train_lm", "train a GPT-2-architecture LM on E2E: the fluency teacher, or the baselines' base LM"),
     "build-parser": ("build_parser", "train the constituency-parser oracle (benepar, char LSTM) on the WSJ sample"),
     "build-targets": ("build_targets", "derive 200 control targets a task from E2E valid with the oracles"),
     "evaluate": ("evaluate", "score generations (JSONL) into the paper's Table 2: ctrl and lm per task and system"),
@@ -34,6 +36,7 @@ Settings are hydra overrides, e.g.
   diffusion-lm train preset=cpu optim.steps=500 run.out_dir=runs/mine
   diffusion-lm sample checkpoint=runs/cpu n=20 sample.steps=50 sample.sampler=ddim
   diffusion-lm generate task=pos target="DT NNP VBZ DT JJ NN ." n=5
+  diffusion-lm baseline method=fudge task=semantic target="food : Italian" n=5
   diffusion-lm evaluate generations=[runs/gen/pos.jsonl]
 `diffusion-lm <command> --help` prints every key with its default.
 """

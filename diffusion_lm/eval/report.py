@@ -96,17 +96,49 @@ def _cell(entry: dict | None, std: bool) -> str:
     return f"{c['mean']:.1f} / {m['mean']:.2f}"
 
 
+def read_throughput(path: str) -> dict[str, dict[str, float]]:
+    """{system: {task: sentences/s}} from scripts/bench_control.py's JSON rows."""
+    from ..text.io import load_json
+
+    rows = load_json(path)
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and {"system", "task", "sentences_per_s"} <= set(r)
+                                             for r in rows):
+        raise UserError(f"{path}: expected bench_control.py rows with system, task and sentences_per_s")
+    out: dict[str, dict[str, float]] = defaultdict(dict)
+    for r in rows:
+        out[r["system"]][r["task"]] = float(r["sentences_per_s"])
+    return dict(out)
+
+
+def _speed(per_task: dict[str, float] | None, tasks: list[str]) -> str:
+    """Sentences/s over the shown tasks, as if each task decoded the same number of sentences."""
+    rates = [per_task[t] for t in tasks if per_task and per_task.get(t)]
+    return f"{len(rates) / sum(1 / r for r in rates):.2f}" if rates else "–"
+
+
 def markdown(result: dict, meta: dict) -> str:
     tasks = [t for t in TASKS if any(t in r for r in result.values())]
+    speed = meta.get("throughput") or {}
     head = "| system | " + " | ".join(f"{t} ctrl ↑ / lm ↓" for t in tasks) + " |"
     rule = "| --- " * (len(tasks) + 1) + "|"
     honesty = [s for s in result if s.startswith("references")]
     systems = [s for s in result if s not in honesty]
     lines = [f"# Table 2 on E2E ({meta.get('targets', '')})", "",
              f"ctrl: control success in % (↑); lm: perplexity under the teacher LM `{meta.get('teacher')}` (↓); "
-             f"parser oracle `{meta.get('parser')}`.", "", head, rule]
+             f"parser oracle `{meta.get('parser')}`."
+             + (" sent/s: decoding throughput on this machine over the tasks a system ran (harmonic mean; "
+                "per task below), from `scripts/bench_control.py`." if speed else ""), "",
+             head[:-1] + ("| sent/s ↑ |" if speed else "|"), rule + ("--- |" if speed else "")]
     for s in systems + honesty:
-        lines.append(f"| {s} | " + " | ".join(_cell(result[s].get(t), False) for t in tasks) + " |")
+        cells = " | ".join(_cell(result[s].get(t), False) for t in tasks)
+        done = [t for t in tasks if t in result[s]]
+        lines.append(f"| {s} | {cells} |" + (f" {_speed(speed.get(s), done)} |" if speed else ""))
+    if speed:
+        lines += ["", "Decoding throughput, sentences/s per task:", "",
+                  "| system | " + " | ".join(tasks) + " |", "| --- " * (len(tasks) + 1) + "|"]
+        for s in [s for s in systems if s in speed]:
+            lines.append(f"| {s} | " + " | ".join(f"{speed[s][t]:.2f}" if t in speed[s] and t in result[s] else "–"
+                                                  for t in tasks) + " |")
     lines += ["", "Paper (Li et al. 2022, Table 2; its own oracles and teacher, so compare shapes, not digits):",
               "", head, rule]
     for s, row in PAPER.items():

@@ -66,7 +66,9 @@ class ARLM:
     @classmethod
     def load(cls, directory: str | Path, device: str = "cpu") -> "ARLM":
         from transformers import GPT2LMHeadModel
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # a bar for loading 40 tensors is noise beside ours
         directory = Path(directory)
         if not (directory / "config.json").is_file() or not (directory / "model.safetensors").is_file():
             raise UserError(f"no LM (config.json + model.safetensors) in {directory}")

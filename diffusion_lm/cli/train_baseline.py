@@ -1,0 +1,27 @@
+"""diffusion-lm train-baseline: train FUDGE's future discriminator or PPLM's value discriminator."""
+from __future__ import annotations
+
+import json
+
+from ..errors import UserError
+from .common import build, resolve_asset
+
+METHODS = ("fudge", "pplm")
+
+
+def main(cfg) -> int:
+    from . import main as cli
+
+    if cfg.method not in METHODS:
+        raise UserError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
+    lm = resolve_asset(cfg.lm, "model", "base-lm")
+    if cfg.method == "fudge":
+        from ..baselines.fudge import train_fudge
+
+        summary = train_fudge(lm, cfg.out_dir, build(cfg, "fudge"), command=cli.LAST_COMMAND)
+    else:
+        from ..baselines.pplm import train_pplm
+
+        summary = train_pplm(lm, cfg.out_dir, build(cfg, "pplm"), command=cli.LAST_COMMAND)
+    print(json.dumps(summary, indent=2))
+    return 0
