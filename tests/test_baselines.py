@@ -210,3 +210,38 @@ def test_train_and_run_baselines_from_the_cli(tmp_path, capsys):
     assert run(["baseline", "method=fudge", f"attribute_model={tmp_path / 'pplm'}", f"lm={lm_dir}",
                 "task=semantic", f"target={pair}"]) == 2  # a PPLM head is not a FUDGE discriminator
     assert "error:" in capsys.readouterr().err
+
+
+def test_span_terms_of_a_target_are_the_span_head_at_the_candidate(tiny):
+    lm, tok = tiny
+    disc = tiny_disc(lm, tok)
+    ids = torch.tensor([tok.encode("The Eagle is a")[:-1]])
+    cand = torch.tensor([[5, 6]])
+    states = disc.candidate_states(ids, cand)
+    target = disc.target("spans", [1, 3, "NP"])
+    got = disc.log_prob(states, 3, BatchedTargets.stack([target], len(disc.tags)))
+    for j in range(2):
+        full = torch.cat([ids[0], cand[0, j:j + 1]])[None]
+        h = disc(full, torch.ones_like(full, dtype=torch.bool))
+        ref = torch.nn.functional.logsigmoid(disc.span_logits(h, torch.tensor([[full.shape[1] - 1]]),
+                                                              torch.tensor([[[1, 3, disc.span_labels.index("NP")]]])))
+        assert torch.allclose(got[0, j], ref[0, 0, 0], atol=1e-5)
+
+
+def test_report_puts_throughput_beside_table_2(tmp_path):
+    from diffusion_lm.eval.report import markdown, read_throughput
+
+    stats = {"n": 2, "mean": 50.0, "std": 0.0}
+    result = {"fudge": {"pos": {"ctrl": stats, "lm": stats}, "semantic": {"ctrl": stats, "lm": stats}}}
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps([{"system": "fudge", "task": "pos", "sentences_per_s": 1.0},
+                                {"system": "fudge", "task": "semantic", "sentences_per_s": 3.0},
+                                {"system": "fudge", "task": "tree", "sentences_per_s": 9.0}]))
+    speed = read_throughput(str(path))
+    text = markdown(result, {"throughput": speed})
+    row = next(line for line in text.splitlines() if line.startswith("| fudge | 50.0"))
+    assert row.endswith(" 1.50 |")  # harmonic mean over the tasks it ran: 2 / (1/1 + 1/3)
+    assert "| fudge | 3.00 | 1.00 |" in text  # per-task table, semantic before pos as in TASKS
+    path.write_text(json.dumps([{"task": "pos"}]))
+    with pytest.raises(UserError, match="sentences_per_s"):
+        read_throughput(str(path))

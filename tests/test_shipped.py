@@ -46,3 +46,21 @@ def test_shipped_classifiers_fit_the_shipped_model_and_steer_it(tmp_path):
                 f"output={out}"]) == 0
     rows = [json.loads(r) for r in out.read_text().splitlines()]
     assert [len(r["text"].split()) for r in rows] == [7, 7]
+
+
+def test_shipped_baselines_steer_the_base_lm():
+    import torch
+
+    from diffusion_lm.baselines.fudge import FudgeConfig, fudge_generate, load_discriminator
+    from diffusion_lm.baselines.labels import states, value_key
+
+    base = ARLM.load(resolve_asset("shipped", "model", "base-lm"))
+    teacher = ARLM.load(resolve_asset("shipped", "teacher"))
+    assert base.model.config.n_embd != teacher.model.config.n_embd  # the judge is not the contestant
+    disc = load_discriminator(resolve_asset("shipped", "model", "fudge-discriminator"), "fudge")
+    pplm = load_discriminator(resolve_asset("shipped", "model", "pplm-discriminator"), "pplm")
+    assert disc.gpt2["vocab_size"] == len(base.tokenizer) and pplm.hidden == base.model.config.n_embd
+    target = disc.target("semantic", "food : Italian")
+    out = fudge_generate(base.model, base.tokenizer, disc, [target] * 4, FudgeConfig(strength=3.0, max_words=30),
+                         torch.Generator().manual_seed(0))
+    assert sum(states(s.split(), value_key("Italian")) for s in out) >= 3

@@ -248,7 +248,7 @@ class BatchedTargets:
 @dataclass
 class FudgeConfig:
     top_k: int = 50  # candidates the LM proposes at each step
-    strength: float = 1.0  # λ: the discriminator's exponent
+    strength: float = 3.0  # λ: the discriminator's exponent
     max_words: int = 62
 
 
@@ -369,7 +369,7 @@ def heldout(disc: FutureDiscriminator, rows: list[dict], pad_id: int) -> dict:
 
 
 def train_fudge(lm_dir: str, out_dir: str, cfg: FudgeTrainConfig, progress: bool = True,
-                command: str | None = None) -> dict:
+                command: str | None = None, lm_label: str | None = None) -> dict:
     """Train the future discriminator on oracle-labelled E2E train; save it beside its base LM's name."""
     from ..lm import ARLM
     from ..text.train import lr_at
@@ -406,7 +406,7 @@ def train_fudge(lm_dir: str, out_dir: str, cfg: FudgeTrainConfig, progress: bool
     metrics = {"steps": cfg.steps, "train_minutes": round((time.time() - started) / 60, 2),
                "train_sentences": len(rows), "final_loss": log[-1] if log else {},
                "heldout": heldout(disc, v_rows, lm.tokenizer.pad_id),
-               "parameters": sum(p.numel() for p in disc.parameters()), "base_lm": str(lm_dir)}
+               "parameters": sum(p.numel() for p in disc.parameters()), "base_lm": lm_label or str(lm_dir)}
     if command:
         metrics["command"] = command
     save_discriminator(disc, out, metrics)

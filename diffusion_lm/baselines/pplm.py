@@ -66,7 +66,7 @@ def mean_hidden(lm, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class PPLMTrainConfig:
-    epochs: int = 20
+    epochs: int = 100
     batch_size: int = 256
     lr: float = 3e-3
     min_count: int = 10
@@ -89,7 +89,7 @@ def _features(lm, data, values: list[str], batch_size: int = 256) -> tuple[torch
 
 
 def train_pplm(lm_dir: str, out_dir: str, cfg: PPLMTrainConfig, progress: bool = True,
-               command: str | None = None) -> dict:
+               command: str | None = None, lm_label: str | None = None) -> dict:
     """Fit the mean-hidden-state discriminator on E2E train (the base LM frozen)."""
     from ..lm import ARLM
     from .fudge import save_discriminator
@@ -121,7 +121,7 @@ def train_pplm(lm_dir: str, out_dir: str, cfg: PPLMTrainConfig, progress: bool =
         recall = (pred & (vy > 0.5)).sum().item() / max(1.0, vy.sum().item())
     metrics = {"train_sentences": len(x), "final_loss": round(loss.item(), 4), "heldout_all_values_correct": round(exact, 4),
                "heldout_recall_of_stated_values": round(recall, 4), "train_minutes": round((time.time() - started) / 60, 2),
-               "base_lm": str(lm_dir)}
+               "base_lm": lm_label or str(lm_dir)}
     if command:
         metrics["command"] = command
     save_discriminator(disc, out, metrics)
@@ -133,7 +133,7 @@ def train_pplm(lm_dir: str, out_dir: str, cfg: PPLMTrainConfig, progress: bool =
 @dataclass
 class PPLMConfig:
     attribute: str = "discrim"  # discrim | bow
-    step_size: float = 0.04
+    step_size: float = 0.02
     iterations: int = 3  # gradient steps on ΔH per word
     kl_scale: float = 0.01
     gm_scale: float = 0.95  # fusion: p̃^gm · p^(1−gm)

@@ -18,10 +18,10 @@ def main(cfg) -> int:
     if cfg.method == "fudge":
         from ..baselines.fudge import train_fudge
 
-        summary = train_fudge(lm, cfg.out_dir, build(cfg, "fudge"), command=cli.LAST_COMMAND)
+        summary = train_fudge(lm, cfg.out_dir, build(cfg, "fudge"), command=cli.LAST_COMMAND, lm_label=cfg.lm)
     else:
         from ..baselines.pplm import train_pplm
 
-        summary = train_pplm(lm, cfg.out_dir, build(cfg, "pplm"), command=cli.LAST_COMMAND)
+        summary = train_pplm(lm, cfg.out_dir, build(cfg, "pplm"), command=cli.LAST_COMMAND, lm_label=cfg.lm)
     print(json.dumps(summary, indent=2))
     return 0

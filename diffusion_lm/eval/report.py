@@ -128,7 +128,7 @@ def markdown(result: dict, meta: dict) -> str:
              f"parser oracle `{meta.get('parser')}`."
              + (" sent/s: decoding throughput on this machine over the tasks a system ran (harmonic mean; "
                 "per task below), from `scripts/bench_control.py`." if speed else ""), "",
-             head[:-1] + ("| sent/s ↑ |" if speed else "|"), rule + ("--- |" if speed else "")]
+             head[:-1] + ("| sent/s ↑ |" if speed else "|"), rule + (" --- |" if speed else "")]
     for s in systems + honesty:
         cells = " | ".join(_cell(result[s].get(t), False) for t in tasks)
         done = [t for t in tasks if t in result[s]]
