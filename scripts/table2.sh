@@ -5,7 +5,7 @@
 # uncontrolled samples of the Diffusion-LM and of the base LM as floors.
 #   bash scripts/table2.sh [out_dir]        (default runs/table2)
 # A generation file that already exists is kept (delete it to redo it); the full run from nothing takes
-# about 2.5 hours on the 2-core CPU, most of it Diffusion-LM's tree and spans rows.
+# about 1.5 to 2 hours on the 2-core CPU, most of it Diffusion-LM's tree and spans rows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
