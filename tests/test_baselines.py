@@ -245,3 +245,27 @@ def test_report_puts_throughput_beside_table_2(tmp_path):
     path.write_text(json.dumps([{"task": "pos"}]))
     with pytest.raises(UserError, match="sentences_per_s"):
         read_throughput(str(path))
+
+
+def test_fudge_training_resumes_to_the_same_weights(tmp_path):
+    from safetensors.torch import load_file
+
+    from diffusion_lm.baselines.fudge import FudgeTrainConfig, train_fudge
+    from diffusion_lm.lm import ARLMConfig, ARTrainConfig, train_lm
+    from diffusion_lm.text.data import DataConfig
+
+    lm_dir = tmp_path / "lm"
+    train_lm(ARLMConfig(layers=1, hidden=32, heads=2, dropout=0.1),
+             ARTrainConfig(out_dir=str(lm_dir), steps=2, batch_size=8, warmup=1, threads=1), DataConfig(limit=100),
+             progress=False)
+    cfg = dict(batch_size=4, limit=12, eval_size=4, min_count=1, warmup=1, schedule="constant", log_every=1,
+               checkpoint_every=2)
+    train_fudge(str(lm_dir), str(tmp_path / "once"), FudgeTrainConfig(steps=4, **cfg), progress=False)
+    (tmp_path / "twice").mkdir()
+    for f in (tmp_path / "once").glob("oracle_*"):  # the oracles' labels, reused as a rerun would
+        (tmp_path / "twice" / f.name).write_bytes(f.read_bytes())
+    train_fudge(str(lm_dir), str(tmp_path / "twice"), FudgeTrainConfig(steps=2, **cfg), progress=False)  # "killed"
+    train_fudge(str(lm_dir), str(tmp_path / "twice"), FudgeTrainConfig(steps=4, **cfg), progress=False)  # resumed
+    a, b = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("once", "twice"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert len((tmp_path / "twice" / "train_log.jsonl").read_text().splitlines()) == 4

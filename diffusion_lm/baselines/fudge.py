@@ -292,6 +292,7 @@ class FudgeTrainConfig:
     seed: int = 0
     threads: int = 0
     log_every: int = 50
+    checkpoint_every: int = 250
 
 
 def encode_rows(disc: FutureDiscriminator, tok, data: Labelled) -> list[dict]:
@@ -370,9 +371,9 @@ def heldout(disc: FutureDiscriminator, rows: list[dict], pad_id: int) -> dict:
 
 def train_fudge(lm_dir: str, out_dir: str, cfg: FudgeTrainConfig, progress: bool = True,
                 command: str | None = None, lm_label: str | None = None) -> dict:
-    """Train the future discriminator on oracle-labelled E2E train; save it beside its base LM's name."""
+    """Train (or resume, from out_dir/checkpoint) the future discriminator on oracle-labelled E2E train."""
     from ..lm import ARLM
-    from ..text.train import lr_at
+    from ..text.train import load_checkpoint, lr_at, save_checkpoint
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -382,35 +383,51 @@ def train_fudge(lm_dir: str, out_dir: str, cfg: FudgeTrainConfig, progress: bool
     L = lm.model.config.n_positions
     data = label_e2e("train", cfg.limit, min(cfg.max_words, L - 2), out, progress)
     valid = label_e2e("valid", cfg.eval_size, min(cfg.max_words, L - 2), out, progress)
-    disc = for_lm(lm.model, data, cfg.min_count).train()
+    resuming = (out / "checkpoint").exists() or (out / "checkpoint.old").exists()
+    if resuming:  # the label sets were fixed (and config.json written) on the first run
+        disc = load_discriminator(out, "fudge").train()
+    else:
+        disc = for_lm(lm.model, data, cfg.min_count).train()
+        save_discriminator(disc, out)
     rows, v_rows = encode_rows(disc, lm.tokenizer, data), encode_rows(disc, lm.tokenizer, valid)
     opt = torch.optim.AdamW(disc.parameters(), lr=cfg.lr, weight_decay=0.01)
-    rng = random.Random(cfg.seed)
-    started, log = time.time(), []
-    bar = tqdm(range(cfg.steps), desc="train FUDGE discriminator", disable=not progress, dynamic_ncols=True)
-    for step in bar:
+    step, elapsed = load_checkpoint(out, disc, opt, {}) if resuming else (0, 0.0)
+    started, last = time.time() - elapsed, {}
+    log_path = out / "train_log.jsonl"
+    bar = tqdm(total=cfg.steps, initial=step, desc="train FUDGE discriminator", disable=not progress,
+               dynamic_ncols=True)
+    while step < cfg.steps:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
+        rng = random.Random(cfg.seed * 1_000_003 + step)  # each step's own draw: a resumed run sees the same batches
         batch = collate(rng.sample(rows, cfg.batch_size), len(disc.values), cfg.spans_per_sentence, rng,
                         lm.tokenizer.pad_id)
         loss, parts = disc.loss(batch)
         if not torch.isfinite(loss):
-            raise UserError(f"discriminator loss became {loss.item()} at step {step}; try a lower lr")
+            raise UserError(f"discriminator loss became {loss.item()} at step {step}; try a lower lr "
+                            f"(the last checkpoint is kept in {out})")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(disc.parameters(), 1.0)
         opt.step()
-        if (step + 1) % cfg.log_every == 0:
+        step += 1
+        bar.update(1)
+        if step % cfg.log_every == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
-            log.append({"step": step + 1, "elapsed_s": round(time.time() - started, 1), **parts})
+            last = {"step": step, "elapsed_s": round(time.time() - started, 1), **parts}
+            with open(log_path, "a") as f:
+                f.write(json.dumps(last) + "\n")
+        if step % cfg.checkpoint_every == 0:
+            save_checkpoint(out, step, time.time() - started, disc, opt, {})
+    bar.close()
+    save_checkpoint(out, step, time.time() - started, disc, opt, {})
     metrics = {"steps": cfg.steps, "train_minutes": round((time.time() - started) / 60, 2),
-               "train_sentences": len(rows), "final_loss": log[-1] if log else {},
+               "train_sentences": len(rows), "final_loss": last,
                "heldout": heldout(disc, v_rows, lm.tokenizer.pad_id),
                "parameters": sum(p.numel() for p in disc.parameters()), "base_lm": lm_label or str(lm_dir)}
     if command:
         metrics["command"] = command
     save_discriminator(disc, out, metrics)
-    (out / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
     return metrics
 
 

@@ -18,7 +18,7 @@ SHIPPED = {"fudge": "fudge-discriminator", "pplm": "pplm-discriminator"}
 
 
 def main(cfg) -> int:
-    from ..baselines.fudge import FudgeTarget, fudge_generate, load_discriminator
+    from ..baselines.fudge import fudge_generate, load_discriminator
     from ..baselines.pplm import PPLM
     from ..lm import ARLM
 
@@ -35,8 +35,10 @@ def main(cfg) -> int:
     disc = None
     if cfg.method == "fudge" or method_cfg.attribute == "discrim":
         disc = load_discriminator(resolve_asset(cfg.attribute_model, "model", SHIPPED[cfg.method]), cfg.method, device)
-        if disc.config().get("gpt2", {}).get("vocab_size", len(lm.tokenizer)) != len(lm.tokenizer):
-            raise UserError("the FUDGE discriminator was trained for another base LM (vocabulary sizes differ)")
+        fits = (disc.gpt2["vocab_size"] == len(lm.tokenizer) if cfg.method == "fudge"
+                else disc.hidden == lm.model.config.n_embd)
+        if not fits:
+            raise UserError(f"the {cfg.method} attribute model ({cfg.attribute_model}) was trained for another base LM")
     if cfg.method == "fudge":
         if method_cfg.top_k < 1 or method_cfg.strength < 0:
             raise UserError("FUDGE needs top_k >= 1 and strength >= 0")
@@ -52,7 +54,7 @@ def main(cfg) -> int:
         chunk = jobs[b:b + batch_size]
         goals = [parsed[i] for i, _ in chunk]
         if cfg.method == "fudge":
-            out = fudge_generate(lm.model, lm.tokenizer, disc, [FudgeTarget(**vars(x)) for x in goals], method_cfg, g)
+            out = fudge_generate(lm.model, lm.tokenizer, disc, goals, method_cfg, g)
         else:
             out = pplm.generate(goals, g)
         for (i, target), text in zip(chunk, out):
