@@ -1,12 +1,15 @@
 """Fluency per CPU-minute: teacher-LM perplexity of samples from each snapshot of a run.
 
     python scripts/fluency_vs_time.py [run=runs/cpu] [teacher=runs/teacher] [n=64] [steps=200]
+    python scripts/fluency_vs_time.py compare=runs/cpu,runs/cpu-h192 out=docs/fluency_compare.png
 
 Reads <run>/snapshots/step*/ (written when run.snapshot_every is set) and the
 final model in <run>, samples n sentences from each (seed 0), scores them with
 the teacher LM, and writes <run>/fluency.json and <run>/fluency.png (median and
 mean per-sentence perplexity against training minutes, with E2E valid
-references as the line to reach).
+references as the line to reach). With compare=, it samples nothing: it draws
+the median curves of runs already scored on one PNG, each labelled by its
+denoiser's shape and parameter count.
 """
 from __future__ import annotations
 
@@ -19,16 +22,15 @@ import torch
 
 from diffusion_lm.lm import ARLM
 from diffusion_lm.text import SampleConfig, from_pretrained, generate
+from diffusion_lm.cli.script_args import fail, parse
 from diffusion_lm.text.data import load_e2e
 
 
 def main(argv: list[str]) -> None:
-    args = {"run": "runs/cpu", "teacher": "runs/teacher", "n": "64", "steps": "200"}
-    for a in argv:
-        k, _, v = a.partition("=")
-        if k not in args:
-            sys.exit(f"error: unknown argument {k!r}; expected {', '.join(args)}")
-        args[k] = v
+    args = parse(argv, {"run": "runs/cpu", "teacher": "runs/teacher", "n": "64", "steps": "200", "compare": "", "out": ""})
+    if args["compare"]:
+        _compare([Path(r) for r in args["compare"].split(",")], Path(args["out"] or "fluency_compare.png"))
+        return
     run, n = Path(args["run"]), int(args["n"])
     teacher = ARLM.load(args["teacher"])
     refs = load_e2e("valid")["text"][:: max(1, 4672 // n)][:n]
@@ -78,6 +80,37 @@ def _plot(result: dict, png: Path) -> None:
     fig.tight_layout()
     fig.savefig(png, dpi=120)
     plt.close(fig)
+
+
+def _compare(runs: list[Path], png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ref = None
+    for run in runs:
+        if not (run / "fluency.json").is_file():
+            fail(f"{run}/fluency.json not found; run this script with run={run} first")
+        result = json.loads((run / "fluency.json").read_text())
+        model = json.loads((run / "config.json").read_text())
+        params = json.loads((run / "summary.json").read_text()).get("parameters", 0)
+        pts = [p for p in result["points"] if p["minutes"] is not None]
+        label = f"{run.name}: {model['layers']} x {model['hidden']}, {params / 1e6:.1f}M (final {pts[-1]['median_ppl']:.0f})"
+        ax.plot([p["minutes"] for p in pts], [p["median_ppl"] for p in pts], "o-", label=label)
+        ref = result["references"]["median_ppl"]
+    ax.axhline(ref, color="gray", ls=":", label="E2E valid references")
+    ax.set_yscale("log")
+    ax.set_xlabel("training time on this CPU (minutes)")
+    ax.set_ylabel("teacher-LM perplexity of samples (median)")
+    ax.set_title("Fluency per CPU-minute")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    print(f"wrote {png}")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from diffusion_lm.cli.common import resolve_checkpoint
+from diffusion_lm.cli.script_args import fail, parse
 from diffusion_lm.lm import ARLM
 from diffusion_lm.text import SampleConfig, from_pretrained, generate
 
@@ -40,14 +41,9 @@ SETTINGS = {  # (sampler settings, MBR candidates per sentence)
 
 
 def main(argv: list[str]) -> None:
-    args = {"checkpoint": "runs/cpu", "teacher": "runs/teacher", "n": "64", "settings": "all"}
-    for a in argv:
-        k, _, v = a.partition("=")
-        if k not in args:
-            sys.exit(f"error: unknown argument {k!r}; expected {', '.join(args)}")
-        args[k] = v
+    args = parse(argv, {"checkpoint": "runs/cpu", "teacher": "runs/teacher", "n": "64", "settings": "all"})
     if args["settings"] not in SETTINGS:
-        sys.exit(f"error: unknown settings {args['settings']!r}; choose {', '.join(SETTINGS)}")
+        fail(f"unknown settings {args['settings']!r}; choose {', '.join(SETTINGS)}")
     ckpt = resolve_checkpoint(args["checkpoint"])
     model, tok = from_pretrained(ckpt)
     teacher = ARLM.load(args["teacher"])

@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from diffusion_lm.cli.script_args import fail, parse
+
 ASSETS = Path(__file__).resolve().parents[1] / "diffusion_lm" / "assets" / "models"
 KINDS = {
     "diffusion": ("runs/cpu", "diffusion-lm-cpu", ("config.json", "tokenizer.json")),
@@ -66,15 +68,15 @@ def manifest_for(kind: str, run: Path) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    args = dict(a.split("=", 1) for a in argv)
-    kind = args.get("kind", "diffusion")
+    args = parse(argv, {"kind": "diffusion", "run": "", "name": ""})
+    kind = args["kind"]
     if kind not in KINDS:
-        sys.exit(f"error: unknown kind {kind!r}; choose {', '.join(KINDS)}")
+        fail(f"unknown kind {kind!r}; choose {', '.join(KINDS)}")
     default_run, default_name, files = KINDS[kind]
-    run = Path(args.get("run", default_run))
-    name = args.get("name", default_name or f"classifier-{(_json(run / 'config.json') or {}).get('kind')}")
+    run = Path(args["run"] or default_run)
+    name = args["name"] or (default_name or f"classifier-{(_json(run / 'config.json') or {}).get('kind')}")
     if not (run / "model.safetensors").is_file():
-        sys.exit(f"error: no model.safetensors in {run}")
+        fail(f"no model.safetensors in {run}")
     dest, tmp = ASSETS / name, ASSETS / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +14,8 @@ from diffusion_lm.text.data import DataConfig
 from diffusion_lm.text.generation import SampleConfig
 from diffusion_lm.text.model import DiffusionLMConfig
 from diffusion_lm.text.train import OptimConfig, RunConfig, train
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def one_line_error(capsys, argv):
@@ -132,3 +135,16 @@ def test_module_entry_point_exit_code():
     proc = subprocess.run([sys.executable, "-m", "diffusion_lm", "train", "preset=nope"], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error:")
+
+
+@pytest.mark.parametrize("argv", [["n=8", "colour=red"], ["runs/cpu"], ["compare=runs/no-such-run"]])
+def test_scripts_reject_bad_arguments_with_exit_2(argv):
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "fluency_vs_time.py"), *argv], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error:")
+
+
+def test_script_args_overlay_defaults():
+    from diffusion_lm.cli.script_args import parse
+
+    assert parse(["n=8", "out=a=b"], {"n": "64", "out": ""}) == {"n": "8", "out": "a=b"}
