@@ -24,12 +24,18 @@ def main(argv: list[str]) -> None:
 
     from diffusion_lm.cli.main import run
 
-    args = dict(a.split("=", 1) for a in argv)
-    n, steps, updates = int(args.get("sentences", 20)), int(args.get("steps", 200)), int(args.get("updates", 3))
-    if int(args.get("threads", 0)):
-        torch.set_num_threads(int(args["threads"]))
-    tasks = args.get("tasks", "none,length,pos,tree,spans,semantic,compose").split(",")
-    systems = args.get("systems", "diffusion-lm,fudge,pplm").split(",")
+    from diffusion_lm.cli.script_args import fail, number, parse
+
+    args = parse(argv, {"sentences": "20", "steps": "200", "updates": "3", "threads": "0", "out": "runs/bench_control.json",
+                        "tasks": "none,length,pos,tree,spans,semantic,compose", "systems": "diffusion-lm,fudge,pplm"})
+    n, steps, updates = number(args, "sentences", minimum=1), number(args, "steps", minimum=1), number(args, "updates", minimum=0)
+    if number(args, "threads", minimum=0):
+        torch.set_num_threads(number(args, "threads"))
+    tasks = args["tasks"].split(",")
+    systems = args["systems"].split(",")
+    known_tasks = {"none", "length", "pos", "tree", "spans", "semantic", "compose"}
+    if set(tasks) - known_tasks or set(systems) - {"diffusion-lm", "fudge", "pplm"}:
+        fail(f"unknown task or system in tasks={args['tasks']} systems={args['systems']}")
     out = Path("runs/bench_control")
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -57,7 +63,7 @@ def main(argv: list[str]) -> None:
                          "seconds": round(seconds, 2), "sentences_per_s": round(n / seconds, 3),
                          "threads": torch.get_num_threads()})
             print(json.dumps(rows[-1]), flush=True)
-    path = Path(args.get("out", "runs/bench_control.json"))
+    path = Path(args["out"])
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(rows, indent=2) + "\n")
     print("\n| system | task | diffusion steps | K | sentences/s |\n| --- | --- | --- | --- | --- |")
@@ -67,4 +73,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from diffusion_lm.cli.script_args import run_script
+
+    run_script(main)

@@ -25,10 +25,22 @@ def main(argv: list[str]) -> None:
     from diffusion_lm.lm import ARLM
     from diffusion_lm.cli.common import resolve_asset
 
-    args = dict(a.split("=", 1) for a in argv if "=" in a)
+    from diffusion_lm.cli.script_args import fail, number
+
+    bare = [a for a in argv if "=" not in a]
+    if bare:
+        fail(f"expected key=value arguments, got {bare[0]!r}")
+    args = dict(a.split("=", 1) for a in argv)  # keys other than these go to `diffusion-lm generate`
     task = args.pop("task", "pos")
-    limit = int(args.pop("limit", 50))
-    strengths = [float(s) for s in args.pop("strengths", "0,0.5,1,2,4,8").split(",")]
+    if task not in METRICS:
+        fail(f"unknown task {task!r}; choose {', '.join(METRICS)}")
+    args.setdefault("limit", "50")
+    limit = number(args, "limit", minimum=1)
+    args.pop("limit")
+    try:
+        strengths = [float(s) for s in args.pop("strengths", "0,0.5,1,2,4,8").split(",")]
+    except ValueError:
+        fail("strengths must be numbers separated by commas, e.g. strengths=0,2,10,50")
     out_dir = Path(args.pop("out_dir", "runs/control_strength"))
     extra = [f"{k}={v}" for k, v in args.items()]
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -82,4 +94,6 @@ def plot(result: dict, png: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from diffusion_lm.cli.script_args import run_script
+
+    run_script(main)

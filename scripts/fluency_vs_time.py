@@ -1,15 +1,16 @@
 """Fluency per CPU-minute: teacher-LM perplexity of samples from each snapshot of a run.
 
-    python scripts/fluency_vs_time.py [run=runs/cpu] [teacher=runs/teacher] [n=64] [steps=200]
-    python scripts/fluency_vs_time.py compare=runs/cpu,runs/cpu-h192 out=docs/fluency_compare.png
+    python scripts/fluency_vs_time.py [run=runs/cpu] [teacher=shipped] [n=64] [steps=200]
+    python scripts/fluency_vs_time.py compare=runs/cpu,docs/fluency_cpu_h192.json out=docs/fluency_compare.png
 
 Reads <run>/snapshots/step*/ (written when run.snapshot_every is set) and the
 final model in <run>, samples n sentences from each (seed 0), scores them with
 the teacher LM, and writes <run>/fluency.json and <run>/fluency.png (median and
 mean per-sentence perplexity against training minutes, with E2E valid
 references as the line to reach). With compare=, it samples nothing: it draws
-the median curves of runs already scored on one PNG, each labelled by its
-denoiser's shape and parameter count.
+the median curves of runs already scored (run folders, or fluency JSON files
+kept elsewhere, such as docs/) on one PNG, each labelled by its denoiser's
+shape and parameter count.
 """
 from __future__ import annotations
 
@@ -20,19 +21,22 @@ from pathlib import Path
 
 import torch
 
+from diffusion_lm.cli.common import resolve_asset
 from diffusion_lm.lm import ARLM
 from diffusion_lm.text import SampleConfig, from_pretrained, generate
-from diffusion_lm.cli.script_args import fail, parse
+from diffusion_lm.cli.script_args import fail, number, parse, run_script
 from diffusion_lm.text.data import load_e2e
 
 
 def main(argv: list[str]) -> None:
-    args = parse(argv, {"run": "runs/cpu", "teacher": "runs/teacher", "n": "64", "steps": "200", "compare": "", "out": ""})
+    args = parse(argv, {"run": "runs/cpu", "teacher": "shipped", "n": "64", "steps": "200", "compare": "", "out": ""})
     if args["compare"]:
         _compare([Path(r) for r in args["compare"].split(",")], Path(args["out"] or "fluency_compare.png"))
         return
-    run, n = Path(args["run"]), int(args["n"])
-    teacher = ARLM.load(args["teacher"])
+    run, n, steps = Path(args["run"]), number(args, "n", minimum=1), number(args, "steps", minimum=1)
+    if not (run / "config.json").is_file():
+        fail(f"no trained run in {run} (config.json missing)")
+    teacher = ARLM.load(resolve_asset(args["teacher"], "teacher"))
     refs = load_e2e("valid")["text"][:: max(1, 4672 // n)][:n]
     ref_ppl = teacher.perplexity(refs)
     points = []
@@ -46,13 +50,16 @@ def main(argv: list[str]) -> None:
             prog = json.loads((d / "progress.json").read_text())
             minutes, step = prog["elapsed_s"] / 60, prog["step"]
         model, tok = from_pretrained(d)
-        sents = generate(model, tok, n, SampleConfig(steps=int(args["steps"])), seed=0, progress=False)
+        sents = generate(model, tok, n, SampleConfig(steps=steps), seed=0, progress=False)
         ppl = teacher.perplexity(sents)
         points.append({"step": step, "minutes": round(minutes, 2) if minutes else None,
                        "median_ppl": round(statistics.median(ppl), 2), "mean_ppl": round(statistics.mean(ppl), 2),
                        "example": sents[0]})
         print(json.dumps(points[-1]), flush=True)
-    result = {"n": n, "sampling_steps": int(args["steps"]), "teacher": args["teacher"],
+    model_cfg = json.loads((run / "config.json").read_text())
+    result = {"run": str(run), "n": n, "sampling_steps": steps, "teacher": args["teacher"],
+              "model": {k: model_cfg.get(k) for k in ("layers", "hidden", "emb_dim")},
+              "parameters": summary.get("parameters"),
               "references": {"median_ppl": round(statistics.median(ref_ppl), 2),
                              "mean_ppl": round(statistics.mean(ref_ppl), 2)},
               "points": points}
@@ -91,13 +98,18 @@ def _compare(runs: list[Path], png: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     ref = None
     for run in runs:
-        if not (run / "fluency.json").is_file():
-            fail(f"{run}/fluency.json not found; run this script with run={run} first")
-        result = json.loads((run / "fluency.json").read_text())
-        model = json.loads((run / "config.json").read_text())
-        params = json.loads((run / "summary.json").read_text()).get("parameters", 0)
+        path = run if run.suffix == ".json" else run / "fluency.json"
+        if not path.is_file():
+            fail(f"{path} not found; score the run first with run=<its folder>")
+        result = json.loads(path.read_text())
+        model, params = result.get("model"), result.get("parameters")
+        if model is None:  # scored before the file recorded the model: read it from the run folder
+            model = json.loads((run / "config.json").read_text())
+            params = json.loads((run / "summary.json").read_text()).get("parameters")
         pts = [p for p in result["points"] if p["minutes"] is not None]
-        label = f"{run.name}: {model['layers']} x {model['hidden']}, {params / 1e6:.1f}M (final {pts[-1]['median_ppl']:.0f})"
+        name = Path(result.get("run", run)).name
+        size = f", {params / 1e6:.1f}M" if params else ""
+        label = f"{name}: {model['layers']} x {model['hidden']}{size} (final {pts[-1]['median_ppl']:.0f})"
         ax.plot([p["minutes"] for p in pts], [p["median_ppl"] for p in pts], "o-", label=label)
         ref = result["references"]["median_ppl"]
     ax.axhline(ref, color="gray", ls=":", label="E2E valid references")
@@ -115,4 +127,4 @@ def _compare(runs: list[Path], png: Path) -> None:
 
 if __name__ == "__main__":
     torch.manual_seed(0)
-    main(sys.argv[1:])
+    run_script(main)

@@ -1,6 +1,6 @@
 """Compare sampling settings of one model by teacher-LM fluency and speed.
 
-    python scripts/sampling_sweep.py [checkpoint=runs/cpu] [teacher=runs/teacher] [n=64] [settings=all|mbr]
+    python scripts/sampling_sweep.py [checkpoint=shipped|runs/cpu] [teacher=shipped] [n=64] [settings=all|mbr] [out=...]
 
 Each row samples n sentences (seed 0) with one setting of the core sampler
 (DDPM or DDIM, number of steps, clamping on or off, DDPM variance, MBR over k
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from diffusion_lm.cli.common import resolve_checkpoint
-from diffusion_lm.cli.script_args import fail, parse
+from diffusion_lm.cli.common import resolve_asset, resolve_checkpoint
+from diffusion_lm.cli.script_args import fail, number, parse, run_script
 from diffusion_lm.lm import ARLM
 from diffusion_lm.text import SampleConfig, from_pretrained, generate
 
@@ -41,13 +41,13 @@ SETTINGS = {  # (sampler settings, MBR candidates per sentence)
 
 
 def main(argv: list[str]) -> None:
-    args = parse(argv, {"checkpoint": "runs/cpu", "teacher": "runs/teacher", "n": "64", "settings": "all"})
+    args = parse(argv, {"checkpoint": "shipped", "teacher": "shipped", "n": "64", "settings": "all", "out": ""})
     if args["settings"] not in SETTINGS:
         fail(f"unknown settings {args['settings']!r}; choose {', '.join(SETTINGS)}")
     ckpt = resolve_checkpoint(args["checkpoint"])
     model, tok = from_pretrained(ckpt)
-    teacher = ARLM.load(args["teacher"])
-    n = int(args["n"])
+    teacher = ARLM.load(resolve_asset(args["teacher"], "teacher"))
+    n = number(args, "n", minimum=1)
     rows = []
     for s, mbr in SETTINGS[args["settings"]]:
         t0 = time.perf_counter()
@@ -62,7 +62,11 @@ def main(argv: list[str]) -> None:
     out = {"checkpoint": args["checkpoint"], "teacher": args["teacher"], "n": n, "threads": torch.get_num_threads(),
            "rows": rows}
     name = "sampling_sweep.json" if args["settings"] == "all" else f"sampling_sweep_{args['settings']}.json"
-    Path(ckpt, name).write_text(json.dumps(out, indent=2) + "\n")
+    # beside a trained run's model; for the shipped model (inside the package) under runs/shipped/
+    path = Path(args["out"]) if args["out"] else Path("runs/shipped" if args["checkpoint"].startswith("shipped") else ckpt, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {path}")
     print("\n| sampler | steps | clamp | variance | MBR k | median ppl | mean ppl | distinct | sentences/s |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
@@ -73,4 +77,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     torch.manual_seed(0)
-    main(sys.argv[1:])
+    run_script(main)

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from diffusion_lm.cli.script_args import fail, parse
+from diffusion_lm.cli.script_args import fail, number, parse, run_script
 
 ASSETS = Path(__file__).resolve().parents[1] / "diffusion_lm" / "assets" / "models"
 KINDS = {
@@ -98,4 +98,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    main(sys.argv[1:])
+    run_script(main)

@@ -20,10 +20,12 @@ def main(argv: list[str]) -> None:
     from diffusion_lm.eval.targets import load_targets
     from diffusion_lm.text import SampleConfig, from_pretrained, generate
 
-    args = dict(a.split("=", 1) for a in argv)
-    n = int(args.get("n", 200))
-    out = Path(args.get("output", "runs/gen/uncontrolled.jsonl"))
-    model, tok = from_pretrained(resolve_checkpoint(args.get("checkpoint", "shipped")))
+    from diffusion_lm.cli.script_args import number, parse
+
+    args = parse(argv, {"checkpoint": "shipped", "n": "200", "output": "runs/gen/uncontrolled.jsonl"})
+    n = number(args, "n", minimum=1)
+    out = Path(args["output"])
+    model, tok = from_pretrained(resolve_checkpoint(args["checkpoint"]))
     texts = generate(model, tok, n, SampleConfig(), batch_size=50, seed=0)
     rows = []
     for task, recs in load_targets(resolve_asset("shipped", "targets")).items():
@@ -35,4 +37,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from diffusion_lm.cli.script_args import run_script
+
+    run_script(main)

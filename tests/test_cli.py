@@ -137,9 +137,19 @@ def test_module_entry_point_exit_code():
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error:")
 
 
-@pytest.mark.parametrize("argv", [["n=8", "colour=red"], ["runs/cpu"], ["compare=runs/no-such-run"]])
-def test_scripts_reject_bad_arguments_with_exit_2(argv):
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "fluency_vs_time.py"), *argv], capture_output=True, text=True)
+@pytest.mark.parametrize("script,argv", [
+    ("fluency_vs_time", ["n=8", "colour=red"]),           # unknown key
+    ("fluency_vs_time", ["runs/cpu"]),                    # bare word
+    ("fluency_vs_time", ["compare=runs/no-such-run"]),    # nothing scored there
+    ("fluency_vs_time", ["run=runs/no-such-run"]),        # no trained run
+    ("sampling_sweep", ["n=many"]),                       # not a number
+    ("sampling_sweep", ["checkpoint=runs/no-such-run"]),  # UserError from the toolkit
+    ("uncontrolled_rows", ["n=0"]),                       # below the minimum
+    ("control_strength", ["task=colour"]),                # unknown task
+    ("bench_control", ["systems=gpt4"]),                  # unknown system
+])
+def test_scripts_reject_bad_arguments_with_exit_2(script, argv):
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / f"{script}.py"), *argv], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error:")
 

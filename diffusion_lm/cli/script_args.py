@@ -6,7 +6,7 @@ commands do, so a wrapper script can tell a typo from a crash.
 from __future__ import annotations
 
 import sys
-from typing import NoReturn
+from typing import Callable, NoReturn
 
 
 def fail(message: str) -> NoReturn:
@@ -23,3 +23,24 @@ def parse(argv: list[str], defaults: dict[str, str]) -> dict[str, str]:
             fail(f"unknown argument {a!r}; expected key=value with key one of {', '.join(defaults)}")
         args[key] = value
     return args
+
+
+def number(args: dict[str, str], key: str, kind: type = int, minimum: float | None = None):
+    """args[key] as an int (or float); not a number, or below `minimum`, fails in one line."""
+    try:
+        value = kind(args[key])
+    except ValueError:
+        fail(f"{key} must be {'an integer' if kind is int else 'a number'}, got {args[key]!r}")
+    if minimum is not None and value < minimum:
+        fail(f"{key} must be at least {minimum}, got {value}")
+    return value
+
+
+def run_script(main: Callable[[list[str]], None]) -> None:
+    """Call main(sys.argv[1:]); a UserError from the toolkit (missing checkpoint, bad file) fails in one line."""
+    from diffusion_lm.errors import UserError
+
+    try:
+        main(sys.argv[1:])
+    except UserError as e:
+        fail(str(e))
