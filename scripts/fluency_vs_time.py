@@ -1,7 +1,7 @@
 """Fluency per CPU-minute: teacher-LM perplexity of samples from each snapshot of a run.
 
     python scripts/fluency_vs_time.py [run=runs/cpu] [teacher=shipped] [n=64] [steps=200]
-    python scripts/fluency_vs_time.py compare=runs/cpu,docs/fluency_cpu_h192.json out=docs/fluency_compare.png
+    python scripts/fluency_vs_time.py compare=shipped,docs/fluency_cpu_h192.json out=docs/fluency_compare.png
 
 Reads <run>/snapshots/step*/ (written when run.snapshot_every is set) and the
 final model in <run>, samples n sentences from each (seed 0), scores them with
@@ -9,7 +9,7 @@ the teacher LM, and writes <run>/fluency.json and <run>/fluency.png (median and
 mean per-sentence perplexity against training minutes, with E2E valid
 references as the line to reach). With compare=, it samples nothing: it draws
 the median curves of runs already scored (run folders, or fluency JSON files
-kept elsewhere, such as docs/) on one PNG, each labelled by its denoiser's
+kept elsewhere, such as docs/, or `shipped`, whose manifest keeps its curve) on one PNG, each labelled by its denoiser's
 shape and parameter count.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from diffusion_lm.cli.common import resolve_asset
+from diffusion_lm.cli.common import resolve_asset, resolve_checkpoint
 from diffusion_lm.lm import ARLM
 from diffusion_lm.text import SampleConfig, from_pretrained, generate
 from diffusion_lm.cli.script_args import fail, number, parse, run_script
@@ -89,6 +89,22 @@ def _plot(result: dict, png: Path) -> None:
     plt.close(fig)
 
 
+def _scored(run: Path) -> dict:
+    """The fluency curve of a run folder, a fluency JSON file, or a shipped model (its manifest keeps the curve)."""
+    if run.suffix == ".json":
+        path = run
+    else:
+        folder = Path(resolve_checkpoint(str(run)))
+        manifest = folder / "manifest.json"
+        if manifest.is_file() and "fluency" in (m := json.loads(manifest.read_text())):
+            return {**m["fluency"], "run": f"shipped {folder.name}",
+                    "parameters": m["fluency"].get("parameters") or (m.get("summary") or {}).get("parameters")}
+        path = folder / "fluency.json"
+    if not path.is_file():
+        fail(f"{path} not found; score the run first with run=<its folder>")
+    return json.loads(path.read_text())
+
+
 def _compare(runs: list[Path], png: Path) -> None:
     import matplotlib
 
@@ -98,14 +114,13 @@ def _compare(runs: list[Path], png: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     ref = None
     for run in runs:
-        path = run if run.suffix == ".json" else run / "fluency.json"
-        if not path.is_file():
-            fail(f"{path} not found; score the run first with run=<its folder>")
-        result = json.loads(path.read_text())
+        result = _scored(run)
         model, params = result.get("model"), result.get("parameters")
-        if model is None:  # scored before the file recorded the model: read it from the run folder
-            model = json.loads((run / "config.json").read_text())
-            params = json.loads((run / "summary.json").read_text()).get("parameters")
+        if model is None:  # scored before the file recorded the model: read it beside the file
+            folder = Path(resolve_checkpoint(str(run)))
+            model = json.loads((folder / "config.json").read_text())
+            if not params and (folder / "summary.json").is_file():
+                params = json.loads((folder / "summary.json").read_text()).get("parameters")
         pts = [p for p in result["points"] if p["minutes"] is not None]
         name = Path(result.get("run", run)).name
         size = f", {params / 1e6:.1f}M" if params else ""
