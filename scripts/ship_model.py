@@ -1,6 +1,6 @@
 """Copy a trained model into the package (fp16 weights + manifest), so a fresh clone needs no training.
 
-    python scripts/ship_model.py [kind=diffusion|teacher|parser] [run=<folder>] [name=<asset name>]
+    python scripts/ship_model.py [kind=diffusion|teacher|parser|...] [run=<folder>] [name=<asset name>] [command="..."]
 
     kind=diffusion  run=runs/cpu      name=diffusion-lm-cpu     (diffusion-lm train preset=cpu)
     kind=teacher    run=runs/teacher  name=teacher-lm           (diffusion-lm train-lm)
@@ -49,7 +49,7 @@ def _json(path: Path):
 def manifest_for(kind: str, run: Path) -> dict:
     if kind == "diffusion":
         train_cfg = _json(run / "train_config.json") or {}
-        return {"command": f"diffusion-lm train preset={train_cfg.get('preset_name')}",
+        return {"command": f"diffusion-lm train preset={train_cfg.get('preset_name')}", "train_config": train_cfg,
                 "summary": _json(run / "summary.json"), "fluency": _json(run / "fluency.json"),
                 "sampling_sweep": _json(run / "sampling_sweep.json")}
     if kind == "teacher":
@@ -68,7 +68,7 @@ def manifest_for(kind: str, run: Path) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    args = parse(argv, {"kind": "diffusion", "run": "", "name": ""})
+    args = parse(argv, {"kind": "diffusion", "run": "", "name": "", "command": ""})
     kind = args["kind"]
     if kind not in KINDS:
         fail(f"unknown kind {kind!r}; choose {', '.join(KINDS)}")
@@ -88,6 +88,8 @@ def main(argv: list[str]) -> None:
             shutil.copy(run / f, tmp / f)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     manifest = {"kind": kind, "commit": commit, "trained_on": "2-core CPU, fp32", **manifest_for(kind, run)}
+    if args["command"]:  # the exact command, where the run's preset has changed since or overrides were given
+        manifest["command"] = args["command"]
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     if dest.exists():
         shutil.rmtree(dest)

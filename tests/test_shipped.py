@@ -31,6 +31,20 @@ def test_shipped_diffusion_lm_samples():
     assert len(out) == 2 and all(s.split() for s in out)
 
 
+def test_shipped_cpu_preset_model_matches_the_preset_and_samples_words():
+    import json
+
+    from diffusion_lm.cli.main import compose
+
+    preset = compose("train", ["preset=cpu"]).model
+    folder = resolve_checkpoint("shipped:diffusion-lm-cpu-h128")
+    model, tok = from_pretrained(folder)
+    assert (model.config.hidden, model.config.layers, model.config.emb_dim) == (preset.hidden, preset.layers, preset.emb_dim)
+    assert json.loads(open(f"{folder}/manifest.json").read())["command"] == "diffusion-lm train preset=cpu"
+    out = generate(model, tok, 2, SampleConfig(steps=10), seed=0, progress=False)
+    assert len(out) == 2 and all(tok.word_id(w) is not None for s in out for w in s.split())
+
+
 def test_shipped_classifiers_fit_the_shipped_model_and_steer_it(tmp_path):
     import json
 
