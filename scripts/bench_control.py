@@ -33,8 +33,9 @@ def main(argv: list[str]) -> None:
         torch.set_num_threads(number(args, "threads"))
     tasks = args["tasks"].split(",")
     systems = args["systems"].split(",")
-    known_tasks = {"none", "length", "pos", "tree", "spans", "semantic", "compose"}
-    if set(tasks) - known_tasks or set(systems) - {"diffusion-lm", "fudge", "pplm"}:
+    from diffusion_lm.eval.metrics import METRICS
+
+    if set(tasks) - {"none", *METRICS} or set(systems) - {"diffusion-lm", "fudge", "pplm"}:
         fail(f"unknown task or system in tasks={args['tasks']} systems={args['systems']}")
     out = Path("runs/bench_control")
     out.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,6 @@ run, and their ratio. Extra key=value pairs are train-config overrides.
 from __future__ import annotations
 
 import json
-import sys
 import time
 
 import torch
@@ -34,13 +33,14 @@ def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
 
 
 def main(argv: list[str]) -> None:
-    steps = 10
-    overrides = []
-    for a in argv:
-        if a.startswith("steps="):
-            steps = int(a.split("=", 1)[1])
-        else:
-            overrides.append(a)
+    from diffusion_lm.cli.script_args import fail, number
+
+    bare = [a for a in argv if "=" not in a]
+    if bare:
+        fail(f"expected key=value arguments, got {bare[0]!r}")
+    args = dict(a.split("=", 1) for a in argv)  # keys other than steps are train-config overrides
+    steps = number({"steps": args.pop("steps", "10")}, "steps", minimum=1)
+    overrides = [f"{k}={v}" for k, v in args.items()]
     if not any(o.startswith("preset=") for o in overrides):
         overrides.append("preset=cpu")
     cfg = compose("train", overrides)
@@ -95,4 +95,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from diffusion_lm.cli.script_args import run_script
+
+    run_script(main)

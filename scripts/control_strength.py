@@ -34,9 +34,7 @@ def main(argv: list[str]) -> None:
     task = args.pop("task", "pos")
     if task not in METRICS:
         fail(f"unknown task {task!r}; choose {', '.join(METRICS)}")
-    args.setdefault("limit", "50")
-    limit = number(args, "limit", minimum=1)
-    args.pop("limit")
+    limit = number({"limit": args.pop("limit", "50")}, "limit", minimum=1)
     try:
         strengths = [float(s) for s in args.pop("strengths", "0,0.5,1,2,4,8").split(",")]
     except ValueError:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 from pathlib import Path
 
 import torch
@@ -90,19 +89,23 @@ def _plot(result: dict, png: Path) -> None:
 
 
 def _scored(run: Path) -> dict:
-    """The fluency curve of a run folder, a fluency JSON file, or a shipped model (its manifest keeps the curve)."""
+    """The fluency curve of a run folder, a fluency JSON file, or a shipped model (its manifest keeps the
+    curve), with the denoiser's shape and parameter count filled in from beside it where the curve lacks them."""
     if run.suffix == ".json":
-        path = run
+        if not run.is_file():
+            fail(f"{run} not found")
+        return json.loads(run.read_text())
+    folder = Path(resolve_checkpoint(str(run)))
+    manifest = folder / "manifest.json"
+    if manifest.is_file() and "fluency" in (m := json.loads(manifest.read_text())):
+        result, summary, name = m["fluency"], m.get("summary") or {}, f"shipped {folder.name}"
+    elif (folder / "fluency.json").is_file():
+        result, name = json.loads((folder / "fluency.json").read_text()), str(folder)
+        summary = json.loads((folder / "summary.json").read_text()) if (folder / "summary.json").is_file() else {}
     else:
-        folder = Path(resolve_checkpoint(str(run)))
-        manifest = folder / "manifest.json"
-        if manifest.is_file() and "fluency" in (m := json.loads(manifest.read_text())):
-            return {**m["fluency"], "run": f"shipped {folder.name}",
-                    "parameters": m["fluency"].get("parameters") or (m.get("summary") or {}).get("parameters")}
-        path = folder / "fluency.json"
-    if not path.is_file():
-        fail(f"{path} not found; score the run first with run=<its folder>")
-    return json.loads(path.read_text())
+        fail(f"{folder}/fluency.json not found; score the run first with run={folder}")
+    return {"run": name, "model": json.loads((folder / "config.json").read_text()),
+            "parameters": summary.get("parameters"), **result}
 
 
 def _compare(runs: list[Path], png: Path) -> None:
@@ -115,14 +118,9 @@ def _compare(runs: list[Path], png: Path) -> None:
     ref = None
     for run in runs:
         result = _scored(run)
-        model, params = result.get("model"), result.get("parameters")
-        if model is None:  # scored before the file recorded the model: read it beside the file
-            folder = Path(resolve_checkpoint(str(run)))
-            model = json.loads((folder / "config.json").read_text())
-            if not params and (folder / "summary.json").is_file():
-                params = json.loads((folder / "summary.json").read_text()).get("parameters")
+        model, params = result["model"], result.get("parameters")
         pts = [p for p in result["points"] if p["minutes"] is not None]
-        name = Path(result.get("run", run)).name
+        name = Path(result["run"]).name
         size = f", {params / 1e6:.1f}M" if params else ""
         label = f"{name}: {model['layers']} x {model['hidden']}{size} (final {pts[-1]['median_ppl']:.0f})"
         ax.plot([p["minutes"] for p in pts], [p["median_ppl"] for p in pts], "o-", label=label)

@@ -11,7 +11,6 @@ samples read well.
 from __future__ import annotations
 
 import json
-import sys
 
 import torch
 
@@ -41,8 +40,16 @@ def probe(directory: str, n: int = 256) -> dict:
             "accuracy_by_t": acc}
 
 
-if __name__ == "__main__":
-    if len(sys.argv) < 2:
-        sys.exit("usage: python scripts/probe_denoising.py RUN_DIR [RUN_DIR ...]")
-    for d in sys.argv[1:]:
+def main(argv: list[str]) -> None:
+    from diffusion_lm.cli.script_args import fail
+
+    if not argv:
+        fail("usage: python scripts/probe_denoising.py RUN_DIR [RUN_DIR ...]")
+    for d in argv:
         print(json.dumps(probe(d)))
+
+
+if __name__ == "__main__":
+    from diffusion_lm.cli.script_args import run_script
+
+    run_script(main)

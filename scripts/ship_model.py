@@ -20,13 +20,12 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from diffusion_lm.cli.script_args import fail, number, parse, run_script
+from diffusion_lm.cli.script_args import fail, parse, run_script
 
 ASSETS = Path(__file__).resolve().parents[1] / "diffusion_lm" / "assets" / "models"
 KINDS = {

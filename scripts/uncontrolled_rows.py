@@ -11,7 +11,6 @@ what the targets give by chance.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 

@@ -147,6 +147,8 @@ def test_module_entry_point_exit_code():
     ("uncontrolled_rows", ["n=0"]),                       # below the minimum
     ("control_strength", ["task=colour"]),                # unknown task
     ("bench_control", ["systems=gpt4"]),                  # unknown system
+    ("bench_train", ["steps=abc"]),                       # not a number
+    ("bench_train", ["preset=nope"]),                     # hydra cannot compose the config
 ])
 def test_scripts_reject_bad_arguments_with_exit_2(script, argv):
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / f"{script}.py"), *argv], capture_output=True, text=True)

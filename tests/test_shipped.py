@@ -36,11 +36,14 @@ def test_shipped_cpu_preset_model_matches_the_preset_and_samples_words():
 
     from diffusion_lm.cli.main import compose
 
-    preset = compose("train", ["preset=cpu"]).model
+    cfg = compose("train", ["preset=cpu"])
+    preset = {k: v for k, v in cfg.model.items() if k != "_target_"}
+    optim_steps = cfg.optim.steps
     folder = resolve_checkpoint("shipped:diffusion-lm-cpu-h128")
     model, tok = from_pretrained(folder)
-    assert (model.config.hidden, model.config.layers, model.config.emb_dim) == (preset.hidden, preset.layers, preset.emb_dim)
-    assert json.loads(open(f"{folder}/manifest.json").read())["command"] == "diffusion-lm train preset=cpu"
+    assert (model.config.hidden, model.config.layers, model.config.emb_dim) == (preset["hidden"], preset["layers"], preset["emb_dim"])
+    trained = json.loads(open(f"{folder}/manifest.json").read())["train_config"]
+    assert {k: trained["model"][k] for k in preset} == dict(preset) and trained["optim"]["steps"] == optim_steps
     out = generate(model, tok, 2, SampleConfig(steps=10), seed=0, progress=False)
     assert len(out) == 2 and all(tok.word_id(w) is not None for s in out for w in s.split())
 

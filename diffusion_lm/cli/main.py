@@ -73,6 +73,19 @@ def one_line(e: BaseException) -> str:
     return first
 
 
+def user_message(e: BaseException) -> str | None:
+    """The one-line message for an error caused by the user's input (a UserError, or hydra / omegaconf
+    failing to compose or instantiate a config); None for a bug, which should keep its traceback."""
+    from ..errors import UserError
+
+    if isinstance(e, UserError):
+        return one_line(e)
+    if type(e).__module__.startswith(("hydra", "omegaconf")):
+        cause = e.__cause__ if e.__cause__ is not None and "instantiate" in one_line(e) else e
+        return one_line(cause)
+    return None
+
+
 def run(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -104,16 +117,12 @@ def run(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; the last checkpoint is kept", file=sys.stderr)
         return 130
-    except UserError as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
+    except Exception as e:
+        message = user_message(e)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         return 2
-    except Exception as e:  # hydra / omegaconf composition and instantiation errors are user input
-        mod = type(e).__module__
-        if mod.startswith(("hydra", "omegaconf")):
-            cause = e.__cause__ if e.__cause__ is not None and "instantiate" in one_line(e) else e
-            print(f"error: {one_line(cause)}", file=sys.stderr)
-            return 2
-        raise
 
 
 def main() -> None:

@@ -37,10 +37,14 @@ def number(args: dict[str, str], key: str, kind: type = int, minimum: float | No
 
 
 def run_script(main: Callable[[list[str]], None]) -> None:
-    """Call main(sys.argv[1:]); a UserError from the toolkit (missing checkpoint, bad file) fails in one line."""
-    from diffusion_lm.errors import UserError
+    """Call main(sys.argv[1:]); errors caused by input (a UserError such as a missing checkpoint, a bad
+    config override) fail in one line, as `diffusion-lm` reports them."""
+    from diffusion_lm.cli.main import user_message
 
     try:
         main(sys.argv[1:])
-    except UserError as e:
-        fail(str(e))
+    except Exception as e:
+        message = user_message(e)
+        if message is None:
+            raise
+        fail(message)
