@@ -33,6 +33,7 @@ def one_line_error(capsys, argv):
     (["train", "data.source=ftp"], "data.source"),
     (["train", "preset=tiny", "data.source=csv", "data.path=/no/such/dir"], "not a folder"),
     (["train", "preset=tiny", "model.heads=3"], "divisible"),
+    (["train", "preset=tiny", "optim.t_sampling=lognormal"], "optim.t_sampling: unknown timestep sampling"),
     (["sample", "checkpoint=/no/such/ckpt"], "not found"),
     (["frobnicate"], "unknown command"),
     (["train", "--preset", "tiny"], "key=value"),
@@ -81,16 +82,17 @@ def test_tiny_train_then_sample_end_to_end(capsys, tmp_path):
     assert (out / "model.safetensors").read_bytes() == before
 
 
-def _tiny(out, steps=20):
+def _tiny(out, steps=20, t_sampling="uniform"):
     return (DataConfig(limit=256, max_len=24),
             DiffusionLMConfig(emb_dim=8, hidden=32, layers=1, heads=2, mlp_ratio=2, dropout=0.0, diffusion_steps=50),
-            OptimConfig(steps=steps, batch_size=8, lr=3e-3, warmup=2, threads=1),
+            OptimConfig(steps=steps, batch_size=8, lr=3e-3, warmup=2, threads=1, t_sampling=t_sampling),
             RunConfig(out_dir=str(out), log_every=5, checkpoint_every=10, final_samples=0,
                       sample=SampleConfig(steps=5)))
 
 
-def test_resume_after_kill_matches_uninterrupted_run(tmp_path, monkeypatch):
-    train(*_tiny(tmp_path / "a"), progress=False)
+@pytest.mark.parametrize("t_sampling", ["uniform", "warped"])
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path, monkeypatch, t_sampling):
+    train(*_tiny(tmp_path / "a", t_sampling=t_sampling), progress=False)
     calls = {"n": 0}
     real = train_mod.diffusion_lm_loss
 
@@ -102,10 +104,10 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, monkeypatch):
 
     monkeypatch.setattr(train_mod, "diffusion_lm_loss", dies_at_step_14)
     with pytest.raises(KeyboardInterrupt):
-        train(*_tiny(tmp_path / "b"), progress=False)
+        train(*_tiny(tmp_path / "b", t_sampling=t_sampling), progress=False)
     assert json.loads((tmp_path / "b" / "checkpoint" / "state.json").read_text())["step"] == 10
     monkeypatch.setattr(train_mod, "diffusion_lm_loss", real)
-    summary = train(*_tiny(tmp_path / "b"), progress=False)
+    summary = train(*_tiny(tmp_path / "b", t_sampling=t_sampling), progress=False)
     assert summary["steps"] == 20
     a = load_file(str(tmp_path / "a" / "model.safetensors"))
     b = load_file(str(tmp_path / "b" / "model.safetensors"))

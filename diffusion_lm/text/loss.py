@@ -24,8 +24,13 @@ def _mean_flat(x: torch.Tensor) -> torch.Tensor:
 
 
 def diffusion_lm_loss(model: DiffusionLM, ids: torch.Tensor, anchor_weight: float = 0.0,
-                      self_condition_prob: float = 0.5, t: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """Per-term means over the batch; `loss` is what to minimise."""
+                      self_condition_prob: float = 0.5, t: torch.Tensor | None = None,
+                      per_example: bool = False) -> dict[str, torch.Tensor]:
+    """Per-term means over the batch; `loss` is what to minimise.
+
+    With `per_example`, also `t` and `signal`: each example's timestep and its denoising loss (the anchor
+    cross-entropy when it is on, else the x_0 error), for a time-warping timestep sampler.
+    """
     diffusion = model.diffusion
     B = ids.shape[0]
     emb = model.embed(ids)
@@ -56,4 +61,7 @@ def diffusion_lm_loss(model: DiffusionLM, ids: torch.Tensor, anchor_weight: floa
         terms["anchor"] = anchor.mean()
         loss = loss + anchor_weight * anchor
     terms["loss"] = loss.mean()
+    if per_example:
+        terms["t"] = t
+        terms["signal"] = (anchor if anchor_weight else mse).detach()
     return terms

@@ -23,6 +23,7 @@ from .data import DataConfig, load_e2e
 from .generation import SampleConfig, generate
 from .io import (config_from_dict, load_json, load_tensors, load_weights, save_json, save_pretrained,
                  save_tensors)
+from ..core.timesteps import TimestepSampler
 from .loss import diffusion_lm_loss
 from .model import DiffusionLM, DiffusionLMConfig
 from .tokenizer import WordTokenizer
@@ -40,6 +41,7 @@ class OptimConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     anchor_weight: float = 0.0  # see loss.py
+    t_sampling: str = "uniform"  # uniform | warped (draw t where the loss rises fastest; core/timesteps.py)
     seed: int = 0
     threads: int = 0  # torch threads; 0 keeps torch's default
     device: str = "auto"  # auto (cuda when available) | cpu | cuda
@@ -95,8 +97,10 @@ def batch_indices(step: int, batch_size: int, n: int, seed: int) -> torch.Tensor
 
 
 # ---- checkpoint state (safetensors + JSON, no pickle) ------------------------------------
-def _state_tensors(model, optimizer, ema) -> tuple[dict, dict]:
+def _state_tensors(model, optimizer, ema, tsampler=None) -> tuple[dict, dict]:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    if tsampler is not None:
+        tensors.update({f"tsampler.{k}": v for k, v in tsampler.state().items()})
     tensors.update({f"ema.{k}": v for k, v in ema.items()})
     opt = optimizer.state_dict()
     for idx, st in opt["state"].items():
@@ -108,12 +112,12 @@ def _state_tensors(model, optimizer, ema) -> tuple[dict, dict]:
     return tensors, {"param_groups": opt["param_groups"]}
 
 
-def save_checkpoint(out: Path, step: int, elapsed: float, model, optimizer, ema) -> None:
+def save_checkpoint(out: Path, step: int, elapsed: float, model, optimizer, ema, tsampler=None) -> None:
     """Write checkpoint.tmp/ completely, then swap it in; a kill leaves the old or the new one."""
     tmp, final, old = out / "checkpoint.tmp", out / "checkpoint", out / "checkpoint.old"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    tensors, meta = _state_tensors(model, optimizer, ema)
+    tensors, meta = _state_tensors(model, optimizer, ema, tsampler)
     save_tensors(tmp / "state.safetensors", tensors)
     save_json(tmp / "state.json", {"step": step, "elapsed_s": elapsed, **meta})
     if final.exists():
@@ -123,7 +127,7 @@ def save_checkpoint(out: Path, step: int, elapsed: float, model, optimizer, ema)
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load_checkpoint(out: Path, model, optimizer, ema) -> tuple[int, float]:
+def load_checkpoint(out: Path, model, optimizer, ema, tsampler=None) -> tuple[int, float]:
     ck = out / "checkpoint"
     if not ck.exists() and (out / "checkpoint.old").exists():
         ck = out / "checkpoint.old"  # killed between the two renames
@@ -132,6 +136,8 @@ def load_checkpoint(out: Path, model, optimizer, ema) -> tuple[int, float]:
     load_weights(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, str(ck))
     for k in ema:
         ema[k].copy_(tensors[f"ema.{k}"])
+    if tsampler is not None and "tsampler.loss" in tensors:
+        tsampler.load_state({"loss": tensors["tsampler.loss"], "seen": tensors["tsampler.seen"]})
     opt_state: dict = {}
     for k, v in tensors.items():
         if k.startswith("opt."):
@@ -181,9 +187,13 @@ def train(data: DataConfig, model_cfg: DiffusionLMConfig, optim: OptimConfig, ru
         _check_same_run(out, model.config_dict())
     optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    try:
+        tsampler = TimestepSampler(model.diffusion.num_timesteps, optim.t_sampling)
+    except ValueError as e:
+        raise UserError(f"optim.t_sampling: {e}") from None
     step, elapsed = 0, 0.0
     if resuming:
-        step, elapsed = load_checkpoint(out, model, optimizer, ema)
+        step, elapsed = load_checkpoint(out, model, optimizer, ema, tsampler)
     else:
         out.mkdir(parents=True, exist_ok=True)
         save_pretrained(model, tokenizer, out)  # config + tokenizer first, so resume can check them
@@ -202,7 +212,9 @@ def train(data: DataConfig, model_cfg: DiffusionLMConfig, optim: OptimConfig, ru
         for g in optimizer.param_groups:
             g["lr"] = lr
         batch = ids[batch_indices(step, optim.batch_size, len(ids), optim.seed)].to(device)
-        terms = diffusion_lm_loss(model, batch, anchor_weight=optim.anchor_weight)
+        terms = diffusion_lm_loss(model, batch, anchor_weight=optim.anchor_weight, per_example=True,
+                                  t=tsampler.sample(len(batch), device))
+        tsampler.update(terms.pop("t"), terms.pop("signal"))
         loss = terms["loss"]
         if not torch.isfinite(loss):
             raise UserError(f"loss became {loss.item()} at step {step}; the last good checkpoint is kept in {out} "
@@ -227,7 +239,7 @@ def train(data: DataConfig, model_cfg: DiffusionLMConfig, optim: OptimConfig, ru
             with open(log_path, "a") as f:
                 f.write(json.dumps({"step": step, "elapsed_s": round(time.time() - started, 1), "lr": lr, **last}) + "\n")
         if step % run.checkpoint_every == 0 or step == optim.steps:
-            save_checkpoint(out, step, time.time() - started, model, optimizer, ema)
+            save_checkpoint(out, step, time.time() - started, model, optimizer, ema, tsampler)
             save_pretrained(model, tokenizer, out, state_dict=ema)
         if run.snapshot_every and step % run.snapshot_every == 0:
             snap = out / "snapshots" / f"step{step:07d}"
@@ -235,7 +247,7 @@ def train(data: DataConfig, model_cfg: DiffusionLMConfig, optim: OptimConfig, ru
             save_json(snap / "progress.json", {"step": step, "elapsed_s": round(time.time() - started, 1)})
     bar.close()
     if step % run.checkpoint_every and step != optim.steps:  # stopped by max_minutes
-        save_checkpoint(out, step, time.time() - started, model, optimizer, ema)
+        save_checkpoint(out, step, time.time() - started, model, optimizer, ema, tsampler)
         save_pretrained(model, tokenizer, out, state_dict=ema)
     elapsed = time.time() - started
     summary = {"steps": step, "train_minutes": round(elapsed / 60, 2), "final_terms": last,
