@@ -251,7 +251,10 @@ def train(data: DataConfig, model_cfg: DiffusionLMConfig, optim: OptimConfig, ru
         save_pretrained(model, tokenizer, out, state_dict=ema)
     elapsed = time.time() - started
     summary = {"steps": step, "train_minutes": round(elapsed / 60, 2), "final_terms": last,
-               "parameters": model.num_parameters(), "train_sentences": len(ids), "vocab_size": len(tokenizer)}
+               "parameters": model.num_parameters(), "train_sentences": len(ids), "vocab_size": len(tokenizer),
+               # the running denoising loss of each slice of timesteps (what t_sampling=warped draws by)
+               "loss_by_t": [[int(lo), int(hi), round(float(v), 4)] for lo, hi, v, seen in
+                             zip(tsampler.edges[:-1], tsampler.edges[1:], tsampler.loss, tsampler.seen) if seen]}
     _plot_losses(log_path, out / "loss_curve.png")
     if run.final_samples:
         model.load_state_dict(ema)
