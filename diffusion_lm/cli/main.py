@@ -113,6 +113,9 @@ def run(argv: list[str] | None = None) -> int:
         global LAST_COMMAND
         LAST_COMMAND = " ".join(["diffusion-lm", name, *overrides])
         handler: Callable = getattr(__import__(f"diffusion_lm.cli.{COMMANDS[name][0]}", fromlist=["main"]), "main")
+        from ..runtime import keep_freed_memory
+
+        keep_freed_memory()  # every command trains or samples: reuse freed activations, no page faults
         return handler(cfg) or 0
     except KeyboardInterrupt:
         print("interrupted; the last checkpoint is kept", file=sys.stderr)

@@ -24,6 +24,7 @@ from .generation import SampleConfig, generate
 from .io import (config_from_dict, load_json, load_tensors, load_weights, save_json, save_pretrained,
                  save_tensors)
 from ..core.timesteps import TimestepSampler
+from ..runtime import keep_freed_memory
 from .loss import diffusion_lm_loss
 from .model import DiffusionLM, DiffusionLMConfig
 from .tokenizer import WordTokenizer
@@ -176,6 +177,7 @@ def train(data: DataConfig, model_cfg: DiffusionLMConfig, optim: OptimConfig, ru
     resuming = (out / "checkpoint").exists() or (out / "checkpoint.old").exists()
     if optim.threads:
         torch.set_num_threads(optim.threads)
+    keep_freed_memory()
     torch.manual_seed(optim.seed)
     tokenizer = WordTokenizer.load(out) if resuming else None
     ids, tokenizer = build_dataset(data, tokenizer)
