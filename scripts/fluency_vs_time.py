@@ -7,7 +7,8 @@ Reads <run>/snapshots/step*/ (written when run.snapshot_every is set) and the
 final model in <run>, samples n sentences from each (seed 0), scores them with
 the teacher LM, and writes <run>/fluency.json and <run>/fluency.png (median and
 mean per-sentence perplexity against training minutes, with E2E valid
-references as the line to reach). With compare=, it samples nothing: it draws
+references as the line to reach; each point also keeps `fluent_share`, the share
+of samples no less fluent than 90% of the references). With compare=, it samples nothing: it draws
 the median curves of runs already scored (run folders, or fluency JSON files
 kept elsewhere, such as docs/, or `shipped`, whose manifest keeps its curve) on one PNG, each labelled by its denoiser's
 shape and parameter count.
@@ -24,7 +25,7 @@ from diffusion_lm.cli.common import resolve_asset, resolve_checkpoint
 from diffusion_lm.lm import ARLM
 from diffusion_lm.text import SampleConfig, from_pretrained, generate
 from diffusion_lm.cli.script_args import fail, number, parse, run_script
-from diffusion_lm.text.data import load_e2e
+from diffusion_lm.eval.fluency import reference_sentences, summarise, threshold
 
 
 def main(argv: list[str]) -> None:
@@ -36,8 +37,7 @@ def main(argv: list[str]) -> None:
     if not (run / "config.json").is_file():
         fail(f"no trained run in {run} (config.json missing)")
     teacher = ARLM.load(resolve_asset(args["teacher"], "teacher"))
-    refs = load_e2e("valid")["text"][:: max(1, 4672 // n)][:n]
-    ref_ppl = teacher.perplexity(refs)
+    ref_ppl = teacher.perplexity(reference_sentences(n))
     points = []
     summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else {}
     dirs = sorted((run / "snapshots").glob("step*")) + [run]
@@ -52,15 +52,15 @@ def main(argv: list[str]) -> None:
         sents = generate(model, tok, n, SampleConfig(steps=steps), seed=0, progress=False)
         ppl = teacher.perplexity(sents)
         points.append({"step": step, "minutes": round(minutes, 2) if minutes else None,
-                       "median_ppl": round(statistics.median(ppl), 2), "mean_ppl": round(statistics.mean(ppl), 2),
-                       "example": sents[0]})
+                       **summarise(ppl, ref_ppl), "example": sents[0]})
         print(json.dumps(points[-1]), flush=True)
     model_cfg = json.loads((run / "config.json").read_text())
     result = {"run": str(run), "n": n, "sampling_steps": steps, "teacher": args["teacher"],
               "model": {k: model_cfg.get(k) for k in ("layers", "hidden", "emb_dim")},
               "parameters": summary.get("parameters"),
               "references": {"median_ppl": round(statistics.median(ref_ppl), 2),
-                             "mean_ppl": round(statistics.mean(ref_ppl), 2)},
+                             "mean_ppl": round(statistics.mean(ref_ppl), 2),
+                             "p90_ppl": round(threshold(ref_ppl), 2)},
               "points": points}
     (run / "fluency.json").write_text(json.dumps(result, indent=2) + "\n")
     _plot(result, run / "fluency.png")

@@ -5,7 +5,7 @@
 Each row samples n sentences (seed 0) with one setting of the core sampler
 (DDPM or DDIM, number of steps, clamping on or off, DDPM variance, MBR over k
 candidates a sentence) and reports the teacher's median and mean per-sentence perplexity, the share of
-distinct sentences, and sentences per second on this machine. Writes
+samples no less fluent than 90% of E2E valid references (`fluent_share`), the share of distinct sentences, and sentences per second on this machine. Writes
 <checkpoint>/sampling_sweep.json (or sampling_sweep_mbr.json for settings=mbr,
 the default sampler with k = 1, 5, 10) and prints a markdown table.
 """
@@ -20,6 +20,7 @@ import torch
 
 from diffusion_lm.cli.common import resolve_asset, resolve_checkpoint
 from diffusion_lm.cli.script_args import fail, number, parse, run_script
+from diffusion_lm.eval.fluency import reference_sentences, summarise, threshold
 from diffusion_lm.lm import ARLM
 from diffusion_lm.text import SampleConfig, from_pretrained, generate
 
@@ -47,6 +48,7 @@ def main(argv: list[str]) -> None:
     model, tok = from_pretrained(ckpt)
     teacher = ARLM.load(resolve_asset(args["teacher"], "teacher"))
     n = number(args, "n", minimum=1)
+    ref_ppl = teacher.perplexity(reference_sentences(n))
     rows = []
     for s, mbr in SETTINGS[args["settings"]]:
         t0 = time.perf_counter()
@@ -54,11 +56,11 @@ def main(argv: list[str]) -> None:
         secs = time.perf_counter() - t0
         ppl = teacher.perplexity(sents)
         rows.append({"sampler": s.sampler, "steps": s.steps, "clamp": s.clamp, "variance": s.variance,
-                     "eta": s.eta, "mbr": mbr, "median_ppl": round(statistics.median(ppl), 2),
-                     "mean_ppl": round(statistics.mean(ppl), 2), "distinct": round(len(set(sents)) / n, 3),
+                     "eta": s.eta, "mbr": mbr, **summarise(ppl, ref_ppl), "distinct": round(len(set(sents)) / n, 3),
                      "sentences_per_s": round(n / secs, 2), "example": sents[0]})
         print(json.dumps(rows[-1]), flush=True)
     out = {"checkpoint": args["checkpoint"], "teacher": args["teacher"], "n": n, "threads": torch.get_num_threads(),
+           "references": {"median_ppl": round(statistics.median(ref_ppl), 2), "p90_ppl": round(threshold(ref_ppl), 2)},
            "rows": rows}
     name = "sampling_sweep.json" if args["settings"] == "all" else f"sampling_sweep_{args['settings']}.json"
     # beside a trained run's model; for the shipped model (inside the package) under runs/shipped/
@@ -66,12 +68,12 @@ def main(argv: list[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {path}")
-    print("\n| sampler | steps | clamp | variance | MBR k | median ppl | mean ppl | distinct | sentences/s |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("\n| sampler | steps | clamp | variance | MBR k | median ppl | mean ppl | fluent share | distinct | sentences/s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         var = r["variance"] if r["sampler"] == "ddpm" else f"η={r['eta']}"
         print(f"| {r['sampler']} | {r['steps']} | {r['clamp']} | {var} | {r['mbr']} | {r['median_ppl']} | {r['mean_ppl']} | "
-              f"{r['distinct']} | {r['sentences_per_s']} |")
+              f"{r['fluent_share']} | {r['distinct']} | {r['sentences_per_s']} |")
 
 
 if __name__ == "__main__":

@@ -118,3 +118,14 @@ def test_bad_targets_fail_with_one_line(task, target, n_words, message):
 def test_empty_generation_is_an_error():
     with pytest.raises(UserError, match="empty generation"):
         LengthMatch().compute(predictions=["  "], references=["10"])
+
+
+def test_fluent_share_counts_sentences_within_the_references_90th_percentile():
+    from diffusion_lm.eval.fluency import summarise, threshold
+
+    refs = [float(i) for i in range(1, 11)]  # 90th percentile (linear interpolation): 9.1
+    assert threshold(refs) == pytest.approx(9.1)
+    out = summarise([2.0, 9.0, 9.1, 9.2, 50.0], refs)
+    assert out == {"median_ppl": 9.1, "mean_ppl": 15.86, "fluent_share": 0.6}
+    with pytest.raises(ValueError, match="no perplexities"):
+        summarise([], refs)
