@@ -1,7 +1,7 @@
 """Fluency per CPU-minute: teacher-LM perplexity of samples from each snapshot of a run.
 
     python scripts/fluency_vs_time.py [run=runs/cpu] [teacher=shipped] [n=64] [steps=200]
-    python scripts/fluency_vs_time.py compare=shipped,docs/fluency_cpu_h192.json out=docs/fluency_compare.png
+    python scripts/fluency_vs_time.py compare=shipped,docs/fluency_cpu_h192.json out=docs/fluency_compare.png [x=minutes|step]
 
 Reads <run>/snapshots/step*/ (written when run.snapshot_every is set) and the
 final model in <run>, samples n sentences from each (seed 0), scores them with
@@ -11,7 +11,8 @@ references as the line to reach; each point also keeps `fluent_share`, the share
 of samples no less fluent than 90% of the references). With compare=, it samples nothing: it draws
 the median curves of runs already scored (run folders, or fluency JSON files
 kept elsewhere, such as docs/, or `shipped`, whose manifest keeps its curve) on one PNG, each labelled by its denoiser's
-shape and parameter count.
+shape and parameter count, against training minutes or, with x=step, training steps (the fair axis
+for runs timed on machines of different speeds).
 """
 from __future__ import annotations
 
@@ -29,9 +30,12 @@ from diffusion_lm.eval.fluency import reference_sentences, summarise, threshold
 
 
 def main(argv: list[str]) -> None:
-    args = parse(argv, {"run": "runs/cpu", "teacher": "shipped", "n": "64", "steps": "200", "compare": "", "out": ""})
+    args = parse(argv, {"run": "runs/cpu", "teacher": "shipped", "n": "64", "steps": "200", "compare": "", "out": "",
+                        "x": "minutes"})
     if args["compare"]:
-        _compare([Path(r) for r in args["compare"].split(",")], Path(args["out"] or "fluency_compare.png"))
+        if args["x"] not in ("minutes", "step"):
+            fail(f"x must be minutes or step, not {args['x']!r}")
+        _compare([Path(r) for r in args["compare"].split(",")], Path(args["out"] or "fluency_compare.png"), args["x"])
         return
     run, n, steps = Path(args["run"]), number(args, "n", minimum=1), number(args, "steps", minimum=1)
     if not (run / "config.json").is_file():
@@ -57,6 +61,7 @@ def main(argv: list[str]) -> None:
     model_cfg = json.loads((run / "config.json").read_text())
     result = {"run": str(run), "n": n, "sampling_steps": steps, "teacher": args["teacher"],
               "model": {k: model_cfg.get(k) for k in ("layers", "hidden", "emb_dim")},
+              "t_sampling": _t_sampling(run),
               "parameters": summary.get("parameters"),
               "references": {"median_ppl": round(statistics.median(ref_ppl), 2),
                              "mean_ppl": round(statistics.mean(ref_ppl), 2),
@@ -65,6 +70,11 @@ def main(argv: list[str]) -> None:
     (run / "fluency.json").write_text(json.dumps(result, indent=2) + "\n")
     _plot(result, run / "fluency.png")
     print(json.dumps(result["references"]))
+
+
+def _t_sampling(run: Path) -> str:
+    cfg = run / "train_config.json"
+    return json.loads(cfg.read_text())["optim"].get("t_sampling", "uniform") if cfg.is_file() else "uniform"
 
 
 def _plot(result: dict, png: Path) -> None:
@@ -108,7 +118,7 @@ def _scored(run: Path) -> dict:
             "parameters": summary.get("parameters"), **result}
 
 
-def _compare(runs: list[Path], png: Path) -> None:
+def _compare(runs: list[Path], png: Path, x: str = "minutes") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -119,17 +129,18 @@ def _compare(runs: list[Path], png: Path) -> None:
     for run in runs:
         result = _scored(run)
         model, params = result["model"], result.get("parameters")
-        pts = [p for p in result["points"] if p["minutes"] is not None]
+        pts = [p for p in result["points"] if p[x] is not None]
         name = Path(result["run"]).name
         size = f", {params / 1e6:.1f}M" if params else ""
-        label = f"{name}: {model['layers']} x {model['hidden']}{size} (final {pts[-1]['median_ppl']:.0f})"
-        ax.plot([p["minutes"] for p in pts], [p["median_ppl"] for p in pts], "o-", label=label)
+        warped = ", warped t" if result.get("t_sampling") == "warped" else ""
+        label = f"{name}: {model['layers']} x {model['hidden']}{size}{warped} (final {pts[-1]['median_ppl']:.0f})"
+        ax.plot([p[x] for p in pts], [p["median_ppl"] for p in pts], "o-", label=label)
         ref = result["references"]["median_ppl"]
     ax.axhline(ref, color="gray", ls=":", label="E2E valid references")
     ax.set_yscale("log")
-    ax.set_xlabel("training time on this CPU (minutes)")
+    ax.set_xlabel("training time on this CPU (minutes)" if x == "minutes" else "training steps")
     ax.set_ylabel("teacher-LM perplexity of samples (median)")
-    ax.set_title("Fluency per CPU-minute")
+    ax.set_title("Fluency per CPU-minute" if x == "minutes" else "Fluency per training step")
     ax.legend(fontsize=8)
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)

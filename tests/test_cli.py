@@ -144,6 +144,7 @@ def test_module_entry_point_exit_code():
     ("fluency_vs_time", ["runs/cpu"]),                    # bare word
     ("fluency_vs_time", ["compare=runs/no-such-run"]),    # nothing scored there
     ("fluency_vs_time", ["run=runs/no-such-run"]),        # no trained run
+    ("fluency_vs_time", ["compare=docs/fluency_cpu_h128.json", "x=epoch"]),  # unknown axis
     ("sampling_sweep", ["n=many"]),                       # not a number
     ("sampling_sweep", ["checkpoint=runs/no-such-run"]),  # UserError from the toolkit
     ("uncontrolled_rows", ["n=0"]),                       # below the minimum
@@ -156,6 +157,15 @@ def test_scripts_reject_bad_arguments_with_exit_2(script, argv):
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / f"{script}.py"), *argv], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error:")
+
+
+def test_fluency_compare_draws_curves_against_steps(tmp_path):
+    png = tmp_path / "cmp.png"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "fluency_vs_time.py"),
+                           "compare=docs/fluency_cpu_h128.json,docs/fluency_cpu_h192.json", f"out={png}", "x=step"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_script_args_overlay_defaults():
