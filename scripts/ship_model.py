@@ -50,7 +50,8 @@ def manifest_for(kind: str, run: Path) -> dict:
         train_cfg = _json(run / "train_config.json") or {}
         return {"command": f"diffusion-lm train preset={train_cfg.get('preset_name')}", "train_config": train_cfg,
                 "summary": _json(run / "summary.json"), "fluency": _json(run / "fluency.json"),
-                "sampling_sweep": _json(run / "sampling_sweep.json")}
+                "sampling_sweep": _json(run / "sampling_sweep.json"),
+                "sampling_sweep_mbr": _json(run / "sampling_sweep_mbr.json")}
     if kind == "teacher":
         return {"command": "diffusion-lm train-lm", "summary": _json(run / "summary.json")}
     if kind == "base-lm":

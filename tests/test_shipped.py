@@ -44,6 +44,7 @@ def test_shipped_cpu_preset_model_matches_the_preset_and_samples_words():
     assert (model.config.hidden, model.config.layers, model.config.emb_dim) == (preset["hidden"], preset["layers"], preset["emb_dim"])
     trained = json.loads(open(f"{folder}/manifest.json").read())["train_config"]
     assert {k: trained["model"][k] for k in preset} == dict(preset) and trained["optim"]["steps"] == optim_steps
+    assert trained["optim"].get("t_sampling", "uniform") == cfg.optim.t_sampling
     out = generate(model, tok, 2, SampleConfig(steps=10), seed=0, progress=False)
     assert len(out) == 2 and all(tok.word_id(w) is not None for s in out for w in s.split())
 
