@@ -53,11 +53,11 @@ def diffusion_lm_loss(model: DiffusionLM, ids: torch.Tensor, anchor_weight: floa
     t_last = torch.full_like(t, diffusion.num_timesteps - 1)
     prior_mean, _ = diffusion.q_mean_variance(x0, t_last)
     prior = _mean_flat(prior_mean**2)
-    rounding = F.cross_entropy(model.logits(x0).transpose(1, 2), ids, reduction="none").mean(1)
+    rounding = _word_nll(model.logits(x0), ids)
     terms = {"mse": mse.mean(), "prior": prior.mean(), "rounding": rounding.mean()}
     loss = mse + prior + rounding
     if anchor_weight:
-        anchor = F.cross_entropy(model.logits(pred).transpose(1, 2), ids, reduction="none").mean(1)
+        anchor = _word_nll(model.logits(pred), ids)
         terms["anchor"] = anchor.mean()
         loss = loss + anchor_weight * anchor
     terms["loss"] = loss.mean()
@@ -65,3 +65,13 @@ def diffusion_lm_loss(model: DiffusionLM, ids: torch.Tensor, anchor_weight: floa
         terms["t"] = t
         terms["signal"] = (anchor if anchor_weight else mse).detach()
     return terms
+
+
+def _word_nll(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Mean −log p(w) over each sentence's positions: (B, L, V), (B, L) → (B,).
+
+    Flattened so the softmax runs over the contiguous last axis; over the transposed (B, V, L) view it
+    is strided and took ~9% of a cpu-preset training step.
+    """
+    B, L, V = logits.shape
+    return F.cross_entropy(logits.reshape(B * L, V), ids.reshape(B * L), reduction="none").view(B, L).mean(1)
