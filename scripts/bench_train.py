@@ -1,11 +1,12 @@
 """Training throughput of the Diffusion-LM denoiser against this machine's fp32 matmul speed.
 
-    python scripts/bench_train.py [preset=cpu] [steps=10] [key=value ...]
+    python scripts/bench_train.py [preset=cpu] [steps=10] [profile=0] [key=value ...]
 
 Prints tokens/s, the achieved GFLOP/s of a full training step (forward and
 backward, FLOPs counted by torch's FlopCounterMode, optimizer excluded from
 the count but not from the time), the fp32 matmul GFLOP/s measured in the same
-run, and their ratio. Extra key=value pairs are train-config overrides.
+run, and their ratio. profile=N also prints the N operators that took the most time over the
+timed steps (torch.profiler, grouped by input shape). Extra key=value pairs are train-config overrides.
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ def main(argv: list[str]) -> None:
         fail(f"expected key=value arguments, got {bare[0]!r}")
     args = dict(a.split("=", 1) for a in argv)  # keys other than steps are train-config overrides
     steps = number({"steps": args.pop("steps", "10")}, "steps", minimum=1)
+    top = number({"profile": args.pop("profile", "0")}, "profile", minimum=0)
     overrides = [f"{k}={v}" for k, v in args.items()]
     if not any(o.startswith("preset=") for o in overrides):
         overrides.append("preset=cpu")
@@ -95,6 +97,13 @@ def main(argv: list[str]) -> None:
     print(f"  fp32 matmul GFLOP/s {peak:>8.1f}   (2048^3, best of 10, before/after {peak_before:.0f}/{peak_after:.0f})")
     print(f"  ratio             {result['ratio']:>10.3f}   (target >= 0.5)")
     print(json.dumps(result))
+    if top:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            for _ in range(steps):
+                step()
+        print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=top))
 
 
 if __name__ == "__main__":

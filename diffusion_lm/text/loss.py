@@ -71,7 +71,7 @@ def _word_nll(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """Mean −log p(w) over each sentence's positions: (B, L, V), (B, L) → (B,).
 
     Flattened so the softmax runs over the contiguous last axis; over the transposed (B, V, L) view it
-    is strided and took ~9% of a cpu-preset training step.
+    is strided and was the largest item in a cpu-preset step (`bench_train.py profile=8`).
     """
     B, L, V = logits.shape
     return F.cross_entropy(logits.reshape(B * L, V), ids.reshape(B * L), reduction="none").view(B, L).mean(1)
