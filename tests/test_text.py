@@ -65,6 +65,27 @@ def test_rounding_is_softmax_over_negative_distance():
     torch.testing.assert_close(logp, (-d2).log_softmax(-1), rtol=1e-4, atol=1e-4)
 
 
+def test_fused_word_nll_matches_autograd_cross_entropy(monkeypatch):
+    import diffusion_lm.text.rounding as rounding
+
+    monkeypatch.setattr(rounding, "_BLOCK_BYTES", 4 * 30 * 7)  # 7 rows a block: several blocks and a ragged last one
+    torch.manual_seed(0)
+    emb = torch.randn(30, 8, requires_grad=True)
+    x = (3 * torch.randn(2, 5, 4, 8)).requires_grad_()
+    ids = torch.randint(0, 30, (2, 5, 4))
+    weight = torch.rand(2, 5, 4)  # uneven upstream gradient per position
+    d2 = ((x[..., None, :] - emb) ** 2).sum(-1)  # −log p from the definition: softmax over −‖x − EMB(w)‖²
+    want = torch.nn.functional.cross_entropy(-d2.reshape(-1, 30), ids.reshape(-1), reduction="none").view(2, 5, 4)
+    got = rounding.nearest_word_nll(x, emb, ids)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    want_grads = torch.autograd.grad((want * weight).sum(), [x, emb])
+    got_grads = torch.autograd.grad((got * weight).sum(), [x, emb])
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="do not line up"):
+        rounding.nearest_word_nll(x, emb, ids[..., :3])
+
+
 @pytest.mark.parametrize("self_condition,anchor", [(False, 0.0), (True, 1.0)])
 def test_objective_falls_on_tiny_overfit(self_condition, anchor):
     model = tiny_model(self_condition=self_condition)
