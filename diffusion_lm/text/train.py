@@ -24,7 +24,7 @@ from .generation import SampleConfig, generate
 from .io import (config_from_dict, load_json, load_tensors, load_weights, save_json, save_pretrained,
                  save_tensors)
 from ..core.timesteps import TimestepSampler
-from ..runtime import keep_freed_memory
+from ..runtime import adamw, keep_freed_memory
 from .loss import diffusion_lm_loss
 from .model import DiffusionLM, DiffusionLMConfig
 from .tokenizer import WordTokenizer
@@ -187,7 +187,7 @@ def train(data: DataConfig, model_cfg: DiffusionLMConfig, optim: OptimConfig, ru
     model = DiffusionLM(model_cfg).to(device)
     if resuming:
         _check_same_run(out, model.config_dict())
-    optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
+    optimizer = adamw(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
     try:
         tsampler = TimestepSampler(model.diffusion.num_timesteps, optim.t_sampling)
@@ -228,11 +228,14 @@ def train(data: DataConfig, model_cfg: DiffusionLMConfig, optim: OptimConfig, ru
         optimizer.step()
         with torch.no_grad():
             decay = min(optim.ema_decay, (1 + step) / (10 + step))
+            ema_float, now_float = [], []
             for k, v in model.state_dict().items():
                 if v.dtype.is_floating_point:
-                    ema[k].lerp_(v, 1 - decay)
+                    ema_float.append(ema[k])
+                    now_float.append(v)
                 else:
                     ema[k].copy_(v)
+            torch._foreach_lerp_(ema_float, now_float, 1 - decay)
         step += 1
         bar.update(1)
         last = {k: round(v.item(), 5) for k, v in terms.items()}
