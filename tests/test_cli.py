@@ -173,3 +173,18 @@ def test_script_args_overlay_defaults():
     from diffusion_lm.cli.script_args import parse
 
     assert parse(["n=8", "out=a=b"], {"n": "64", "out": ""}) == {"n": "8", "out": "a=b"}
+
+
+def test_lr_schedule_follows_the_time_cap_when_it_is_further_spent():
+    from math import cos, pi
+
+    o = OptimConfig(steps=1000, warmup=0, lr=1.0, schedule="cosine", min_lr_ratio=0.0, max_minutes=10)
+    cosine = lambda progress: 0.5 * (1 + cos(pi * progress))  # noqa: E731
+    assert train_mod.lr_at(100, o) == pytest.approx(cosine(0.1))  # no clock given: steps only
+    assert train_mod.lr_at(100, o, minutes=5) == pytest.approx(cosine(0.5))  # slow machine: half the time, 10% of steps
+    assert train_mod.lr_at(600, o, minutes=1) == pytest.approx(cosine(0.6))  # fast machine: steps lead
+    assert train_mod.lr_at(100, o, minutes=12) == pytest.approx(0.0)  # past the cap: fully annealed
+    o.anneal_by_time = False
+    assert train_mod.lr_at(100, o, minutes=5) == pytest.approx(cosine(0.1))
+    o.anneal_by_time, o.max_minutes = True, None
+    assert train_mod.lr_at(100, o, minutes=5) == pytest.approx(cosine(0.1))

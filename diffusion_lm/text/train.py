@@ -47,6 +47,9 @@ class OptimConfig:
     threads: int = 0  # torch threads; 0 keeps torch's default
     device: str = "auto"  # auto (cuda when available) | cpu | cuda
     max_minutes: float | None = None  # stop early (and checkpoint) after this wall time
+    # With max_minutes, the schedule advances by whichever budget is further spent, steps or minutes,
+    # so a machine too slow to reach `steps` in time still anneals the lr before the cap stops it.
+    anneal_by_time: bool = True
 
 
 @dataclass
@@ -59,12 +62,15 @@ class RunConfig:
     sample: SampleConfig = field(default_factory=SampleConfig)
 
 
-def lr_at(step: int, o: OptimConfig) -> float:
+def lr_at(step: int, o: OptimConfig, minutes: float | None = None) -> float:
+    """The learning rate at `step`, `minutes` of training in (used with max_minutes and anneal_by_time)."""
     if step < o.warmup:
         return o.lr * (step + 1) / o.warmup
     if o.schedule == "constant":
         return o.lr
     progress = min(1.0, (step - o.warmup) / max(1, o.steps - o.warmup))
+    if o.anneal_by_time and o.max_minutes and minutes is not None:
+        progress = max(progress, min(1.0, minutes / o.max_minutes))
     if o.schedule == "cosine":
         factor = 0.5 * (1 + math.cos(math.pi * progress))
     elif o.schedule == "linear":
@@ -210,7 +216,7 @@ def train(data: DataConfig, model_cfg: DiffusionLMConfig, optim: OptimConfig, ru
     while step < optim.steps:
         if optim.max_minutes is not None and (time.time() - started) / 60 > optim.max_minutes:
             break
-        lr = lr_at(step, optim)
+        lr = lr_at(step, optim, (time.time() - started) / 60)
         for g in optimizer.param_groups:
             g["lr"] = lr
         batch = ids[batch_indices(step, optim.batch_size, len(ids), optim.seed)].to(device)
