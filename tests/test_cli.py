@@ -178,7 +178,9 @@ def test_script_args_overlay_defaults():
 def test_lr_schedule_follows_the_time_cap_when_it_is_further_spent():
     from math import cos, pi
 
-    o = OptimConfig(steps=1000, warmup=0, lr=1.0, schedule="cosine", min_lr_ratio=0.0, max_minutes=10)
+    assert not OptimConfig().anneal_by_time  # opt-in (README, "A slow day")
+    o = OptimConfig(steps=1000, warmup=0, lr=1.0, schedule="cosine", min_lr_ratio=0.0, max_minutes=10,
+                    anneal_by_time=True)
     cosine = lambda progress: 0.5 * (1 + cos(pi * progress))  # noqa: E731
     assert train_mod.lr_at(100, o) == pytest.approx(cosine(0.1))  # no clock given: steps only
     assert train_mod.lr_at(100, o, minutes=5) == pytest.approx(cosine(0.5))  # slow machine: half the time, 10% of steps
