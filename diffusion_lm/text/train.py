@@ -49,8 +49,8 @@ class OptimConfig:
     max_minutes: float | None = None  # stop early (and checkpoint) after this wall time
     # With max_minutes, the schedule advances by whichever budget is further spent, steps or minutes,
     # so a machine too slow to reach `steps` in time still anneals the lr before the cap stops it.
-    # Off by default: on a run cut to a fifth of the cpu preset's steps, annealing early made the
-    # samples less fluent, not more (README, "A slow day").
+    # Off by default: on runs cut to a fifth and to 72% of their schedule, annealing to the clock
+    # made the samples less fluent, not more (README, "A slow day").
     anneal_by_time: bool = False
 
 
