@@ -152,6 +152,7 @@ def test_module_entry_point_exit_code():
     ("bench_control", ["systems=gpt4"]),                  # unknown system
     ("bench_train", ["steps=abc"]),                       # not a number
     ("bench_train", ["profile=-1"]),                      # below the minimum
+    ("bench_train", ["rounds=0"]),                        # below the minimum
     ("bench_train", ["preset=nope"]),                     # hydra cannot compose the config
 ])
 def test_scripts_reject_bad_arguments_with_exit_2(script, argv):

@@ -4,7 +4,8 @@ The training loss asks for this twice a step (rounding at x_0, anchor at x̂_0),
 of the batch: an (N, V) logit matrix that is cheap to compute (its matmul has only d = 16 inner
 terms) but expensive to carry. Built from autograd pieces it is written and read a dozen times
 (the distance terms, their negations in the backward, log-softmax, its backward, the one-hot fill),
-and those memory-bound passes were a third of a `cpu`-preset step (`bench_train.py profile=20`).
+and those memory-bound passes were about 30% of a `cpu`-preset step (`bench_train.py steps=20
+profile=30` on commit 19db28e). The logits are `DiffusionLM.logits` without its ‖x‖² term (see below).
 
 Here the logits are made a block of rows at a time, small enough to stay in cache, and never kept:
 the backward recomputes each block from x and EMB. Two facts make this exact:

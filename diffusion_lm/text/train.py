@@ -210,6 +210,11 @@ def train(data: DataConfig, model_cfg: DiffusionLMConfig, optim: OptimConfig, ru
         if full_config is not None:
             save_json(out / "train_config.json", full_config)
 
+    # EMA pairs, built once: state_dict tensors share storage with the parameters the optimizer updates in place.
+    now = model.state_dict()
+    ema_float = [ema[k] for k, v in now.items() if v.dtype.is_floating_point]
+    now_float = [v for v in now.values() if v.dtype.is_floating_point]
+    ema_other = [(ema[k], v) for k, v in now.items() if not v.dtype.is_floating_point]
     log_path = out / "train_log.jsonl"
     model.train()
     started = time.time() - elapsed
@@ -236,14 +241,9 @@ def train(data: DataConfig, model_cfg: DiffusionLMConfig, optim: OptimConfig, ru
         optimizer.step()
         with torch.no_grad():
             decay = min(optim.ema_decay, (1 + step) / (10 + step))
-            ema_float, now_float = [], []
-            for k, v in model.state_dict().items():
-                if v.dtype.is_floating_point:
-                    ema_float.append(ema[k])
-                    now_float.append(v)
-                else:
-                    ema[k].copy_(v)
             torch._foreach_lerp_(ema_float, now_float, 1 - decay)
+            for e, v in ema_other:
+                e.copy_(v)
         step += 1
         bar.update(1)
         last = {k: round(v.item(), 5) for k, v in terms.items()}
