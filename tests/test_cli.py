@@ -191,3 +191,13 @@ def test_lr_schedule_follows_the_time_cap_when_it_is_further_spent():
     assert train_mod.lr_at(100, o, minutes=5) == pytest.approx(cosine(0.1))
     o.anneal_by_time, o.max_minutes = True, None
     assert train_mod.lr_at(100, o, minutes=5) == pytest.approx(cosine(0.1))
+
+
+def test_lr_schedule_serves_the_classifier_and_fudge_trainers():
+    # They share lr_at with their own configs, which have no time-annealing fields (this once crashed past warm-up).
+    from classifiers.train import ClassifierTrainConfig
+    from diffusion_lm.baselines.fudge import FudgeTrainConfig
+
+    for cfg in (ClassifierTrainConfig(steps=200, warmup=100, lr=1.0), FudgeTrainConfig(steps=200, warmup=100, lr=1.0)):
+        assert train_mod.lr_at(99, cfg) == pytest.approx(1.0)
+        assert train_mod.lr_at(150, cfg) == pytest.approx(0.5)  # halfway down the cosine, min_lr_ratio 0

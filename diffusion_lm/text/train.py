@@ -71,7 +71,7 @@ def lr_at(step: int, o: OptimConfig, minutes: float | None = None) -> float:
     if o.schedule == "constant":
         return o.lr
     progress = min(1.0, (step - o.warmup) / max(1, o.steps - o.warmup))
-    if o.anneal_by_time and o.max_minutes and minutes is not None:
+    if minutes is not None and o.anneal_by_time and o.max_minutes:  # only the Diffusion-LM trainer passes minutes
         progress = max(progress, min(1.0, minutes / o.max_minutes))
     if o.schedule == "cosine":
         factor = 0.5 * (1 + math.cos(math.pi * progress))
