@@ -1,6 +1,6 @@
 """Where along the diffusion a Diffusion-LM still has something to learn: −log p(w | x̂_0) against t.
 
-    python scripts/loss_by_t.py [checkpoints=shipped:diffusion-lm-cpu-h128,runs/cpu] [n=256] [out=runs/loss_by_t.png]
+    python scripts/loss_by_t.py [checkpoints=shipped,runs/cpu] [n=256] [out=runs/loss_by_t.png]
 
 For n E2E valid sentences, noises EMB(w) to x_t in each of 40 equal slices of [0, T), predicts x̂_0
 (feeding the first estimate back, for self-conditioned models, as sampling does) and reports the mean
@@ -67,7 +67,7 @@ def main(argv: list[str]) -> None:
 
     from diffusion_lm.cli.script_args import number, parse
 
-    args = parse(argv, {"checkpoints": "shipped:diffusion-lm-cpu-h128", "n": "256", "out": "runs/loss_by_t.png"})
+    args = parse(argv, {"checkpoints": "shipped", "n": "256", "out": "runs/loss_by_t.png"})
     n = number(args, "n", int, minimum=1)
     results = [profile(c, n) for c in args["checkpoints"].split(",")]
     for r in results:

@@ -25,12 +25,6 @@ def test_shipped_parser_finds_the_obvious_constituents():
     assert (0, 1, "NP") in spans and (3, 5, "NP") in spans
 
 
-def test_shipped_diffusion_lm_samples():
-    model, tok = from_pretrained(resolve_checkpoint("shipped"))
-    out = generate(model, tok, 2, SampleConfig(steps=10), seed=0, progress=False)
-    assert len(out) == 2 and all(s.split() for s in out)
-
-
 def test_shipped_cpu_preset_model_matches_the_preset_and_samples_words():
     import json
 
@@ -39,7 +33,7 @@ def test_shipped_cpu_preset_model_matches_the_preset_and_samples_words():
     cfg = compose("train", ["preset=cpu"])
     preset = {k: v for k, v in cfg.model.items() if k != "_target_"}
     optim_steps = cfg.optim.steps
-    folder = resolve_checkpoint("shipped:diffusion-lm-cpu-h128")
+    folder = resolve_checkpoint("shipped")  # the default model is the cpu preset's
     model, tok = from_pretrained(folder)
     assert (model.config.hidden, model.config.layers, model.config.emb_dim) == (preset["hidden"], preset["layers"], preset["emb_dim"])
     trained = json.loads(open(f"{folder}/manifest.json").read())["train_config"]
