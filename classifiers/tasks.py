@@ -60,8 +60,10 @@ def compose_parts(target) -> dict:
     return target
 
 
-def _tree_request(tree, classifiers: dict) -> Request:
-    tt = classifiers["tree"].tree_target(tree)
+def _tree_request(tree, classifiers: dict, borrowed: bool = False) -> Request:
+    """Steer toward a whole tree and its tags; a `borrowed` training tree may hold labels the classifier lacks."""
+    clf = classifiers["tree"]
+    tt = clf.shape_target(tree) if borrowed else clf.tree_target(tree)
     row = classifiers["pos"].tree_row([tag for _, tag in tree.pos()])
     return Request([("tree", tt), ("pos", row)], int(tt.lengths[0]))
 
@@ -83,7 +85,7 @@ def parse_request(task: str, target, classifiers: dict, max_words: int, generato
         clf.span_target(target, clf.size)  # checks the label and the range
         shape = clf.exemplar(target, generator)
         if shape is not None and "pos" in classifiers:
-            return _tree_request(shape, classifiers)
+            return _tree_request(shape, classifiers, borrowed=True)
         n = clf.span_length(target, generator)
         no_tags = [("pos", classifiers["pos"].tree_row([]))] if "pos" in classifiers else []  # batch alike
         return Request([("tree", clf.span_target(target, n)), *no_tags], n)

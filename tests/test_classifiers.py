@@ -73,6 +73,23 @@ def test_tree_targets_fail_cleanly():
     assert clf.span_length([0, 1, "NP"], torch.Generator().manual_seed(0)) in (2, 3)
 
 
+def test_span_targets_borrow_training_trees_even_with_labels_the_classifier_left_out():
+    from classifiers.tasks import parse_request
+
+    # SINV was too rare to get a label: the borrowed tree keeps its NP, and its SINV bracket is left free.
+    clf = TreeClassifier(SPACE, SMALL, [EMPTY, "NP", "S"], lengths=[3],
+                         exemplars=["(TOP (SINV (NP (DT a) (NN b)) (VBZ c)))"])
+    pos = PosClassifier(SPACE, SMALL, ["DT", "NN", "VBZ"])
+    req = parse_request("spans", [0, 1, "NP"], {"tree": clf, "pos": pos}, 3, torch.Generator().manual_seed(0))
+    assert req.length == 3 and [kind for kind, _ in req.parts] == ["tree", "pos"]
+    allowed = req.parts[0][1].allowed[0]
+    assert allowed[0, 1].tolist() == [False, True, False]  # the target span: NP only
+    assert allowed[0, 2].all()  # the SINV bracket: free
+    assert req.parts[1][1].tolist()[1:4] == [0, 1, 2]
+    with pytest.raises(UserError, match="unknown constituent label 'SINV'"):
+        clf.tree_target("(TOP (SINV (NP (DT a) (NN b)) (VBZ c)))")  # a target the user gives stays strict
+
+
 def test_pos_log_prob_sums_word_positions_and_universal_tags_sum_their_ptb_tags():
     clf = PosClassifier(LatentSpace(4, 6, 10, "x"), SMALL, ["DT", "NN", "NNS", "VBZ", "."])
     x, t = torch.randn(1, 6, 4), torch.tensor([3])
