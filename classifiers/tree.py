@@ -160,13 +160,10 @@ class TreeClassifier(nn.Module):
         """`tree_target` for a borrowed training tree: a bracket whose label this classifier never learned
         (too rare in its training parses) is left free, any label or none, instead of refusing the tree."""
         tree = parse_bracketed(tree) if isinstance(tree, str) else tree
-        n, spans = constituents(tree)
-        self._check_length(n)
-        ids = {k: self.label_id(v, strict=False) for k, v in spans.items()}
-        target = self.gold_target(n, {k: v for k, v in ids.items() if v is not None})
-        for (i, j), v in ids.items():
-            if v is None:
-                target.allowed[0, i, j] = True
+        n, known = self.gold(tree, strict=False)
+        target = self.gold_target(n, known)
+        for i, j in constituents(tree)[1].keys() - known.keys():
+            target.allowed[0, i, j] = True
         return target
 
     def gold_target(self, n: int, gold: dict[tuple[int, int], int]) -> TreeTarget:
