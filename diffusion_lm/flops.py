@@ -4,9 +4,9 @@ torch's FlopCounterMode counts matmuls and the GPU attention kernels, but not th
 kernel that scaled_dot_product_attention runs on a CPU, so a CPU step's attention would count as
 free. `flop_counter()` adds that kernel. Counts are model FLOPs: the backward is the four matmuls
 that give dQ, dK, dV and dP (twice the forward's q·kᵀ and p·v), without the q·kᵀ the flash kernel
-recomputes to save memory. (`text/rounding.py` also recomputes its logits in the backward; the
-counter does not see its in-place addmm_, so it too counts exactly the plain version's three
-matmuls: tests/test_flops.py checks both.)
+recomputes to save memory. (`text/rounding.py` computes its bias gradient with a matrix-vector
+product, which the counter does not see, and so counts exactly the plain version's three matmuls:
+tests/test_flops.py checks both.)
 """
 from __future__ import annotations
 

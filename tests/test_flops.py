@@ -18,8 +18,8 @@ def test_cpu_attention_counts_its_matmuls():
 
 
 def test_fused_rounding_counts_the_same_flops_as_autograd():
-    """The chunked cross-entropy recomputes its logits in the backward; what the counter sees must
-    still be the forward and backward matmuls of the plain version, no more and no less."""
+    """The blocked cross-entropy splits and reorders its products; what the counter sees must still be
+    the forward and backward matmuls of the plain version, no more and no less."""
     emb = torch.randn(50, 8, requires_grad=True)
     x = torch.randn(30, 8, requires_grad=True)
     ids = torch.randint(0, 50, (30,))

@@ -84,6 +84,13 @@ def test_fused_word_nll_matches_autograd_cross_entropy(monkeypatch):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="do not line up"):
         rounding.nearest_word_nll(x, emb, ids[..., :3])
+    # far from every embedding, p(w) underflows float32: −log p(w) comes from the logits, finite and exact
+    far = (30 * torch.randn(6, 8, dtype=torch.float64)).float().requires_grad_()
+    want = torch.nn.functional.cross_entropy(-((far[:, None] - emb) ** 2).sum(-1), ids.reshape(-1)[:6],
+                                             reduction="none")
+    got = rounding.nearest_word_nll(far, emb, ids.reshape(-1)[:6])
+    assert torch.isfinite(got).all() and (want > 100).any()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-3)
 
 
 @pytest.mark.parametrize("self_condition,anchor", [(False, 0.0), (True, 1.0)])
