@@ -13,10 +13,9 @@ This machine is a shared VM whose speed drifts by tens of percent within a minut
 and the workloads are measured in alternating rounds and each is taken at its best round, as
 timeit does (medians printed beside). Each side is a sustained rate: a workload round is `steps`
 steps, a matmul round is back-to-back 2048³ products for as long as the last step round took.
-The fastest single product (a burst the VM does not sustain; 15-25% above its round's rate here)
-is printed too, with the ratio against it. profile=N also prints the N operators that took the
-most time in the whole step (torch.profiler, grouped by input shape). Extra key=value pairs are
-train-config overrides.
+The fastest single product (a burst the VM does not sustain) is printed too, with the ratio
+against it. profile=N also prints the N operators that took the most time in the whole step
+(torch.profiler, grouped by input shape). Extra key=value pairs are train-config overrides.
 """
 from __future__ import annotations
 
