@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from diffusion_lm.errors import UserError
-from diffusion_lm.text.io import load_json, load_tensors, load_weights, save_json, save_tensors
+from diffusion_lm.io import load_pretrained, load_weights, save_pretrained
 
 from .encoder import EncoderConfig, LatentSpace
 from .pos import PosClassifier
@@ -19,20 +19,16 @@ KINDS = {"pos": PosClassifier, "tree": TreeClassifier, "semantic": SemanticClass
 
 def save_classifier(clf, directory, metrics: dict | None = None, dtype: torch.dtype | None = None) -> None:
     """Weights first, then config.json: a folder with a config always has its weights."""
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
-             for k, v in clf.state_dict().items()}
-    save_tensors(d / "model.safetensors", state)
-    save_json(d / "config.json", {"kind": clf.kind, "space": asdict(clf.space), "encoder": asdict(clf.encoder.cfg),
-                                  **clf.extra_config(), "metrics": metrics or {}})
+    config = {"kind": clf.kind, "space": asdict(clf.space), "encoder": asdict(clf.encoder.cfg),
+              **clf.extra_config(), "metrics": metrics or {}}
+    save_pretrained(directory, config, clf.state_dict(), dtype=dtype)
 
 
 def load_classifier(directory, device: str | torch.device = "cpu", kind: str | None = None):
     d = Path(directory)
     if not d.is_dir():
         raise UserError(f"no classifier folder at {d}")
-    cfg = load_json(d / "config.json")
+    cfg, state = load_pretrained(d, "classifier")
     if cfg.get("kind") not in KINDS:
         raise UserError(f"{d}/config.json: unknown classifier kind {cfg.get('kind')!r} (known: {', '.join(KINDS)})")
     if kind is not None and cfg["kind"] != kind:
@@ -47,5 +43,5 @@ def load_classifier(directory, device: str | torch.device = "cpu", kind: str | N
         clf = cls(space, encoder, **cfg)
     except TypeError as e:
         raise UserError(f"{d}/config.json does not describe a {cls.kind} classifier: {e}") from None
-    load_weights(clf, {k: v.float() for k, v in load_tensors(d / "model.safetensors").items()}, str(d))
+    load_weights(clf, state, str(d))
     return clf.to(device).eval()

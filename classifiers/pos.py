@@ -10,7 +10,9 @@ import torch
 from torch import nn
 
 from diffusion_lm.errors import UserError
-from diffusion_lm.eval.metrics import parse_pos_target
+from diffusion_lm.eval.oracles import tag_sentences
+from diffusion_lm.tasks import parse_pos_target
+from diffusion_lm.tasks.tagsets import ptb_tags, to_universal
 
 from .encoder import EncoderConfig, LatentEncoder, LatentSpace, collate_rows, position_accuracy, position_loss
 
@@ -24,14 +26,12 @@ class PosClassifier(nn.Module):
     def __init__(self, space: LatentSpace, encoder: EncoderConfig, tags: list[str],
                  exemplars: list[str] | None = None):
         super().__init__()
-        from diffusion_lm.eval.oracles import pos_tagger
-
         self.space, self.tags = space, list(tags)
         self.exemplars = list(exemplars or [])  # tag sequences of training sentences: shapes for length targets
         self.encoder = LatentEncoder(space, encoder)
         self.head = nn.Linear(encoder.hidden, len(self.tags))
         groups = torch.zeros(len(UNIVERSAL), len(self.tags))
-        for k, u in enumerate(pos_tagger().to_universal(self.tags)):
+        for k, u in enumerate(to_universal(self.tags)):
             groups[UNIVERSAL.index(u), k] = 1.0
         self.register_buffer("groups", groups, persistent=False)
 
@@ -41,16 +41,13 @@ class PosClassifier(nn.Module):
     @classmethod
     def for_data(cls, space: LatentSpace, encoder: EncoderConfig, oracle_rows: list, min_count: int = 0,
                  tokenizer=None) -> "PosClassifier":
-        from diffusion_lm.eval.oracles import pos_tagger
-
-        return cls(space, encoder, sorted(pos_tagger().ptb_tags), exemplars=[" ".join(r) for r in oracle_rows[:EXEMPLARS]])
+        return cls(space, encoder, sorted(ptb_tags()), exemplars=[" ".join(r) for r in oracle_rows[:EXEMPLARS]])
 
     # ---- oracle labels --------------------------------------------------------------------
     @staticmethod
     def oracle(sentences: list[list[str]], mrs: list[str]) -> list[list[str]]:
-        from diffusion_lm.eval.oracles import pos_tagger
-
-        return [pos_tagger().tag(words) for words in sentences]
+        """Training labels: the oracle tagger's tags."""
+        return tag_sentences(sentences, mrs)
 
     def encode_labels(self, oracle_rows: list) -> torch.Tensor:
         """(n, L) tag ids at word positions, −1 elsewhere."""

@@ -22,22 +22,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from diffusion_lm.data.e2e import UNSTATED_FIELDS, mr_pairs, value_words
 from diffusion_lm.errors import UserError
-from diffusion_lm.eval.metrics import MR_PATTERN, parse_semantic_target
-from diffusion_lm.text.data import tokenize_e2e
+from diffusion_lm.tasks import parse_semantic_target
 
 from .encoder import EncoderConfig, LatentEncoder, LatentSpace, collate_rows, position_accuracy, position_loss
 
-SKIP_FIELDS = ("familyFriendly",)  # yes/no: the value's words never appear as such
+SKIP_FIELDS = UNSTATED_FIELDS  # yes/no: the value's words never appear as such
 SPECIAL = ("[PAD]", "[START]", "[END]")
-
-
-def mr_pairs(mr: str) -> list[tuple[str, str]]:
-    return [(f.strip(), v.strip()) for f, v in MR_PATTERN.findall(mr) if f.strip() not in SKIP_FIELDS]
-
-
-def value_words(value: str) -> list[str]:
-    return tokenize_e2e(value).lower().split()
 
 
 class SemanticClassifier(nn.Module):
@@ -92,9 +84,9 @@ class SemanticClassifier(nn.Module):
         ids = [self._by_lower.get(w) for w in value_words(value)]
         return None if not ids or any(i is None for i in ids) else ids
 
-    def target(self, target: str) -> torch.Tensor:
-        """(k, V) bool: the ids allowed at each of the value's k words."""
-        field, value = parse_semantic_target(target)
+    def target(self, target: str | tuple[str, str]) -> torch.Tensor:
+        """(k, V) bool: the ids allowed at each of the value's k words; `target` is "field : value" or the pair."""
+        field, value = parse_semantic_target(target) if isinstance(target, str) else target
         if field in SKIP_FIELDS:
             raise UserError(f"field {field!r} cannot be controlled: its values never appear as words")
         if f"{field} : {value}" not in self.pairs:

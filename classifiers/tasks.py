@@ -21,22 +21,19 @@ the span parser's marginal log p(span in tree) is used alone.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from diffusion_lm.core.guidance import Control
-from diffusion_lm.errors import UserError
-from diffusion_lm.eval.metrics import parse_length_target
-from diffusion_lm.eval.trees import parse_bracketed
+from diffusion_lm.tasks import TARGET_TASKS, Target, get_task
+from diffusion_lm.tasks import TASKS as REGISTRY
 
 from .tree import TreeTarget
 
-TASKS = ("pos", "tree", "spans", "semantic", "compose", "length")
-NEEDS = {"pos": ("pos",), "tree": ("tree", "pos"), "spans": ("tree", "pos"), "semantic": ("semantic",),
-         "compose": ("pos", "semantic"), "length": ()}  # length may add the tagger (generate's length_shape)
+TASKS = TARGET_TASKS  # the registry's tasks with targets; infilling holds a context instead
+NEEDS = {task: REGISTRY[task].needs for task in TASKS}  # length may add the tagger (generate's length_shape)
 
 
 @dataclass
@@ -47,19 +44,6 @@ class Request:
     length: int | None = None
 
 
-def compose_parts(target) -> dict:
-    """A compose target: {"pos": ..., "semantic": ...} as a dict or its JSON text."""
-    if isinstance(target, str):
-        try:
-            target = json.loads(target)
-        except json.JSONDecodeError:
-            raise UserError(f"malformed compose target {target!r}: expected JSON like "
-                            '{"pos": "DT NN VBZ ...", "semantic": "food : Italian"}') from None
-    if not isinstance(target, dict) or set(target) != {"pos", "semantic"}:
-        raise UserError(f"a compose target needs exactly the keys pos and semantic, got {target!r}")
-    return target
-
-
 def _tree_request(tree, classifiers: dict, borrowed: bool = False) -> Request:
     """Steer toward a whole tree and its tags; a `borrowed` training tree may hold labels the classifier lacks."""
     clf = classifiers["tree"]
@@ -68,34 +52,51 @@ def _tree_request(tree, classifiers: dict, borrowed: bool = False) -> Request:
     return Request([("tree", tt), ("pos", row)], int(tt.lengths[0]))
 
 
+# ---- one Request per task, from its parsed Target (the classifier side of the registry) --------------
+
+def _length(goal: Target, classifiers: dict, generator: torch.Generator) -> Request:
+    if "pos" in classifiers:  # steer toward the tags of a training sentence of that length
+        return Request([("pos", classifiers["pos"].length_row(goal.length, generator))], goal.length)
+    return Request(length=goal.length)
+
+
+def _pos(goal: Target, classifiers: dict, generator: torch.Generator) -> Request:
+    row, n = classifiers["pos"].target(goal.tags)
+    return Request([("pos", row)], n)
+
+
+def _tree(goal: Target, classifiers: dict, generator: torch.Generator) -> Request:
+    return _tree_request(goal.tree, classifiers)
+
+
+def _spans(goal: Target, classifiers: dict, generator: torch.Generator) -> Request:
+    clf, target = classifiers["tree"], goal.source
+    clf.span_target(target, clf.size)  # checks the label and the range
+    shape = clf.exemplar(target, generator)
+    if shape is not None and "pos" in classifiers:
+        return _tree_request(shape, classifiers, borrowed=True)
+    n = clf.span_length(target, generator)
+    no_tags = [("pos", classifiers["pos"].tree_row([]))] if "pos" in classifiers else []  # batch alike
+    return Request([("tree", clf.span_target(target, n)), *no_tags], n)
+
+
+def _semantic(goal: Target, classifiers: dict, generator: torch.Generator) -> Request:
+    return Request([("semantic", classifiers["semantic"].target(goal.semantic))])
+
+
+def _compose(goal: Target, classifiers: dict, generator: torch.Generator) -> Request:
+    row, n = classifiers["pos"].target(goal.tags)
+    return Request([("pos", row), ("semantic", classifiers["semantic"].target(goal.semantic))], n)
+
+
+REQUESTS: dict[str, Callable[[Target, dict, torch.Generator], Request]] = {
+    "length": _length, "pos": _pos, "tree": _tree, "spans": _spans, "semantic": _semantic, "compose": _compose}
+
+
 def parse_request(task: str, target, classifiers: dict, max_words: int, generator: torch.Generator) -> Request:
     """Validate a target against the classifiers (one-line UserError) and turn it into a Request."""
-    if task == "length":
-        n = parse_length_target(target, max_words)
-        if "pos" in classifiers:  # steer toward the tags of a training sentence of that length
-            return Request([("pos", classifiers["pos"].length_row(n, generator))], n)
-        return Request(length=n)
-    if task == "pos":
-        row, n = classifiers["pos"].target(target)
-        return Request([("pos", row)], n)
-    if task == "tree":
-        return _tree_request(parse_bracketed(target) if isinstance(target, str) else target, classifiers)
-    if task == "spans":
-        clf = classifiers["tree"]
-        clf.span_target(target, clf.size)  # checks the label and the range
-        shape = clf.exemplar(target, generator)
-        if shape is not None and "pos" in classifiers:
-            return _tree_request(shape, classifiers, borrowed=True)
-        n = clf.span_length(target, generator)
-        no_tags = [("pos", classifiers["pos"].tree_row([]))] if "pos" in classifiers else []  # batch alike
-        return Request([("tree", clf.span_target(target, n)), *no_tags], n)
-    if task == "semantic":
-        return Request([("semantic", classifiers["semantic"].target(target))])
-    if task == "compose":
-        parts = compose_parts(target)
-        row, n = classifiers["pos"].target(parts["pos"])
-        return Request([("pos", row), ("semantic", classifiers["semantic"].target(parts["semantic"]))], n)
-    raise UserError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    goal = get_task(task, TASKS).parse(target, max_words)
+    return REQUESTS[task](goal, classifiers, generator)
 
 
 def controls_for(requests: list[Request], classifiers: dict, device=None) -> list[Control]:

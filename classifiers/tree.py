@@ -30,8 +30,9 @@ from nltk import Tree
 from torch import nn
 
 from diffusion_lm.errors import UserError
-from diffusion_lm.eval.metrics import parse_span_target
-from diffusion_lm.eval.trees import base_label, parse_bracketed, tree_to_string
+from diffusion_lm.eval.oracles import parse_sentences
+from diffusion_lm.tasks import parse_span_target
+from diffusion_lm.tasks.trees import base_label, parse_bracketed
 
 from .encoder import EncoderConfig, LatentEncoder, LatentSpace
 
@@ -246,9 +247,7 @@ class TreeClassifier(nn.Module):
     @staticmethod
     def oracle(sentences: list[list[str]], mrs: list[str]) -> list[str]:
         """The parser oracle's trees, as strings (cached by the trainer)."""
-        from diffusion_lm.eval.oracles import constituency_parser
-
-        return [tree_to_string(t) for t in constituency_parser("shipped").parse(sentences)]
+        return parse_sentences(sentences, mrs)
 
     def encode_labels(self, oracle_rows: list) -> list:
         return [self.gold(row, strict=False) for row in oracle_rows]

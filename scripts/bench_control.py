@@ -3,9 +3,10 @@
     python scripts/bench_control.py [sentences=20] [steps=200] [updates=3] [threads=0] [tasks=...]
                                     [systems=diffusion-lm,fudge,pplm] [out=runs/bench_control.json]
 
-Runs `diffusion-lm generate` (Diffusion-LM) and `diffusion-lm baseline`
+Runs the pipelines behind `diffusion-lm generate` (Diffusion-LM) and `diffusion-lm baseline`
 (FUDGE, PPLM) on the first `sentences` shipped targets of each task (one
-batch) with the shipped models, and prints sentences/s. For Diffusion-LM it
+batch) with the shipped models, and prints sentences/s (decoding only: the models are loaded
+before the clock starts). For Diffusion-LM it
 shows the number of diffusion steps and K (Adagrad updates per step); `none`
 is the same sampler with no control, the floor to compare with. PPLM runs
 only the task it has an attribute model for (semantic). `diffusion-lm
@@ -14,7 +15,6 @@ evaluate throughput=<out>` puts these figures into Table 2.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -22,9 +22,7 @@ from pathlib import Path
 def main(argv: list[str]) -> None:
     import torch
 
-    from diffusion_lm.cli.main import run
-
-    from diffusion_lm.cli.script_args import fail, number, parse
+    from diffusion_lm.scripting import fail, number, parse
 
     args = parse(argv, {"sentences": "20", "steps": "200", "updates": "3", "threads": "0", "out": "runs/bench_control.json",
                         "tasks": "none,length,pos,tree,spans,semantic,compose", "systems": "diffusion-lm,fudge,pplm"})
@@ -33,31 +31,42 @@ def main(argv: list[str]) -> None:
         torch.set_num_threads(number(args, "threads"))
     tasks = args["tasks"].split(",")
     systems = args["systems"].split(",")
+    from dataclasses import replace
+
+    from diffusion_lm.core.guidance import GuidanceConfig
     from diffusion_lm.eval.metrics import METRICS
+    from diffusion_lm.io import write_jsonl
+    from diffusion_lm.pipelines import BaselinePipeline, DiffusionLMPipeline
+    from diffusion_lm.pipelines.text import targets_from_file
+    from diffusion_lm.text import SampleConfig
 
     if set(tasks) - {"none", *METRICS} or set(systems) - {"diffusion-lm", "fudge", "pplm"}:
         fail(f"unknown task or system in tasks={args['tasks']} systems={args['systems']}")
     out = Path("runs/bench_control")
     out.mkdir(parents=True, exist_ok=True)
     rows = []
+    sample_cfg, guidance = SampleConfig(steps=steps), GuidanceConfig(updates=updates)
+    compose = {"pos": "DT NNP VBZ DT JJ NN NN IN DT NN NN .", "semantic": "food : Italian"}
     for system in systems:
+        pipe = (DiffusionLMPipeline.from_pretrained("shipped") if system == "diffusion-lm"
+                else BaselinePipeline.from_pretrained(system))
         for task in tasks:
             if system == "pplm" and task != "semantic" or system != "diffusion-lm" and task == "none":
                 continue
-            src = ["targets=shipped", f"limit={n}"] if task != "compose" else [
-                'target={pos: "DT NNP VBZ DT JJ NN NN IN DT NN NN .", semantic: "food : Italian"}', f"n={n}"]
-            written = f"output={out / f'{system}-{task}.jsonl'}"
-            if system == "diffusion-lm":
-                argv_ = (["sample", f"n={n}", f"batch_size={n}"] if task == "none" else
-                         ["generate", f"task={task}", *src, f"batch_size={n}", f"guidance.updates={updates}", written])
-                argv_.append(f"sample.steps={steps}")
-            else:
-                argv_ = ["baseline", f"method={system}", f"task={task}", *src, f"batch_size={n}", written]
+            source = {"targets": targets_from_file(task, "shipped", n)} if task not in ("compose", "none") else (
+                {"target": compose, "n": n} if task == "compose" else {})
             start = time.time()
-            code = run(argv_)
+            if task == "none":
+                pipe.sample(n, batch_size=n, sample=replace(sample_cfg), progress=False)
+                made = []
+            elif system == "diffusion-lm":
+                made = pipe.generate(task, **source, batch_size=n, guidance=guidance, sample=sample_cfg, progress=False)
+            else:
+                made = pipe.generate(task, **source, batch_size=n)
             seconds = time.time() - start
-            if code:
-                sys.exit(code)
+            if made:
+                write_jsonl(out / f"{system}-{task}.jsonl",
+                            [{"task": task, "target": g.target, "text": g.text, "system": system} for g in made])
             diffusion = system == "diffusion-lm"
             rows.append({"system": system, "task": task, "sentences": n, "steps": steps if diffusion else None,
                          "K": (0 if task == "none" else updates) if diffusion else None,  # length steers with the tagger too
@@ -74,6 +83,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from diffusion_lm.cli.script_args import run_script
+    from diffusion_lm.scripting import run_script
 
     run_script(main)

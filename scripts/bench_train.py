@@ -24,8 +24,9 @@ import time
 
 import torch
 
-from diffusion_lm.cli.common import build
-from diffusion_lm.cli.main import compose
+from diffusion_lm.config import build
+from diffusion_lm.core import GaussianDiffusion
+from diffusion_lm.config import compose
 from diffusion_lm.flops import flop_counter
 from diffusion_lm.runtime import adamw, keep_freed_memory
 from diffusion_lm.text.loss import diffusion_lm_loss
@@ -46,7 +47,7 @@ def matmul_round(seconds: float, n: int = 2048) -> tuple[float, float]:
 
 
 def main(argv: list[str]) -> None:
-    from diffusion_lm.cli.script_args import fail, number
+    from diffusion_lm.scripting import fail, number
 
     bare = [a for a in argv if "=" not in a]
     if bare:
@@ -60,6 +61,7 @@ def main(argv: list[str]) -> None:
         overrides.append("preset=cpu")
     cfg = compose("train", overrides)
     data, model_cfg, optim = build(cfg, "data"), build(cfg, "model"), build(cfg, "optim")
+    diffusion = GaussianDiffusion.from_config(build(cfg, "diffusion"))
     if optim.threads:
         torch.set_num_threads(optim.threads)
     kept = keep_freed_memory()  # as `diffusion-lm train` does
@@ -71,7 +73,7 @@ def main(argv: list[str]) -> None:
     ids = torch.randint(4, model_cfg.vocab_size, (B, L))
 
     def step():  # what `diffusion-lm train` does a step, but for the EMA and the lr schedule
-        loss = diffusion_lm_loss(model, ids, anchor_weight=optim.anchor_weight)["loss"]
+        loss = diffusion_lm_loss(model, diffusion, ids, anchor_weight=optim.anchor_weight)["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if optim.grad_clip:
@@ -80,8 +82,8 @@ def main(argv: list[str]) -> None:
 
     # The denoiser alone: f_θ(x_t, t[, x̂_0]) → x̂_0, forward and backward of its squared error.
     x0 = model.embed(ids).detach()
-    t = torch.randint(0, model.diffusion.num_timesteps, (B,))
-    x_t = model.diffusion.q_sample(x0, t)
+    t = torch.randint(0, diffusion.num_timesteps, (B,))
+    x_t = diffusion.q_sample(x0, t)
     prev = x0 + 0.1 * torch.randn_like(x0) if model_cfg.self_condition else None
 
     def denoise():
@@ -148,6 +150,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from diffusion_lm.cli.script_args import run_script
+    from diffusion_lm.scripting import run_script
 
     run_script(main)

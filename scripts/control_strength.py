@@ -1,8 +1,8 @@
 """Control success and fluency against the guidance strength λ, for one task.
 
-    python scripts/control_strength.py task=pos limit=50 strengths=0,0.5,1,2,4,8 [any generate override ...]
+    python scripts/control_strength.py task=pos limit=50 strengths=0,0.5,1,2,4,8 [generate overrides, e.g. sample.steps=50]
 
-For each λ: `diffusion-lm generate` on the first `limit` shipped targets, then
+For each λ: the generate pipeline on the first `limit` shipped targets, then
 the task's success metric and the teacher LM's perplexity of the sentences.
 Writes runs/control_strength/<task>.json and docs/control_strength_<task>.png
 (ctrl ↑ and lm ↓ against λ). λ = 0 is the frozen model with only the hard
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -20,17 +19,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str]) -> None:
-    from diffusion_lm.cli.main import run
+    from diffusion_lm.config import build, compose
+    from diffusion_lm.io import write_jsonl
+    from diffusion_lm.pipelines import DiffusionLMPipeline
+    from diffusion_lm.pipelines.text import targets_from_file
     from diffusion_lm.eval.metrics import METRICS, target_text
     from diffusion_lm.lm import ARLM
-    from diffusion_lm.cli.common import resolve_asset
+    from diffusion_lm.assets import resolve_asset
 
-    from diffusion_lm.cli.script_args import fail, number
+    from diffusion_lm.scripting import fail, number
 
     bare = [a for a in argv if "=" not in a]
     if bare:
         fail(f"expected key=value arguments, got {bare[0]!r}")
-    args = dict(a.split("=", 1) for a in argv)  # keys other than these go to `diffusion-lm generate`
+    args = dict(a.split("=", 1) for a in argv)
     task = args.pop("task", "pos")
     if task not in METRICS:
         fail(f"unknown task {task!r}; choose {', '.join(METRICS)}")
@@ -43,16 +45,19 @@ def main(argv: list[str]) -> None:
     extra = [f"{k}={v}" for k, v in args.items()]
     out_dir.mkdir(parents=True, exist_ok=True)
     teacher = ARLM.load(resolve_asset("shipped", "teacher"))
+    cfg = compose("generate", [f"task={task}", *extra])
+    pipe = DiffusionLMPipeline.from_pretrained(cfg.checkpoint, dict(cfg.classifiers), device=cfg.device)
+    targets = targets_from_file(task, "shipped", limit)
     points = []
     for s in strengths:
         path = out_dir / f"{task}_lambda{s:g}.jsonl"
         start = time.time()
-        code = run(["generate", f"task={task}", "targets=shipped", f"limit={limit}", f"strength={s}",
-                    f"output={path}", *extra])
-        if code:
-            sys.exit(code)
+        made = pipe.generate(task, targets=targets, n=cfg.n, seed=cfg.seed, batch_size=cfg.batch_size,
+                             select=cfg.select, strength=s, guidance=build(cfg, "guidance"),
+                             sample=build(cfg, "sample"), length_shape=cfg.length_shape)
         seconds = time.time() - start
-        rows = [json.loads(r) for r in path.read_text().splitlines()]
+        rows = [{"task": task, "target": g.target, "text": g.text, "system": cfg.system} for g in made]
+        write_jsonl(path, rows)
         texts = [r["text"] for r in rows]
         ctrl = METRICS[task]().compute(predictions=texts, references=[target_text(task, r["target"]) for r in rows])
         lm = teacher.perplexity(texts)
@@ -92,6 +97,6 @@ def plot(result: dict, png: Path) -> None:
 
 
 if __name__ == "__main__":
-    from diffusion_lm.cli.script_args import run_script
+    from diffusion_lm.scripting import run_script
 
     run_script(main)

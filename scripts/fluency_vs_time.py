@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
-from diffusion_lm.cli.common import resolve_asset, resolve_checkpoint
+from diffusion_lm.assets import resolve_asset, resolve_checkpoint
 from diffusion_lm.lm import ARLM
 from diffusion_lm.text import SampleConfig, from_pretrained, generate
-from diffusion_lm.cli.script_args import fail, number, parse, run_script
+from diffusion_lm.scripting import fail, number, parse, run_script
 from diffusion_lm.eval.fluency import reference_sentences, summarise, threshold
 
 
@@ -52,8 +52,8 @@ def main(argv: list[str]) -> None:
         else:
             prog = json.loads((d / "progress.json").read_text())
             minutes, step = prog["elapsed_s"] / 60, prog["step"]
-        model, tok = from_pretrained(d)
-        sents = generate(model, tok, n, SampleConfig(steps=steps), seed=0, progress=False)
+        model, tok, diffusion = from_pretrained(d)
+        sents = generate(model, tok, diffusion, n, SampleConfig(steps=steps), seed=0, progress=False)
         ppl = teacher.perplexity(sents)
         points.append({"step": step, "minutes": round(minutes, 2) if minutes else None,
                        **summarise(ppl, ref_ppl), "example": sents[0]})

@@ -15,23 +15,23 @@ import torch
 
 from diffusion_lm.core.timesteps import TimestepSampler
 from diffusion_lm.text import from_pretrained
-from diffusion_lm.text.data import load_e2e
+from diffusion_lm.data.e2e import load_e2e
 
 
 @torch.no_grad()
 def profile(checkpoint: str, n: int) -> dict:
-    from diffusion_lm.cli.common import resolve_checkpoint
+    from diffusion_lm.assets import resolve_checkpoint
 
     torch.manual_seed(0)
-    model, tok = from_pretrained(resolve_checkpoint(checkpoint))
+    model, tok, diffusion = from_pretrained(resolve_checkpoint(checkpoint))
     model.eval()
     ids, fits = tok.encode_batch(load_e2e("valid")["text"][: 2 * n], model.config.max_len)
     ids = ids[fits][:n]
     emb, real = model.embed(ids), ids != tok.pad_id
-    sampler = TimestepSampler(model.diffusion.num_timesteps, "warped", decay=0.0)
+    sampler = TimestepSampler(diffusion.num_timesteps, "warped", decay=0.0)
     for lo, hi in zip(sampler.edges[:-1].tolist(), sampler.edges[1:].tolist()):
         t = torch.randint(lo, hi, (len(ids),))
-        x_t = model.diffusion.q_sample(emb, t)
+        x_t = diffusion.q_sample(emb, t)
         x0 = model(x_t, t)
         if model.config.self_condition:
             x0 = model(x_t, t, x0)
@@ -65,7 +65,7 @@ def plot(results: list[dict], png: str) -> None:
 def main(argv: list[str]) -> None:
     from pathlib import Path
 
-    from diffusion_lm.cli.script_args import number, parse
+    from diffusion_lm.scripting import number, parse
 
     args = parse(argv, {"checkpoints": "shipped", "n": "256", "out": "runs/loss_by_t.png"})
     n = number(args, "n", int, minimum=1)
@@ -79,6 +79,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from diffusion_lm.cli.script_args import run_script
+    from diffusion_lm.scripting import run_script
 
     run_script(main)

@@ -15,7 +15,7 @@ import json
 import torch
 
 from diffusion_lm.text import from_pretrained
-from diffusion_lm.text.data import load_e2e
+from diffusion_lm.data.e2e import load_e2e
 
 T_PROBE = (100, 400, 800, 1200, 1600, 1900)
 
@@ -23,15 +23,15 @@ T_PROBE = (100, 400, 800, 1200, 1600, 1900)
 @torch.no_grad()
 def probe(directory: str, n: int = 256) -> dict:
     torch.manual_seed(0)
-    model, tok = from_pretrained(directory)
+    model, tok, diffusion = from_pretrained(directory)
     ids, fits = tok.encode_batch(load_e2e("valid")["text"][: 2 * n], model.config.max_len)
     ids = ids[fits][:n]
     emb, real = model.embed(ids), ids != tok.pad_id
     acc = {}
     for t in T_PROBE:
-        t = min(t, model.config.diffusion_steps - 1)
+        t = min(t, diffusion.num_timesteps - 1)
         tt = torch.full((len(ids),), t)
-        x_t = model.diffusion.q_sample(emb, tt)
+        x_t = diffusion.q_sample(emb, tt)
         x0 = model(x_t, tt)
         if model.config.self_condition:
             x0 = model(x_t, tt, x0)
@@ -41,7 +41,7 @@ def probe(directory: str, n: int = 256) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    from diffusion_lm.cli.script_args import fail
+    from diffusion_lm.scripting import fail
 
     if not argv:
         fail("usage: python scripts/probe_denoising.py RUN_DIR [RUN_DIR ...]")
@@ -50,6 +50,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from diffusion_lm.cli.script_args import run_script
+    from diffusion_lm.scripting import run_script
 
     run_script(main)

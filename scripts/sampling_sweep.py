@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from diffusion_lm.cli.common import resolve_asset, resolve_checkpoint
-from diffusion_lm.cli.script_args import fail, number, parse, run_script
+from diffusion_lm.assets import resolve_asset, resolve_checkpoint
+from diffusion_lm.scripting import fail, number, parse, run_script
 from diffusion_lm.eval.fluency import reference_sentences, summarise, threshold
 from diffusion_lm.lm import ARLM
 from diffusion_lm.text import SampleConfig, from_pretrained, generate
@@ -45,14 +45,14 @@ def main(argv: list[str]) -> None:
     if args["settings"] not in SETTINGS:
         fail(f"unknown settings {args['settings']!r}; choose {', '.join(SETTINGS)}")
     ckpt = resolve_checkpoint(args["checkpoint"])
-    model, tok = from_pretrained(ckpt)
+    model, tok, diffusion = from_pretrained(ckpt)
     teacher = ARLM.load(resolve_asset(args["teacher"], "teacher"))
     n = number(args, "n", minimum=1)
     ref_ppl = teacher.perplexity(reference_sentences(n))
     rows = []
     for s, mbr in SETTINGS[args["settings"]]:
         t0 = time.perf_counter()
-        sents = generate(model, tok, n, s, seed=0, progress=False, mbr=mbr)
+        sents = generate(model, tok, diffusion, n, s, seed=0, progress=False, mbr=mbr)
         secs = time.perf_counter() - t0
         ppl = teacher.perplexity(sents)
         rows.append({"sampler": s.sampler, "steps": s.steps, "clamp": s.clamp, "variance": s.variance,

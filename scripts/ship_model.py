@@ -25,11 +25,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from diffusion_lm.cli.script_args import fail, parse, run_script
+from diffusion_lm.scripting import fail, parse, run_script
 
 ASSETS = Path(__file__).resolve().parents[1] / "diffusion_lm" / "assets" / "models"
 KINDS = {
-    "diffusion": ("runs/cpu", "diffusion-lm-cpu", ("config.json", "tokenizer.json")),
+    "diffusion": ("runs/cpu", "diffusion-lm-cpu", ("config.json", "diffusion.json", "tokenizer.json")),
     "teacher": ("runs/teacher", "teacher-lm", ("config.json", "tokenizer.json", "generation_config.json")),
     "parser": ("runs/parser", "parser-wsj-charlstm", ("config.json",)),
     "classifier": ("runs/classifiers/pos", None, ("config.json",)),  # name: classifier-<its task>

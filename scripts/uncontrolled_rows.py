@@ -15,17 +15,17 @@ from pathlib import Path
 
 
 def main(argv: list[str]) -> None:
-    from diffusion_lm.cli.common import resolve_asset, resolve_checkpoint
+    from diffusion_lm.assets import resolve_asset, resolve_checkpoint
     from diffusion_lm.eval.targets import load_targets
     from diffusion_lm.text import SampleConfig, from_pretrained, generate
 
-    from diffusion_lm.cli.script_args import number, parse
+    from diffusion_lm.scripting import number, parse
 
     args = parse(argv, {"checkpoint": "shipped", "n": "200", "output": "runs/gen/uncontrolled.jsonl"})
     n = number(args, "n", minimum=1)
     out = Path(args["output"])
-    model, tok = from_pretrained(resolve_checkpoint(args["checkpoint"]))
-    texts = generate(model, tok, n, SampleConfig(), batch_size=50, seed=0)
+    model, tok, diffusion = from_pretrained(resolve_checkpoint(args["checkpoint"]))
+    texts = generate(model, tok, diffusion, n, SampleConfig(), batch_size=50, seed=0)
     rows = []
     for task, recs in load_targets(resolve_asset("shipped", "targets")).items():
         rows += [{"task": task, "target": r["target"], "text": s, "system": "diffusion-lm (no control)"}
@@ -36,6 +36,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from diffusion_lm.cli.script_args import run_script
+    from diffusion_lm.scripting import run_script
 
     run_script(main)

@@ -185,7 +185,7 @@ def test_train_and_run_baselines_from_the_cli(tmp_path, capsys):
     from diffusion_lm.cli.main import run
     from diffusion_lm.eval.report import check_generations
     from diffusion_lm.lm import ARLMConfig, ARTrainConfig, train_lm
-    from diffusion_lm.text.data import DataConfig
+    from diffusion_lm.data.e2e import DataConfig
 
     lm_dir = tmp_path / "lm"
     train_lm(ARLMConfig(layers=1, hidden=32, heads=2, dropout=0.0),
@@ -252,7 +252,7 @@ def test_fudge_training_resumes_to_the_same_weights(tmp_path):
 
     from diffusion_lm.baselines.fudge import FudgeTrainConfig, train_fudge
     from diffusion_lm.lm import ARLMConfig, ARTrainConfig, train_lm
-    from diffusion_lm.text.data import DataConfig
+    from diffusion_lm.data.e2e import DataConfig
 
     lm_dir = tmp_path / "lm"
     train_lm(ARLMConfig(layers=1, hidden=32, heads=2, dropout=0.1),

@@ -12,7 +12,7 @@ from classifiers.semantic import SemanticClassifier
 from classifiers.tree import EMPTY, TreeClassifier, constituents, crossing
 from diffusion_lm.cli.main import run
 from diffusion_lm.errors import UserError
-from diffusion_lm.eval.trees import parse_bracketed
+from diffusion_lm.tasks.trees import parse_bracketed
 from diffusion_lm.text.tokenizer import WordTokenizer
 
 SPACE = LatentSpace(emb_dim=4, max_len=5, vocab_size=10, fingerprint="x")  # 3 word positions
@@ -202,8 +202,8 @@ def test_generate_cli_with_classifiers(tiny_classifiers, tiny_model, tmp_path, c
                               ("semantic", "target=colour : red", "unknown MR field"),
                               ("compose", "target=DT NN", "compose target"),
                               ("length", "target=0", "out of range"),
-                              ("pos", "strength=abc", "strength must be a number")]:
-        args = [*base, f"task={task}", target] + (["target=3"] if target.startswith(("strength", "select")) else [])
+                              ("pos", "guidance.strength=abc", "guidance.strength")]:
+        args = [*base, f"task={task}", target] + (["target=3"] if target.startswith(("guidance", "select")) else [])
         code = run(args + [f"output={tmp_path / 'bad.jsonl'}"])
         err = capsys.readouterr().err.strip()
         assert code == 2 and msg in err and len(err.splitlines()) == 1, (task, err)

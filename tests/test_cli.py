@@ -8,9 +8,10 @@ import torch
 from safetensors.torch import load_file
 
 from diffusion_lm.cli.main import run
+from diffusion_lm.core import DiffusionConfig
 from diffusion_lm.errors import UserError
 from diffusion_lm.text import train as train_mod
-from diffusion_lm.text.data import DataConfig
+from diffusion_lm.data.e2e import DataConfig
 from diffusion_lm.text.generation import SampleConfig
 from diffusion_lm.text.model import DiffusionLMConfig
 from diffusion_lm.text.train import OptimConfig, RunConfig, train
@@ -37,11 +38,20 @@ def one_line_error(capsys, argv):
     (["sample", "checkpoint=/no/such/ckpt"], "not found"),
     (["frobnicate"], "unknown command"),
     (["train", "--preset", "tiny"], "key=value"),
-    (["sample", "n=x"], "n must be an integer"),
+    (["sample", "n=x"], "n=x: n: Value 'x' of type 'str' could not be converted to Integer"),
     (["sample", "mbr=0"], "mbr must be at least 1"),
     (["sample", "checkpoint=shipped:nope"], "no shipped model named 'nope'"),
     (["generate", "target=5", "batch_size=0"], "batch_size must be at least 1"),
     (["build-targets", "n=0"], "n must be at least 1"),
+    # null, text or a fraction given to an integer key fails in hydra, naming the key
+    *[([cmd, "target=DT NN .", f"{key}={bad}"], f"{key}={bad}") for cmd in ("generate", "baseline")
+      for key in ("seed", "n", "batch_size", "limit") for bad in ("null", "abc", "1.5") if not (key == "limit" and bad == "null")],
+    *[(["generate", "task=infill", f"{key}={bad}"], f"{key}={bad}") for key in ("select", "middle") for bad in ("null", "x")],
+    *[(["sample", f"{key}={bad}"], f"{key}={bad}") for key in ("seed", "n", "mbr", "batch_size") for bad in ("null", "2.5")],
+    (["generate", "target=DT NN .", "guidance.strength=abc"], "guidance.strength"),
+    (["generate", "target=DT NN .", "guidance.strength=nan"], "strength must be a finite number"),
+    (["generate", "target=DT NN .", "device=tpu"], "unknown device 'tpu'"),
+    (["evaluate", "honesty_rows=maybe"], "honesty_rows"),
 ])
 def test_bad_input_is_one_line_exit_2(capsys, tmp_path, argv, expect):
     argv = [a.replace("RUN", str(tmp_path)) for a in argv]
@@ -62,7 +72,7 @@ def test_help_lists_commands(capsys):
 def test_tiny_train_then_sample_end_to_end(capsys, tmp_path):
     out = tmp_path / "tiny"
     assert run(["train", "preset=tiny", f"run.out_dir={out}"]) == 0
-    for f in ("config.json", "model.safetensors", "tokenizer.json", "loss_curve.png", "samples.txt",
+    for f in ("config.json", "diffusion.json", "model.safetensors", "tokenizer.json", "loss_curve.png", "samples.txt",
               "train_log.jsonl", "checkpoint/state.safetensors", "checkpoint/state.json"):
         assert (out / f).is_file(), f
     capsys.readouterr()
@@ -79,12 +89,17 @@ def test_tiny_train_then_sample_end_to_end(capsys, tmp_path):
     before = (out / "model.safetensors").read_bytes()
     assert "different model" in one_line_error(capsys, ["train", "preset=tiny", f"run.out_dir={out}",
                                                         "model.hidden=64"])
+    assert "different diffusion" in one_line_error(capsys, ["train", "preset=tiny", f"run.out_dir={out}",
+                                                            "diffusion.steps=50"])
     assert (out / "model.safetensors").read_bytes() == before
+
+
+TINY_DIFFUSION = DiffusionConfig(schedule="sqrt", steps=50)
 
 
 def _tiny(out, steps=20, t_sampling="uniform"):
     return (DataConfig(limit=256, max_len=24),
-            DiffusionLMConfig(emb_dim=8, hidden=32, layers=1, heads=2, mlp_ratio=2, dropout=0.0, diffusion_steps=50),
+            DiffusionLMConfig(emb_dim=8, hidden=32, layers=1, heads=2, mlp_ratio=2, dropout=0.0),
             OptimConfig(steps=steps, batch_size=8, lr=3e-3, warmup=2, threads=1, t_sampling=t_sampling),
             RunConfig(out_dir=str(out), log_every=5, checkpoint_every=10, final_samples=0,
                       sample=SampleConfig(steps=5)))
@@ -92,7 +107,7 @@ def _tiny(out, steps=20, t_sampling="uniform"):
 
 @pytest.mark.parametrize("t_sampling", ["uniform", "warped"])
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path, monkeypatch, t_sampling):
-    train(*_tiny(tmp_path / "a", t_sampling=t_sampling), progress=False)
+    train(*_tiny(tmp_path / "a", t_sampling=t_sampling), progress=False, diffusion=TINY_DIFFUSION)
     calls = {"n": 0}
     real = train_mod.diffusion_lm_loss
 
@@ -104,10 +119,10 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, monkeypatch, t_sa
 
     monkeypatch.setattr(train_mod, "diffusion_lm_loss", dies_at_step_14)
     with pytest.raises(KeyboardInterrupt):
-        train(*_tiny(tmp_path / "b", t_sampling=t_sampling), progress=False)
+        train(*_tiny(tmp_path / "b", t_sampling=t_sampling), progress=False, diffusion=TINY_DIFFUSION)
     assert json.loads((tmp_path / "b" / "checkpoint" / "state.json").read_text())["step"] == 10
     monkeypatch.setattr(train_mod, "diffusion_lm_loss", real)
-    summary = train(*_tiny(tmp_path / "b", t_sampling=t_sampling), progress=False)
+    summary = train(*_tiny(tmp_path / "b", t_sampling=t_sampling), progress=False, diffusion=TINY_DIFFUSION)
     assert summary["steps"] == 20
     a = load_file(str(tmp_path / "a" / "model.safetensors"))
     b = load_file(str(tmp_path / "b" / "model.safetensors"))
@@ -128,7 +143,7 @@ def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(tmp_path, monkeypa
 
     monkeypatch.setattr(train_mod, "diffusion_lm_loss", nan_after_12)
     with pytest.raises(UserError, match="loss became nan at step 12"):
-        train(*_tiny(tmp_path / "n"), progress=False)
+        train(*_tiny(tmp_path / "n"), progress=False, diffusion=TINY_DIFFUSION)
     assert json.loads((tmp_path / "n" / "checkpoint" / "state.json").read_text())["step"] == 10
     assert not (tmp_path / "n" / "checkpoint.tmp").exists()
 
@@ -171,33 +186,7 @@ def test_fluency_compare_draws_curves_against_steps(tmp_path):
 
 
 def test_script_args_overlay_defaults():
-    from diffusion_lm.cli.script_args import parse
+    from diffusion_lm.scripting import parse
 
     assert parse(["n=8", "out=a=b"], {"n": "64", "out": ""}) == {"n": "8", "out": "a=b"}
 
-
-def test_lr_schedule_follows_the_time_cap_when_it_is_further_spent():
-    from math import cos, pi
-
-    assert not OptimConfig().anneal_by_time  # opt-in (README, "A slow day")
-    o = OptimConfig(steps=1000, warmup=0, lr=1.0, schedule="cosine", min_lr_ratio=0.0, max_minutes=10,
-                    anneal_by_time=True)
-    cosine = lambda progress: 0.5 * (1 + cos(pi * progress))  # noqa: E731
-    assert train_mod.lr_at(100, o) == pytest.approx(cosine(0.1))  # no clock given: steps only
-    assert train_mod.lr_at(100, o, minutes=5) == pytest.approx(cosine(0.5))  # slow machine: half the time, 10% of steps
-    assert train_mod.lr_at(600, o, minutes=1) == pytest.approx(cosine(0.6))  # fast machine: steps lead
-    assert train_mod.lr_at(100, o, minutes=12) == pytest.approx(0.0)  # past the cap: fully annealed
-    o.anneal_by_time = False
-    assert train_mod.lr_at(100, o, minutes=5) == pytest.approx(cosine(0.1))
-    o.anneal_by_time, o.max_minutes = True, None
-    assert train_mod.lr_at(100, o, minutes=5) == pytest.approx(cosine(0.1))
-
-
-def test_lr_schedule_serves_the_classifier_and_fudge_trainers():
-    # They share lr_at with their own configs, which have no time-annealing fields (this once crashed past warm-up).
-    from classifiers.train import ClassifierTrainConfig
-    from diffusion_lm.baselines.fudge import FudgeTrainConfig
-
-    for cfg in (ClassifierTrainConfig(steps=200, warmup=100, lr=1.0), FudgeTrainConfig(steps=200, warmup=100, lr=1.0)):
-        assert train_mod.lr_at(99, cfg) == pytest.approx(1.0)
-        assert train_mod.lr_at(150, cfg) == pytest.approx(0.5)  # halfway down the cosine, min_lr_ratio 0

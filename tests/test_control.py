@@ -60,10 +60,10 @@ def test_guided_sampling_runs_through_the_core_loop():
 
 
 def test_length_constraint_fixes_start_end_and_pads(tiny_model):
-    model, tok = from_pretrained(tiny_model)
+    model, tok, diffusion = from_pretrained(tiny_model)
     known = length_constraint(model, tok, [3, 7])
     exclude = words_only(known, tok, len(tok))
-    x0 = sample_latents(model, 2, SampleConfig(steps=5), known=known, exclude=exclude,
+    x0 = sample_latents(model, diffusion, 2, SampleConfig(steps=5), known=known, exclude=exclude,
                         generator=torch.Generator().manual_seed(0), progress=False)
     ids = model.round(x0, exclude)
     for b, n in enumerate([3, 7]):
@@ -77,9 +77,9 @@ def test_length_constraint_fixes_start_end_and_pads(tiny_model):
 
 
 def test_infill_holds_context_words(tiny_model):
-    model, tok = from_pretrained(tiny_model)
+    model, tok, diffusion = from_pretrained(tiny_model)
     known = infill_constraint(model, tok, "The Eagle", "pub .", 3, 2)
-    x0 = sample_latents(model, 2, SampleConfig(steps=5), known=known, generator=torch.Generator().manual_seed(0),
+    x0 = sample_latents(model, diffusion, 2, SampleConfig(steps=5), known=known, generator=torch.Generator().manual_seed(0),
                         progress=False)
     words = [tok.decode(r).split() for r in model.round(x0)]
     for w in words:

@@ -69,3 +69,30 @@ def test_respace_keeps_alpha_bar_at_kept_steps():
     assert full.respace(2000) is full
     with pytest.raises(ValueError, match="sampling steps"):
         full.respace(2001)
+
+
+def test_diffusion_config_saves_beside_a_model_and_loads_back(tmp_path):
+    import json
+
+    from diffusion_lm.core import DiffusionConfig, load_diffusion_config, save_diffusion_config
+
+    cfg = DiffusionConfig(schedule="cosine", steps=30)
+    path = save_diffusion_config(tmp_path, cfg)
+    assert path.name == "diffusion.json" and json.loads(path.read_text()) == {"schedule": "cosine", "steps": 30}
+    assert load_diffusion_config(tmp_path) == cfg
+    loaded = GaussianDiffusion.from_pretrained(tmp_path)
+    assert loaded.config == cfg and torch.equal(loaded.betas, get_betas("cosine", 30))
+    loaded.save_pretrained(tmp_path / "again")
+    assert load_diffusion_config(tmp_path / "again") == cfg
+    with pytest.raises(ValueError, match="respaced"):
+        loaded.respace(5).save_pretrained(tmp_path / "no")
+    with pytest.raises(FileNotFoundError):
+        load_diffusion_config(tmp_path / "nothing")
+    for bad, msg in (({"schedule": "sqrt"}, "missing"), ({"schedule": "sqrt", "steps": 3, "eta": 0}, "unknown"),
+                     ({"schedule": "quadratic", "steps": 3}, "unknown noise schedule"),
+                     ({"schedule": "sqrt", "steps": 0}, "steps")):
+        path.write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=msg):
+            load_diffusion_config(tmp_path)
+    with pytest.raises(TypeError):
+        DiffusionConfig()  # no defaults in core: the modality chooses

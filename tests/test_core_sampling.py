@@ -94,3 +94,45 @@ def test_bad_sampler_arguments(diffusion):
         sample(lambda x, t: x, diffusion, (1, 2), sampler="euler", progress=False)
     with pytest.raises(ValueError, match="eta"):
         sample(lambda x, t: x, diffusion, (1, 2), sampler="ddim", eta=-1.0, progress=False)
+
+
+def test_model_kwargs_reach_the_model(diffusion):
+    cond = torch.randn(2, 3, 4, 4)
+    seen = []
+
+    def model(x, t, cond=None, label=None):
+        seen.append((cond, label))
+        return torch.zeros_like(x)
+
+    sample(model, diffusion, (2, 3, 4, 4), model_kwargs={"cond": cond, "label": 7}, progress=False)
+    assert len(seen) == 20 and all(c is cond and lab == 7 for c, lab in seen)
+    sample(lambda x, t: x, diffusion, (2, 3), progress=False)  # and a model without keywords needs none
+
+
+def test_sampler_registry_rejects_unknown_names_listing_the_choices(diffusion):
+    from diffusion_lm.core import SAMPLERS, ddim_step, ddpm_step, get_sampler
+
+    assert SAMPLERS == {"ddpm": ddpm_step, "ddim": ddim_step} and get_sampler("ddim") is ddim_step
+    for bad in ("euler", "DDPM", None):
+        with pytest.raises(ValueError, match="unknown sampler .*choose one of ddpm, ddim"):
+            sample(lambda x, t: x, diffusion, (1, 2), sampler=bad, progress=False)
+
+
+def test_ddim_step_with_eta_0_is_the_closed_form(diffusion):
+    from diffusion_lm.core import ddim_step, ddpm_step, step_moments
+
+    g = torch.Generator().manual_seed(0)
+    x0, xt = torch.randn(3, 2, 4, 4, generator=g), torch.randn(3, 2, 4, 4, generator=g)
+    t = torch.tensor([19, 7, 1])
+    mean, var = ddim_step(diffusion, x0, xt, t, eta=0.0)
+    ab = diffusion.alpha_bar[t].view(-1, 1, 1, 1)
+    ab_prev = diffusion.alpha_bar_prev[t].view(-1, 1, 1, 1)
+    eps = (xt.double() - ab.sqrt() * x0.double()) / (1 - ab).sqrt()  # ε̂ implied by x̂_0 at x_t
+    want = ab_prev.sqrt() * x0.double() + (1 - ab_prev).sqrt() * eps
+    torch.testing.assert_close(mean.double(), want, rtol=1e-5, atol=1e-5)
+    assert torch.equal(var, torch.zeros_like(xt))
+    # step_moments is a lookup in the same registry
+    for name, rule in (("ddpm", ddpm_step), ("ddim", ddim_step)):
+        a = step_moments(diffusion, x0, xt, t, name, 0.5, "large")
+        b = rule(diffusion, x0, xt, t, eta=0.5, variance="large")
+        assert all(torch.equal(u, v) for u, v in zip(a, b))

@@ -6,7 +6,8 @@ from diffusion_lm.errors import UserError
 from diffusion_lm.eval.metrics import (LengthMatch, compose_score, PosMatch, SemanticContent, SpanMatch, TreeF1, pos_score,
                                        semantic_score, span_hit, validate_target)
 from diffusion_lm.eval.oracles import pos_tagger
-from diffusion_lm.eval.trees import bracket_f1, clean_ptb, labelled_spans, parse_bracketed
+from diffusion_lm.eval.trees import bracket_f1, clean_ptb
+from diffusion_lm.tasks.trees import labelled_spans, parse_bracketed
 
 EAGLE = "The Eagle is a cheap pub ."
 EAGLE_TREE = "(S (NP (DT The) (NNP Eagle)) (VP (VBZ is) (NP (DT a) (JJ cheap) (NN pub))) (. .))"

@@ -7,7 +7,7 @@ from diffusion_lm.cli.main import run
 from diffusion_lm.eval.metrics import compose_score
 from diffusion_lm.eval.parser import ParserConfig, load_parser, parse_words, train_parser, treebank_trees
 from diffusion_lm.eval.targets import load_targets
-from diffusion_lm.eval.trees import labelled_spans
+from diffusion_lm.tasks.trees import labelled_spans
 
 TINY_PARSER = ["parser.d_model=32", "parser.num_layers=1", "parser.num_heads=2", "parser.d_kv=16", "parser.d_ff=64",
                "parser.d_char_emb=16", "parser.d_label_hidden=32", "parser.d_tag_hidden=32", "parser.epochs=1",

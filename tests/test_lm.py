@@ -1,7 +1,7 @@
 import math
 
 from diffusion_lm.lm import ARLM, ARLMConfig, ARTrainConfig, corpus_perplexity, train_lm
-from diffusion_lm.text.data import DataConfig, load_e2e
+from diffusion_lm.data.e2e import DataConfig, load_e2e
 
 
 def test_teacher_trains_saves_and_prefers_real_sentences(tmp_path):

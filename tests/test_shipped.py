@@ -1,8 +1,8 @@
 """The models and targets shipped in the package load offline and behave."""
-from diffusion_lm.cli.common import resolve_asset, resolve_checkpoint
+from diffusion_lm.assets import resolve_asset, resolve_checkpoint
 from diffusion_lm.eval.oracles import ConstituencyParser
 from diffusion_lm.eval.targets import load_targets
-from diffusion_lm.eval.trees import labelled_spans
+from diffusion_lm.tasks.trees import labelled_spans
 from diffusion_lm.lm import ARLM
 from diffusion_lm.text import SampleConfig, from_pretrained, generate
 
@@ -28,18 +28,22 @@ def test_shipped_parser_finds_the_obvious_constituents():
 def test_shipped_cpu_preset_model_matches_the_preset_and_samples_words():
     import json
 
-    from diffusion_lm.cli.main import compose
+    from diffusion_lm.config import build, compose
 
     cfg = compose("train", ["preset=cpu"])
     preset = {k: v for k, v in cfg.model.items() if k != "_target_"}
     optim_steps = cfg.optim.steps
     folder = resolve_checkpoint("shipped")  # the default model is the cpu preset's
-    model, tok = from_pretrained(folder)
+    model, tok, diffusion = from_pretrained(folder)
     assert (model.config.hidden, model.config.layers, model.config.emb_dim) == (preset["hidden"], preset["layers"], preset["emb_dim"])
     trained = json.loads(open(f"{folder}/manifest.json").read())["train_config"]
     assert {k: trained["model"][k] for k in preset} == dict(preset) and trained["optim"]["steps"] == optim_steps
     assert trained["optim"].get("t_sampling", "uniform") == cfg.optim.t_sampling
-    out = generate(model, tok, 2, SampleConfig(steps=10), seed=0, progress=False)
+    # the process beside the model is the preset's (the manifest's train_config predates diffusion.json)
+    assert diffusion.config == build(cfg, "diffusion")
+    assert (trained["model"]["schedule"], trained["model"]["diffusion_steps"]) == (cfg.diffusion.schedule,
+                                                                                  cfg.diffusion.steps)
+    out = generate(model, tok, diffusion, 2, SampleConfig(steps=10), seed=0, progress=False)
     assert len(out) == 2 and all(tok.word_id(w) is not None for s in out for w in s.split())
 
 
@@ -48,7 +52,7 @@ def test_shipped_classifiers_fit_the_shipped_model_and_steer_it(tmp_path):
 
     from diffusion_lm.cli.main import run
 
-    model, _ = from_pretrained(resolve_checkpoint("shipped"))
+    model, _, _ = from_pretrained(resolve_checkpoint("shipped"))
     from classifiers.io import load_classifier
 
     for kind in ("pos", "tree", "semantic"):

@@ -1,17 +1,19 @@
 import pytest
 import torch
 
+from diffusion_lm.core import GaussianDiffusion
 from diffusion_lm.errors import UserError
 from diffusion_lm.text import DiffusionLM, DiffusionLMConfig, SampleConfig, WordTokenizer, from_pretrained
-from diffusion_lm.text import diffusion_lm_loss, generate, save_pretrained
-from diffusion_lm.text.data import DataConfig, load_e2e, tokenize_e2e
+from diffusion_lm.text import diffusion_config, diffusion_lm_loss, generate, save_pretrained
+from diffusion_lm.data.e2e import DataConfig, load_e2e, tokenize_e2e
 
 SENTS = ["the eagle is a cheap pub .", "the mill serves italian food in the city centre ."]
+DIFFUSION = GaussianDiffusion.from_config(diffusion_config(steps=50))
 
 
 def tiny_model(vocab=20, **kw):
     cfg = dict(vocab_size=vocab, max_len=12, emb_dim=8, hidden=32, layers=1, heads=2, mlp_ratio=2,
-               dropout=0.0, diffusion_steps=50)
+               dropout=0.0)
     cfg.update(kw)
     return DiffusionLM(DiffusionLMConfig(**cfg))
 
@@ -101,7 +103,7 @@ def test_objective_falls_on_tiny_overfit(self_condition, anchor):
     t = torch.randint(0, 50, (8,))
     first = None
     for _ in range(150):
-        terms = diffusion_lm_loss(model, ids, anchor_weight=anchor, t=t)
+        terms = diffusion_lm_loss(model, DIFFUSION, ids, anchor_weight=anchor, t=t)
         opt.zero_grad()
         terms["loss"].backward()
         opt.step()
@@ -113,16 +115,17 @@ def test_objective_falls_on_tiny_overfit(self_condition, anchor):
 def test_save_load_round_trip_and_mismatch(tmp_path):
     tok = WordTokenizer.train(SENTS)
     model = tiny_model(vocab=len(tok)).eval()
-    save_pretrained(model, tok, tmp_path / "m")
-    loaded, tok2 = from_pretrained(tmp_path / "m")
+    save_pretrained(model, tok, tmp_path / "m", diffusion=DIFFUSION)
+    loaded, tok2, diffusion = from_pretrained(tmp_path / "m")
     x, t = torch.randn(2, 12, 8), torch.tensor([3, 40])
     torch.testing.assert_close(loaded(x, t), model(x, t))
     assert len(tok2) == len(tok)
+    assert diffusion.config == DIFFUSION.config and torch.equal(diffusion.betas, DIFFUSION.betas)
     other = WordTokenizer.train(SENTS + ["a brand new sentence"])
     other.save(tmp_path / "m")
     with pytest.raises(UserError, match="tokenizer has"):
         from_pretrained(tmp_path / "m")
-    save_pretrained(tiny_model(vocab=len(tok), hidden=64), tok, tmp_path / "m2")
+    save_pretrained(tiny_model(vocab=len(tok), hidden=64), tok, tmp_path / "m2", diffusion=DIFFUSION)
     (tmp_path / "m2" / "config.json").write_text((tmp_path / "m" / "config.json").read_text())
     with pytest.raises(UserError, match="shape"):
         from_pretrained(tmp_path / "m2")
@@ -133,12 +136,14 @@ def test_save_load_round_trip_and_mismatch(tmp_path):
 def test_generate_decodes_sentences():
     tok = WordTokenizer.train(SENTS)
     model = tiny_model(vocab=len(tok))
-    out = generate(model, tok, 3, SampleConfig(steps=5), progress=False)
+    out = generate(model, tok, DIFFUSION, 3, SampleConfig(steps=5), progress=False)
     assert len(out) == 3 and all(isinstance(s, str) for s in out)
-    again = generate(model, tok, 3, SampleConfig(steps=5), progress=False)
+    again = generate(model, tok, DIFFUSION, 3, SampleConfig(steps=5), progress=False)
     assert out == again  # seeded
     with pytest.raises(UserError, match="length"):
-        generate(model, tok, 1, SampleConfig(steps=5, length=13), progress=False)
+        generate(model, tok, DIFFUSION, 1, SampleConfig(steps=5, length=13), progress=False)
+    with pytest.raises(TypeError, match="GaussianDiffusion"):  # the diffusion is not the model's to supply
+        generate(model, tok, 3, SampleConfig(steps=5), progress=False)
 
 
 def test_mbr_picks_the_consensus_sentence():
@@ -157,9 +162,33 @@ def test_generate_with_mbr_keeps_one_candidate_of_each_group():
     tok = WordTokenizer.train(SENTS)
     model = tiny_model(vocab=len(tok))
     cfg = SampleConfig(steps=5)
-    candidates = generate(model, tok, 6, cfg, progress=False)
-    picked = generate(model, tok, 2, cfg, progress=False, mbr=3)
+    candidates = generate(model, tok, DIFFUSION, 6, cfg, progress=False)
+    picked = generate(model, tok, DIFFUSION, 2, cfg, progress=False, mbr=3)
     assert picked == mbr_select(candidates, 3)
     assert picked[0] in candidates[:3] and picked[1] in candidates[3:]
     with pytest.raises(UserError, match="mbr must be at least 1"):
-        generate(model, tok, 2, cfg, progress=False, mbr=0)
+        generate(model, tok, DIFFUSION, 2, cfg, progress=False, mbr=0)
+
+
+def test_diffusion_is_saved_beside_the_model_and_old_folders_still_load(tmp_path):
+    import json
+
+    tok = WordTokenizer.train(SENTS)
+    model = tiny_model(vocab=len(tok)).eval()
+    save_pretrained(model, tok, tmp_path / "m", diffusion=diffusion_config(schedule="cosine", steps=30))
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert "schedule" not in config and "diffusion_steps" not in config
+    assert json.loads((tmp_path / "m" / "diffusion.json").read_text()) == {"schedule": "cosine", "steps": 30}
+    # a folder from before diffusion.json: the process lived in config.json
+    (tmp_path / "m" / "diffusion.json").unlink()
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**config, "schedule": "linear", "diffusion_steps": 40}))
+    loaded, _, diffusion = from_pretrained(tmp_path / "m")
+    assert (diffusion.config.schedule, diffusion.num_timesteps) == ("linear", 40)
+    x, t = torch.randn(2, 12, 8), torch.tensor([3, 30])
+    torch.testing.assert_close(loaded(x, t), model(x, t))
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match="diffusion.json"):
+        from_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "diffusion.json").write_text(json.dumps({"schedule": "sqrt", "steps": 0}))
+    with pytest.raises(UserError, match="diffusion.json: steps"):
+        from_pretrained(tmp_path / "m")

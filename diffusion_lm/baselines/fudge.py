@@ -23,25 +23,27 @@ candidate).
 """
 from __future__ import annotations
 
-import json
 import random
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..errors import UserError
-from ..eval.metrics import parse_length_target, parse_pos_target, parse_span_target
-from ..eval.trees import labelled_spans, parse_bracketed
-from ..text.io import load_json, load_tensors, load_weights, save_json, save_tensors
+from ..lm import ARLM
+from ..tasks import TASKS, Target, get_task
+from ..tasks.tagsets import ptb_tags, to_universal
+from ..tasks.trees import labelled_spans
+from ..training import fit, has_checkpoint, loop_config
 from .decoding import advance, draw, fudge_reweight, next_log_probs, texts, top_k
+from .io import read_discriminator, save_discriminator
 from .labels import Labelled, label_e2e, semantic_value, span_vocabulary, states, value_vocabulary
+from .pplm import MeanDiscriminator
 
 TAG_ALIASES = {"-LRB-": "(", "-RRB-": ")"}  # the parser's bracket tags, the tagger's spelling
+FUDGE_TASKS = tuple(name for name, task in TASKS.items() if task.fudge_heads)
 
 
 class FutureDiscriminator(nn.Module):
@@ -137,38 +139,36 @@ class FutureDiscriminator(nn.Module):
         return self.span_labels.index(label)
 
     def target(self, task: str, target) -> "FudgeTarget":
-        """A task's target as the heads' terms, checked: a bad target is a one-line UserError."""
-        from classifiers.tasks import compose_parts
+        """A task's target as the terms of the heads the registry names for it; a bad target is a one-line UserError."""
+        goal = get_task(task, FUDGE_TASKS).parse(target, self.max_words)
+        out = FudgeTarget()
+        for head in TASKS[task].fudge_heads:
+            self._TERMS[head](self, goal, out)
+        return out
 
-        if task == "pos":
-            tags, tagset = parse_pos_target(target)
-            return FudgeTarget(tags=[self.tag_ids(t, tagset) for t in tags], length=len(tags))
-        if task == "tree":
-            tree = parse_bracketed(target) if isinstance(target, str) else target
-            n = len(tree.leaves())
-            spans = [(i, j, self.span_labels.index(lab)) for i, j, lab in sorted(labelled_spans(tree, evalb=False))
-                     if lab in self.span_labels and j < self.max_words]
-            return FudgeTarget(tags=[self.tag_ids(t) for _, t in tree.pos()], length=n, spans=spans)
-        if task == "spans":
-            i, j, label = parse_span_target(target, self.max_words)
-            return FudgeTarget(spans=[(i, j, self.span_id(label))])
-        if task == "semantic":
-            return FudgeTarget(value=self.values.index(semantic_value(target, self.pairs)))
-        if task == "length":
-            return FudgeTarget(length=parse_length_target(target, self.max_words))
-        if task == "compose":
-            parts = compose_parts(target)
-            out = self.target("pos", parts["pos"])
-            out.value = self.target("semantic", parts["semantic"]).value
-            return out
-        raise UserError(f"unknown task {task!r}")
+    def _tag_term(self, goal: Target, out: "FudgeTarget") -> None:
+        out.tags = [self.tag_ids(t, goal.tagset) for t in goal.tags]
+
+    def _length_term(self, goal: Target, out: "FudgeTarget") -> None:
+        out.length = goal.length
+
+    def _span_term(self, goal: Target, out: "FudgeTarget") -> None:
+        if goal.tree is not None:  # every bracket of a whole tree that the head knows and can reach
+            out.spans = [(i, j, self.span_labels.index(lab)) for i, j, lab in sorted(labelled_spans(goal.tree, evalb=False))
+                         if lab in self.span_labels and j < self.max_words]
+        else:  # the one span the user asked for: its label must be known
+            i, j, label = goal.span
+            out.spans = [(i, j, self.span_id(label))]
+
+    def _value_term(self, goal: Target, out: "FudgeTarget") -> None:
+        out.value = self.values.index(semantic_value(goal.semantic, self.pairs))
+
+    _TERMS = {"tag": _tag_term, "length": _length_term, "span": _span_term, "value": _value_term}  # by head
 
     @property
     def _universal(self) -> list[str]:
-        from ..eval.oracles import pos_tagger
-
         if not hasattr(self, "_universal_tags"):
-            self._universal_tags = pos_tagger().to_universal(self.tags)
+            self._universal_tags = to_universal(self.tags)
         return self._universal_tags
 
     def log_prob(self, states: torch.Tensor, word: int, targets: "BatchedTargets") -> torch.Tensor:
@@ -282,7 +282,7 @@ class FudgeTrainConfig:
     batch_size: int = 64
     lr: float = 5e-4
     warmup: int = 100
-    schedule: str = "cosine"  # after warm-up (text.train.lr_at)
+    schedule: str = "cosine"  # cosine | linear | constant after warm-up (diffusion_lm.training.lr_at)
     min_lr_ratio: float = 0.0
     spans_per_sentence: int = 32  # half the sentence's own constituents, half other sentences'
     min_count: int = 10  # span labels and MR values rarer than this are left out
@@ -293,6 +293,7 @@ class FudgeTrainConfig:
     threads: int = 0
     log_every: int = 50
     checkpoint_every: int = 250
+    max_minutes: float | None = None  # stop (and checkpoint) after this much wall time
 
 
 def encode_rows(disc: FutureDiscriminator, tok, data: Labelled) -> list[dict]:
@@ -335,13 +336,11 @@ def collate(rows: list[dict], n_values: int, spans_per_sentence: int, rng: rando
 
 def for_lm(lm, data: Labelled, min_count: int) -> FutureDiscriminator:
     """A discriminator whose trunk is a copy of the base LM's transformer, with the label sets of `data`."""
-    from ..eval.oracles import pos_tagger
-
     pairs, values = value_vocabulary(data, min_count)
     gpt2 = {k: v for k, v in lm.config.to_dict().items()
             if k in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "resid_pdrop", "embd_pdrop",
                      "attn_pdrop", "bos_token_id", "eos_token_id", "pad_token_id")}
-    disc = FutureDiscriminator(gpt2, sorted(pos_tagger().ptb_tags), span_vocabulary(data, min_count), pairs, values)
+    disc = FutureDiscriminator(gpt2, sorted(ptb_tags()), span_vocabulary(data, min_count), pairs, values)
     disc.trunk.load_state_dict(lm.transformer.state_dict())
     return disc
 
@@ -372,9 +371,7 @@ def heldout(disc: FutureDiscriminator, rows: list[dict], pad_id: int) -> dict:
 def train_fudge(lm_dir: str, out_dir: str, cfg: FudgeTrainConfig, progress: bool = True,
                 command: str | None = None, lm_label: str | None = None) -> dict:
     """Train (or resume, from out_dir/checkpoint) the future discriminator on oracle-labelled E2E train."""
-    from ..lm import ARLM
-    from ..text.train import load_checkpoint, lr_at, save_checkpoint
-
+    loop = loop_config({"fudge": cfg}, weight_decay=0.01, grad_clip=1.0)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -383,46 +380,22 @@ def train_fudge(lm_dir: str, out_dir: str, cfg: FudgeTrainConfig, progress: bool
     L = lm.model.config.n_positions
     data = label_e2e("train", cfg.limit, min(cfg.max_words, L - 2), out, progress)
     valid = label_e2e("valid", cfg.eval_size, min(cfg.max_words, L - 2), out, progress)
-    resuming = (out / "checkpoint").exists() or (out / "checkpoint.old").exists()
-    if resuming:  # the label sets were fixed (and config.json written) on the first run
+    if has_checkpoint(out):  # the label sets were fixed (and config.json written) on the first run
         disc = load_discriminator(out, "fudge").train()
     else:
         disc = for_lm(lm.model, data, cfg.min_count).train()
         save_discriminator(disc, out)
     rows, v_rows = encode_rows(disc, lm.tokenizer, data), encode_rows(disc, lm.tokenizer, valid)
-    opt = torch.optim.AdamW(disc.parameters(), lr=cfg.lr, weight_decay=0.01)
-    step, elapsed = load_checkpoint(out, disc, opt, {}) if resuming else (0, 0.0)
-    started, last = time.time() - elapsed, {}
-    log_path = out / "train_log.jsonl"
-    bar = tqdm(total=cfg.steps, initial=step, desc="train FUDGE discriminator", disable=not progress,
-               dynamic_ncols=True)
-    while step < cfg.steps:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg)
+
+    def loss_at(step: int):
         rng = random.Random(cfg.seed * 1_000_003 + step)  # each step's own draw: a resumed run sees the same batches
         batch = collate(rng.sample(rows, cfg.batch_size), len(disc.values), cfg.spans_per_sentence, rng,
                         lm.tokenizer.pad_id)
-        loss, parts = disc.loss(batch)
-        if not torch.isfinite(loss):
-            raise UserError(f"discriminator loss became {loss.item()} at step {step}; try a lower lr "
-                            f"(the last checkpoint is kept in {out})")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(disc.parameters(), 1.0)
-        opt.step()
-        step += 1
-        bar.update(1)
-        if step % cfg.log_every == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-            last = {"step": step, "elapsed_s": round(time.time() - started, 1), **parts}
-            with open(log_path, "a") as f:
-                f.write(json.dumps(last) + "\n")
-        if step % cfg.checkpoint_every == 0:
-            save_checkpoint(out, step, time.time() - started, disc, opt, {})
-    bar.close()
-    save_checkpoint(out, step, time.time() - started, disc, opt, {})
-    metrics = {"steps": cfg.steps, "train_minutes": round((time.time() - started) / 60, 2),
-               "train_sentences": len(rows), "final_loss": last,
+        return disc.loss(batch)
+
+    result = fit(disc, loss_at, loop, out, name="FUDGE discriminator", progress=progress)
+    metrics = {"steps": result.step, "train_minutes": round(result.elapsed_s / 60, 2),
+               "train_sentences": len(rows), "final_loss": result.last,
                "heldout": heldout(disc, v_rows, lm.tokenizer.pad_id),
                "parameters": sum(p.numel() for p in disc.parameters()), "base_lm": lm_label or str(lm_dir)}
     if command:
@@ -433,29 +406,9 @@ def train_fudge(lm_dir: str, out_dir: str, cfg: FudgeTrainConfig, progress: bool
 
 # ---- save / load -----------------------------------------------------------------------------
 
-def save_discriminator(disc: nn.Module, directory, metrics: dict | None = None, dtype=None) -> None:
-    """Weights, then config.json (a folder with a config always has its weights)."""
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v) for k, v in disc.state_dict().items()}
-    save_tensors(d / "model.safetensors", state)
-    save_json(d / "config.json", {**disc.config(), "metrics": metrics or {}})
+DISCRIMINATORS = {"fudge": FutureDiscriminator, "pplm": MeanDiscriminator}
 
 
 def load_discriminator(directory, kind: str, device="cpu") -> nn.Module:
-    from .pplm import MeanDiscriminator
-
-    d = Path(directory)
-    if not (d / "config.json").is_file():
-        raise UserError(f"no {kind} attribute model (config.json) in {d}")
-    cfg = load_json(d / "config.json")
-    classes = {"fudge": FutureDiscriminator, "pplm": MeanDiscriminator}
-    if cfg.get("kind") != kind:
-        raise UserError(f"{d} holds a {cfg.get('kind')!r} model, not a {kind} attribute model")
-    cfg.pop("kind"), cfg.pop("metrics", None)
-    try:
-        model = classes[kind](**cfg)
-    except TypeError as e:
-        raise UserError(f"{d}/config.json does not describe a {kind} model: {e}") from None
-    load_weights(model, {k: v.float() for k, v in load_tensors(d / "model.safetensors").items()}, str(d))
-    return model.to(device).eval()
+    """A saved FUDGE (`fudge`) or PPLM (`pplm`) attribute model."""
+    return read_discriminator(directory, kind, DISCRIMINATORS, device)

@@ -12,14 +12,14 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from classifiers.semantic import mr_pairs, value_words
-from classifiers.train import e2e_split, oracle_rows
-
+from ..data.e2e import UNSTATED_FIELDS, e2e_split, mr_pairs, value_words
+from ..data.labels import cached_labels
 from ..errors import UserError
-from ..eval.metrics import parse_semantic_target
-from ..eval.trees import labelled_spans, parse_bracketed
+from ..eval.oracles import parse_sentences, tag_sentences
+from ..tasks import parse_semantic_target
+from ..tasks.trees import labelled_spans, parse_bracketed
 
-SKIP_FIELDS = ("familyFriendly",)
+SKIP_FIELDS = UNSTATED_FIELDS
 
 
 def value_key(value: str) -> str:
@@ -56,8 +56,10 @@ def label_e2e(split: str, limit: int | None, max_words: int, cache_dir: Path, pr
     tags: list[list] = [[] for _ in words]
     spans: list[list] = [[] for _ in words]
     if oracles:
-        tags = oracle_rows("pos", words, mrs, cache_dir / f"oracle_pos_{split}.json.gz", progress)
-        parsed = oracle_rows("tree", words, mrs, cache_dir / f"oracle_tree_{split}.json.gz", progress)
+        tags = cached_labels(tag_sentences, words, mrs, cache_dir / f"oracle_pos_{split}.json.gz", progress,
+                             desc="pos oracle labels")
+        parsed = cached_labels(parse_sentences, words, mrs, cache_dir / f"oracle_tree_{split}.json.gz", progress,
+                               desc="tree oracle labels")
         for k, (w, text) in enumerate(zip(words, parsed)):
             tree = parse_bracketed(text)
             if tree.leaves() != w:
@@ -79,9 +81,10 @@ def span_vocabulary(data: Labelled, min_count: int) -> list[str]:
     return sorted(lab for lab, c in counts.items() if c >= min_count)
 
 
-def semantic_value(target: str, pairs: list[str]) -> str:
-    """The value key a `field : value` target asks for, or a one-line error if the model never saw it."""
-    field, value = parse_semantic_target(target)
+def semantic_value(target: str | tuple[str, str], pairs: list[str]) -> str:
+    """The value key a `field : value` target (or its parsed pair) asks for, or a one-line error if the
+    model never saw it."""
+    field, value = parse_semantic_target(target) if isinstance(target, str) else target
     if field in SKIP_FIELDS:
         raise UserError(f"field {field!r} cannot be controlled: its values never appear as words")
     if f"{field} : {value}" not in pairs:

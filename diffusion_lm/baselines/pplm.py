@@ -23,20 +23,24 @@ the paper's does.
 """
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..errors import UserError
+from ..lm import ARLM
+from ..tasks import TASKS as REGISTRY
+from ..training import fit, loop_config
 from .decoding import advance, draw, next_log_probs, texts, top_k
-from .labels import label_e2e, semantic_value, states, value_vocabulary
+from .io import save_discriminator
+from .labels import label_e2e, semantic_value, states, value_key, value_vocabulary
 
-TASKS = ("semantic",)
+TASKS = tuple(name for name, task in REGISTRY.items() if task.pplm)  # semantic: PPLM's one attribute model
 
 
 class MeanDiscriminator(nn.Module):
@@ -75,6 +79,8 @@ class PPLMTrainConfig:
     eval_size: int = 400
     seed: int = 0
     threads: int = 0
+    log_every: int = 50
+    checkpoint_every: int = 500  # a killed run resumes from out_dir/checkpoint with the same command
 
 
 def _features(lm, data, values: list[str], batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,10 +96,8 @@ def _features(lm, data, values: list[str], batch_size: int = 256) -> tuple[torch
 
 def train_pplm(lm_dir: str, out_dir: str, cfg: PPLMTrainConfig, progress: bool = True,
                command: str | None = None, lm_label: str | None = None) -> dict:
-    """Fit the mean-hidden-state discriminator on E2E train (the base LM frozen)."""
-    from ..lm import ARLM
-    from .fudge import save_discriminator
-
+    """Fit the mean-hidden-state discriminator on E2E train (the base LM frozen); resumes from out_dir/checkpoint."""
+    loop = loop_config({"pplm": cfg}, steps=cfg.epochs, keys={"steps": "pplm.epochs"})  # checked before the work
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -107,19 +111,28 @@ def train_pplm(lm_dir: str, out_dir: str, cfg: PPLMTrainConfig, progress: bool =
     disc = MeanDiscriminator(lm.model.config.n_embd, pairs, values)
     x, y = _features(lm, data, values)
     vx, vy = _features(lm, valid, values)
-    opt = torch.optim.Adam(disc.parameters(), lr=cfg.lr)
+    if not len(x):
+        raise UserError("no E2E train sentences for the PPLM discriminator (pplm.limit, pplm.max_words)")
+    per_epoch = math.ceil(len(x) / cfg.batch_size)
     g = torch.Generator().manual_seed(cfg.seed)
-    for _ in tqdm(range(cfg.epochs), desc="train PPLM discriminator", disable=not progress):
-        for rows in torch.randperm(len(x), generator=g).split(cfg.batch_size):
-            loss = F.binary_cross_entropy_with_logits(disc(x[rows]), y[rows])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+    perm, drawn = torch.arange(0), 0  # the current epoch's permutation, and how many epochs' are drawn
+
+    def loss_at(step: int) -> torch.Tensor:
+        nonlocal perm, drawn
+        epoch, k = divmod(step, per_epoch)
+        while drawn <= epoch:  # each epoch a permutation, drawn in turn from one seeded stream (steps go forward)
+            perm, drawn = torch.randperm(len(x), generator=g), drawn + 1
+        rows = perm[k * cfg.batch_size:(k + 1) * cfg.batch_size]
+        return F.binary_cross_entropy_with_logits(disc(x[rows]), y[rows])
+
+    result = fit(disc, loss_at, replace(loop, steps=cfg.epochs * per_epoch), out, name="PPLM discriminator",
+                 progress=progress)
     with torch.no_grad():
         pred = disc(vx) > 0
         exact = (pred == (vy > 0.5)).all(-1).float().mean().item()
         recall = (pred & (vy > 0.5)).sum().item() / max(1.0, vy.sum().item())
-    metrics = {"train_sentences": len(x), "final_loss": round(loss.item(), 4), "heldout_all_values_correct": round(exact, 4),
+    metrics = {"train_sentences": len(x), "final_loss": round(result.last.get("loss", float("nan")), 4),
+               "heldout_all_values_correct": round(exact, 4),
                "heldout_recall_of_stated_values": round(recall, 4), "train_minutes": round((time.time() - started) / 60, 2),
                "base_lm": lm_label or str(lm_dir)}
     if command:
@@ -183,12 +196,10 @@ class PPLM:
         if task not in TASKS:
             raise UserError(f"PPLM has no attribute model for task {task!r} (only {', '.join(TASKS)}; "
                             "the paper reports – for the others)")
+        goal = REGISTRY[task].parse(target, None)
         if self.pairs is None:
-            from ..eval.metrics import parse_semantic_target
-            from .labels import value_key
-
-            return value_key(parse_semantic_target(target)[1])
-        return semantic_value(target, self.pairs)
+            return value_key(goal.semantic[1])
+        return semantic_value(goal.semantic, self.pairs)
 
     def _attribute_loss(self, out, probs: torch.Tensor, hidden_sum: torch.Tensor, length: int,
                         goal: torch.Tensor) -> torch.Tensor:

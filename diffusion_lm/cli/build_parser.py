@@ -4,10 +4,10 @@ from __future__ import annotations
 import json
 
 from ..eval.parser import train_parser
-from .common import build
+from ..config import build
 
 
-def main(cfg) -> int:
+def main(cfg, command: str = "") -> int:
     summary = train_parser(build(cfg, "parser"))
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
     return 0

@@ -4,10 +4,11 @@ from __future__ import annotations
 import json
 
 from ..eval.targets import build_targets
-from .common import build, integer, resolve_asset
+from ..assets import resolve_asset
+from ..config import build, integer
 
 
-def main(cfg) -> int:
+def main(cfg, command: str = "") -> int:
     counts = build_targets(cfg.out_dir, n=integer(cfg, "n", 1), seed=integer(cfg, "seed"), parser=resolve_asset(cfg.parser, "parser"),
                            data=build(cfg, "data"))
     print(json.dumps({"out_dir": cfg.out_dir, "targets": counts}))

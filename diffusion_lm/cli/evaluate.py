@@ -6,12 +6,13 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..eval.report import check_generations, honesty_rows, read_throughput, score, write_report
-from ..eval.targets import load_targets, read_jsonl
+from ..eval.targets import load_targets
+from ..io import read_jsonl
 from ..lm import ARLM
-from .common import resolve_asset
+from ..assets import resolve_asset
 
 
-def main(cfg) -> int:
+def main(cfg, command: str = "") -> int:
     paths = [cfg.generations] if isinstance(cfg.generations, str) else list(cfg.generations or [])
     if not paths and not cfg.honesty_rows:
         raise UserError("nothing to evaluate: give generations=[file.jsonl,...] or honesty_rows=true")

@@ -7,9 +7,9 @@ in one line on stderr and exit code 2.
 from __future__ import annotations
 
 import sys
-from importlib import resources
-from pathlib import Path
 from typing import Callable
+
+from ..config import compose, user_message
 
 COMMANDS: dict[str, tuple[str, str]] = {
     # name: (config file, one-line description)
@@ -42,50 +42,6 @@ Settings are hydra overrides, e.g.
 """
 
 
-LAST_COMMAND = ""  # the command line being run, for manifests
-
-
-def config_dir() -> str:
-    """conf/ of the source tree, or the copy installed inside the package."""
-    here = Path(__file__).resolve().parents[2] / "conf"
-    if here.is_dir():
-        return str(here)
-    return str(resources.files("diffusion_lm") / "conf")
-
-
-def compose(config_name: str, overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        return hydra_compose(config_name=config_name, overrides=overrides)
-
-
-def one_line(e: BaseException) -> str:
-    """The first meaningful line of an error, with hydra's option lists folded in."""
-    text = str(e).strip() or type(e).__name__
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    first = lines[0]
-    if "Available options" in text:
-        after = lines[[i for i, ln in enumerate(lines) if "Available options" in ln][0] + 1:]
-        opts = [ln for ln in after if "=" not in ln and not ln.endswith(":")]
-        first += f" (available: {', '.join(opts)})"
-    return first
-
-
-def user_message(e: BaseException) -> str | None:
-    """The one-line message for an error caused by the user's input (a UserError, or hydra / omegaconf
-    failing to compose or instantiate a config); None for a bug, which should keep its traceback."""
-    from ..errors import UserError
-
-    if isinstance(e, UserError):
-        return one_line(e)
-    if type(e).__module__.startswith(("hydra", "omegaconf")):
-        cause = e.__cause__ if e.__cause__ is not None and "instantiate" in one_line(e) else e
-        return one_line(cause)
-    return None
-
-
 def run(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -110,13 +66,12 @@ def run(argv: list[str] | None = None) -> int:
         if bad:
             raise UserError(f"expected key=value overrides, got {bad[0]!r}")
         cfg = compose(COMMANDS[name][0], overrides)
-        global LAST_COMMAND
-        LAST_COMMAND = " ".join(["diffusion-lm", name, *overrides])
+        command = " ".join(["diffusion-lm", name, *overrides])  # recorded in the manifests trainers write
         handler: Callable = getattr(__import__(f"diffusion_lm.cli.{COMMANDS[name][0]}", fromlist=["main"]), "main")
         from ..runtime import keep_freed_memory
 
         keep_freed_memory()  # every command trains or samples: reuse freed activations, no page faults
-        return handler(cfg) or 0
+        return handler(cfg, command) or 0
     except KeyboardInterrupt:
         print("interrupted; the last checkpoint is kept", file=sys.stderr)
         return 130

@@ -1,33 +1,24 @@
 """diffusion-lm sample: print sentences from a trained Diffusion-LM."""
 from __future__ import annotations
 
-import json
 import sys
-from pathlib import Path
 
-import torch
-
-from ..errors import UserError
-from ..text import from_pretrained, generate
-from ..text.io import atomic_write
+from ..config import build
+from ..io import write_jsonl
+from ..pipelines.text import DiffusionLMPipeline
 from ..text.trajectory import TrajectoryRecorder
-from .common import build, integer, resolve_checkpoint
 
 
-def main(cfg) -> int:
+def main(cfg, command: str = "") -> int:
     sample_cfg = build(cfg, "sample")
-    if cfg.device not in ("auto", "cpu", "cuda"):
-        raise UserError(f"unknown device {cfg.device!r}; choose auto, cpu or cuda")
-    device = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
-    model, tokenizer = from_pretrained(resolve_checkpoint(cfg.checkpoint), device=device)
-    recorder = TrajectoryRecorder(model, tokenizer) if cfg.trajectory else None
-    sentences = generate(model, tokenizer, integer(cfg, "n", 1), sample_cfg, batch_size=integer(cfg, "batch_size", 1),
-                         seed=integer(cfg, "seed"), mbr=integer(cfg, "mbr", 1), callback=recorder)
+    pipe = DiffusionLMPipeline.from_pretrained(cfg.checkpoint, device=cfg.device)
+    recorder = TrajectoryRecorder(pipe.model, pipe.tokenizer) if cfg.trajectory else None
+    sentences = pipe.sample(cfg.n, seed=cfg.seed, batch_size=cfg.batch_size, mbr=cfg.mbr, sample=sample_cfg,
+                            callback=recorder)
     for s in sentences:
         print(s)
     if cfg.output:
-        rows = "".join(json.dumps({"system": "diffusion-lm", "text": s}) + "\n" for s in sentences)
-        atomic_write(Path(cfg.output), lambda p: Path(p).write_text(rows))
+        write_jsonl(cfg.output, [{"system": "diffusion-lm", "text": s} for s in sentences])
     if recorder is not None:
         txt, png = recorder.write(cfg.trajectory)
         print(f"trajectory of the first sample: {txt}, {png}", file=sys.stderr)

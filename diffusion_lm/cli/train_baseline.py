@@ -4,24 +4,23 @@ from __future__ import annotations
 import json
 
 from ..errors import UserError
-from .common import build, resolve_asset
+from ..assets import resolve_asset
+from ..config import build
 
 METHODS = ("fudge", "pplm")
 
 
-def main(cfg) -> int:
-    from . import main as cli
-
+def main(cfg, command: str = "") -> int:
     if cfg.method not in METHODS:
         raise UserError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
     lm = resolve_asset(cfg.lm, "model", "base-lm")
     if cfg.method == "fudge":
         from ..baselines.fudge import train_fudge
 
-        summary = train_fudge(lm, cfg.out_dir, build(cfg, "fudge"), command=cli.LAST_COMMAND, lm_label=cfg.lm)
+        summary = train_fudge(lm, cfg.out_dir, build(cfg, "fudge"), command=command, lm_label=cfg.lm)
     else:
         from ..baselines.pplm import train_pplm
 
-        summary = train_pplm(lm, cfg.out_dir, build(cfg, "pplm"), command=cli.LAST_COMMAND, lm_label=cfg.lm)
+        summary = train_pplm(lm, cfg.out_dir, build(cfg, "pplm"), command=command, lm_label=cfg.lm)
     print(json.dumps(summary, indent=2))
     return 0

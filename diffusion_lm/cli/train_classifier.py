@@ -7,15 +7,14 @@ from classifiers.io import KINDS
 from classifiers.train import train_classifier
 
 from ..errors import UserError
-from .common import build, resolve_checkpoint
+from ..assets import resolve_checkpoint
+from ..config import build
 
 
-def main(cfg) -> int:
+def main(cfg, command: str = "") -> int:
     if cfg.task not in KINDS:
         raise UserError(f"unknown classifier task {cfg.task!r}; choose one of {', '.join(KINDS)} "
                         "(spans control uses the tree classifier)")
-    from .main import LAST_COMMAND
-    command = LAST_COMMAND
     metrics = train_classifier(cfg.task, resolve_checkpoint(cfg.checkpoint), cfg.out_dir, build(cfg, "encoder"),
                                build(cfg, "optim"), command=command)
     print(json.dumps(metrics, indent=2))

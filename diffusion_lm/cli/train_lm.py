@@ -4,10 +4,10 @@ from __future__ import annotations
 import json
 
 from ..lm.teacher import train_lm
-from .common import build
+from ..config import build
 
 
-def main(cfg) -> int:
+def main(cfg, command: str = "") -> int:
     data, model, train = (build(cfg, k) for k in ("data", "model", "train"))
     summary = train_lm(model, train, data)
     print(json.dumps(summary, indent=2))

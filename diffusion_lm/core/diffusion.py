@@ -7,11 +7,19 @@ after respacing (see `timestep_map`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 import torch
 
-from .schedules import get_betas
+from .schedules import SCHEDULES, get_betas
+
+# A diffusion saves beside its model, as diffusers keeps scheduler_config.json apart from the UNet's
+# config.json: the model is a function of (x_t, t), the process that noises and samples is not its own.
+DIFFUSION_FILE = "diffusion.json"
 
 
 def _gather(arr: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -22,8 +30,64 @@ def _gather(arr: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Ten
 
 @dataclass
 class DiffusionConfig:
-    schedule: str = "sqrt"
-    steps: int = 2000
+    """The process a model was trained with: the noise schedule's name and T.
+
+    No defaults here: they belong to the modality (text sets sqrt / 2000).
+    """
+
+    schedule: str
+    steps: int
+
+    def validate(self) -> None:
+        """ValueError naming the field when a value is out of range."""
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule: unknown noise schedule {self.schedule!r}; choose one of {sorted(SCHEDULES)}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"steps: the number of diffusion steps must be a positive integer, got {self.steps!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DiffusionConfig":
+        if not isinstance(d, dict):
+            raise ValueError(f"expected a JSON object for DiffusionConfig, got {type(d).__name__}")
+        names = {f.name for f in fields(cls)}
+        if set(d) != names:
+            unknown, missing = sorted(set(d) - names), sorted(names - set(d))
+            raise ValueError(f"DiffusionConfig keys do not match (unknown {unknown}, missing {missing})")
+        cfg = cls(**d)
+        cfg.validate()
+        return cfg
+
+
+def save_diffusion_config(directory: str | os.PathLike, config: DiffusionConfig) -> Path:
+    """Write `config` as directory/diffusion.json (complete or not at all)."""
+    config.validate()
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / DIFFUSION_FILE
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{DIFFUSION_FILE}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(asdict(config), indent=2) + "\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def load_diffusion_config(directory: str | os.PathLike) -> DiffusionConfig:
+    """directory/diffusion.json; FileNotFoundError when absent, ValueError when malformed."""
+    path = Path(directory) / DIFFUSION_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"missing file: {path}")
+    try:
+        return DiffusionConfig.from_dict(json.loads(path.read_text()))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
 
 
 class GaussianDiffusion:
@@ -32,8 +96,10 @@ class GaussianDiffusion:
     Holds float64 schedule arrays; results come back in the input's dtype.
     """
 
-    def __init__(self, betas: torch.Tensor, timestep_map: torch.Tensor | None = None):
+    def __init__(self, betas: torch.Tensor, timestep_map: torch.Tensor | None = None,
+                 config: DiffusionConfig | None = None):
         betas = betas.to(torch.float64)
+        self.config = config  # what `from_config` was given (None for raw betas and respaced processes)
         if betas.dim() != 1 or not ((betas > 0) & (betas <= 1)).all():
             raise ValueError("betas must be a 1-D tensor with values in (0, 1]")
         self.betas = betas
@@ -59,7 +125,18 @@ class GaussianDiffusion:
 
     @classmethod
     def from_config(cls, cfg: DiffusionConfig) -> "GaussianDiffusion":
-        return cls(get_betas(cfg.schedule, cfg.steps))
+        cfg.validate()
+        return cls(get_betas(cfg.schedule, cfg.steps), config=cfg)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> "GaussianDiffusion":
+        """The process saved in directory/diffusion.json."""
+        return cls.from_config(load_diffusion_config(directory))
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        if self.config is None:
+            raise ValueError("only a process built by from_config can be saved (a respaced one is rebuilt at sampling)")
+        return save_diffusion_config(directory, self.config)
 
     # ---- respacing -------------------------------------------------------
     def respace(self, num_steps: int) -> "GaussianDiffusion":

@@ -16,7 +16,7 @@ there and the clamped x_0 has settled.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -33,7 +33,7 @@ class Control:
 
 @dataclass
 class GuidanceConfig:
-    strength: float = 1.0       # λ
+    strength: Optional[float] = None  # λ; None is the caller's default (1 here; the text pipeline: the task's)
     updates: int = 3            # K Adagrad steps per diffusion step
     step_size: float = 0.1      # Adagrad learning rate
     skip_last: int = 1          # diffusion steps at the end without control
@@ -53,7 +53,8 @@ class ControlGuidance:
     def __call__(self, x_prev: torch.Tensor, *, x_t: torch.Tensor, mean: torch.Tensor, variance: torch.Tensor,
                  t: torch.Tensor, index: int) -> torch.Tensor:
         cfg = self.config
-        if index < cfg.skip_last or cfg.updates <= 0 or cfg.strength == 0 or not self.controls:
+        strength = 1.0 if cfg.strength is None else cfg.strength
+        if index < cfg.skip_last or cfg.updates <= 0 or strength == 0 or not self.controls:
             return x_prev
         x = x_prev.detach().clone().requires_grad_(True)
         opt = torch.optim.Adagrad([x], lr=cfg.step_size)
@@ -62,7 +63,7 @@ class ControlGuidance:
             opt.zero_grad(set_to_none=True)
             lp = self.log_prob(x, t)
             fluency = ((x - mean) ** 2 / (2 * var)).flatten(1).sum(1)
-            (cfg.strength * -lp + fluency).sum().backward()
+            (strength * -lp + fluency).sum().backward()
             opt.step()
         self.last_log_prob = lp.detach()  # before the last update: no extra classifier pass per step
         return x.detach()

@@ -1,16 +1,17 @@
 """The one sampling loop, shared by every modality.
 
-`sample` runs ancestral DDPM or DDIM over a (possibly respaced) process. Each
-step:
+`sample` runs one of the step rules in `SAMPLERS` (ancestral DDPM, DDIM) over a
+(possibly respaced) process. Each step:
 
-    x̂_0 = transform(predict_x0(model(x_t, t)))           # x0_transform hook
-    μ, σ² = step rule (DDPM posterior or DDIM with η)
+    x̂_0 = transform(predict_x0(model(x_t, t, **model_kwargs)))   # x0_transform hook
+    μ, σ² = SAMPLERS[sampler](diffusion, x̂_0, x_t, t, eta, variance)
     x_{t−1} = μ + σ z
     x_{t−1} = step_hook(x_{t−1}, x_t, μ, σ², t)           # guidance hook
     x_{t−1}[known] = known values, noised to level t−1    # masked replacement
 
 Text plugs in the clamping trick as `x0_transform` and control as
-`step_hook`; images plug in thresholding and classifier-free guidance.
+`step_hook`; images plug in thresholding (`thresholding.py`) as `x0_transform`
+and classifier-free guidance (`classifier_free.py`) as a wrapper of `model`.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from tqdm.auto import tqdm
 
 from .diffusion import GaussianDiffusion, _gather
 
-ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+ModelFn = Callable[..., torch.Tensor]  # model_fn(x_t, t, **model_kwargs) -> prediction
 X0Transform = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -48,37 +49,59 @@ class Known:
     noised: bool = True
 
 
-SAMPLERS = ("ddpm", "ddim")
-
-
 def _randn(shape, generator, device, dtype):
     return torch.randn(shape, generator=generator, device=device, dtype=dtype)
 
 
+# ---- samplers: one step rule each ------------------------------------------------------
+# A step rule turns the prediction x̂_0 at x_t into the mean and variance of p(x_{t−1} | x_t).
+# Every rule takes the same arguments, (diffusion, x̂_0, x_t, t, eta, variance), and uses the
+# ones it needs: eta is DDIM's, variance DDPM's. Add a sampler by adding a function here.
+StepRule = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+
+def ddpm_step(diffusion: GaussianDiffusion, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor,
+              eta: float = 0.0, variance: str = "small"):
+    """Ancestral DDPM (Ho et al., 2020): the posterior q(x_{t−1} | x_t, x̂_0).
+
+    Variance σ̃²_t ('small') or β_t ('large', with β_1 replaced by σ̃²_2 as in Ho et al.).
+    """
+    mean, var, _ = diffusion.q_posterior(x0, xt, t)
+    if variance == "large":
+        betas = diffusion.betas.clone()
+        betas[0] = diffusion.posterior_variance[1] if diffusion.num_timesteps > 1 else betas[0]
+        var = _gather(betas, t, xt)
+    elif variance != "small":
+        raise ValueError(f"unknown DDPM variance {variance!r}; choose small or large")
+    return mean, var.expand_as(xt)
+
+
+def ddim_step(diffusion: GaussianDiffusion, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor,
+              eta: float = 0.0, variance: str = "small"):
+    """DDIM (Song et al., 2021): μ = √ᾱ_{t−1} x̂_0 + √(1 − ᾱ_{t−1} − σ_t²) ε̂, with
+    σ_t = η √((1−ᾱ_{t−1})/(1−ᾱ_t)) √(1 − ᾱ_t/ᾱ_{t−1}); η = 0 is deterministic."""
+    ab = _gather(diffusion.alpha_bar, t, xt)
+    ab_prev = _gather(diffusion.alpha_bar_prev, t, xt)
+    eps = diffusion.eps_from_x0(x0, xt, t)
+    var = eta**2 * (1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)
+    mean = ab_prev.sqrt() * x0 + (1 - ab_prev - var).clamp_min(0).sqrt() * eps
+    return mean, var.expand_as(xt)
+
+
+SAMPLERS: dict[str, StepRule] = {"ddpm": ddpm_step, "ddim": ddim_step}
+
+
+def get_sampler(name: str) -> StepRule:
+    """The step rule registered as `name`; ValueError listing the choices otherwise."""
+    if not isinstance(name, str) or name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+    return SAMPLERS[name]
+
+
 def step_moments(diffusion: GaussianDiffusion, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor,
                  sampler: str = "ddpm", eta: float = 0.0, variance: str = "small"):
-    """Mean and variance of p(x_{t−1} | x_t) given the prediction x̂_0.
-
-    ddpm: the posterior q(x_{t−1} | x_t, x̂_0), variance σ̃²_t ('small') or β_t ('large').
-    ddim: Song et al. (2021) with σ_t = η √((1−ᾱ_{t−1})/(1−ᾱ_t)) √(1 − ᾱ_t/ᾱ_{t−1}).
-    """
-    if sampler == "ddpm":
-        mean, var, _ = diffusion.q_posterior(x0, xt, t)
-        if variance == "large":
-            betas = diffusion.betas.clone()
-            betas[0] = diffusion.posterior_variance[1] if diffusion.num_timesteps > 1 else betas[0]
-            var = _gather(betas, t, xt)
-        elif variance != "small":
-            raise ValueError(f"unknown DDPM variance {variance!r}; choose small or large")
-        return mean, var.expand_as(xt)
-    if sampler == "ddim":
-        ab = _gather(diffusion.alpha_bar, t, xt)
-        ab_prev = _gather(diffusion.alpha_bar_prev, t, xt)
-        eps = diffusion.eps_from_x0(x0, xt, t)
-        var = eta**2 * (1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)
-        mean = ab_prev.sqrt() * x0 + (1 - ab_prev - var).clamp_min(0).sqrt() * eps
-        return mean, var.expand_as(xt)
-    raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
+    """Mean and variance of p(x_{t−1} | x_t) given x̂_0, by the sampler named `sampler`."""
+    return get_sampler(sampler)(diffusion, x0, xt, t, eta=eta, variance=variance)
 
 
 @torch.no_grad()
@@ -100,15 +123,19 @@ def sample(
     dtype: torch.dtype = torch.float32,
     callback: Optional[Callable[[dict], None]] = None,
     progress: bool = True,
+    model_kwargs: Optional[dict] = None,
 ) -> torch.Tensor:
     """Draw samples of `shape` from x_T ~ N(0, I) down to x_0.
 
-    `model_fn(x_t, t)` receives the training-step index (`diffusion.timestep_map`)
-    and returns a prediction of kind `prediction`. `callback` receives a dict
-    with index, t, x_t, x0 (after the transform) and x_prev at every step.
+    `model_fn(x_t, t, **model_kwargs)` receives the training-step index
+    (`diffusion.timestep_map`) and returns a prediction of kind `prediction`;
+    conditioning (a caption's states, a class) travels in `model_kwargs`, as
+    k-diffusion's `extra_args`. `sampler` names a step rule in `SAMPLERS`.
+    `callback` receives a dict with index, t, x_t, x0 (after the transform) and
+    x_prev at every step.
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
+    step_rule = get_sampler(sampler)
+    model_kwargs = {} if model_kwargs is None else model_kwargs
     if not (eta >= 0 and math.isfinite(eta)):
         raise ValueError(f"eta must be a finite number >= 0, got {eta}")
     x = noise.to(device, dtype) if noise is not None else _randn(shape, generator, device, dtype)
@@ -129,12 +156,12 @@ def sample(
     for index in tqdm(indices, desc=f"{sampler} sampling", disable=not progress, leave=False):
         t = torch.full((shape[0],), index, device=device, dtype=torch.long)
         model_t = diffusion.timestep_map.to(device)[t]
-        x0 = diffusion.predict_x0(model_fn(x, model_t), x, t, prediction)
+        x0 = diffusion.predict_x0(model_fn(x, model_t, **model_kwargs), x, t, prediction)
         if known is not None:
             x0 = torch.where(known_mask, known_values, x0)
         if x0_transform is not None:
             x0 = x0_transform(x0, model_t)
-        mean, var = step_moments(diffusion, x0, x, t, sampler, eta, variance)
+        mean, var = step_rule(diffusion, x0, x, t, eta=eta, variance=variance)
         if index > 0:
             x_prev = mean + var.sqrt() * _randn(shape, generator, device, dtype)
         else:

@@ -10,11 +10,11 @@ import statistics
 
 import torch
 
+from ..data import load_e2e
+
 
 def reference_sentences(n: int) -> list[str]:
     """n E2E valid references spread evenly over the split (the same ones every time)."""
-    from ..text.data import load_e2e
-
     refs = load_e2e("valid")["text"]
     return refs[:: max(1, len(refs) // n)][:n]
 

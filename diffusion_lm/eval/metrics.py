@@ -17,19 +17,20 @@ them with `evaluate.combine` like any other module.
 """
 from __future__ import annotations
 
-import json
-import re
-
 import datasets
 import evaluate
 
+from ..data.e2e import value_words
 from ..errors import UserError
-from ..text.data import tokenize_e2e
-from .trees import bracket_f1, labelled_spans, parse_bracketed
+from ..tasks import TARGET_TASKS, get_task
+from ..tasks import TASKS as REGISTRY
+from ..tasks import (parse_compose_target, parse_length_target, parse_pos_target, parse_semantic_target,
+                     parse_span_target)
+from ..tasks.trees import labelled_spans, parse_bracketed
+from .oracles import constituency_parser, pos_tagger
+from .trees import bracket_f1
 
-MR_FIELDS = ("name", "eatType", "food", "priceRange", "customer rating", "area", "familyFriendly", "near")
 LENGTH_TOLERANCE = 2
-MR_PATTERN = re.compile(r"\s*([^,\[\]]+?)\s*\[([^\]]*)\]")  # "name[The Vaults], eatType[pub]"
 
 
 def words_of(text: str, where: str = "generation") -> list[str]:
@@ -39,69 +40,9 @@ def words_of(text: str, where: str = "generation") -> list[str]:
     return words
 
 
-# --- target parsing: one-line errors for bad targets --------------------------------------------
-
-def parse_pos_target(target: str | list[str]) -> tuple[list[str], str]:
-    """Tags and their tagset ('ptb' or 'universal'), or a UserError naming the unknown tag."""
-    from .oracles import UNIVERSAL_TAGS, pos_tagger
-
-    tags = target.split() if isinstance(target, str) else list(target)
-    if not tags:
-        raise UserError("empty POS target")
-    ptb = pos_tagger().ptb_tags
-    if all(t in ptb for t in tags):
-        return tags, "ptb"
-    if all(t in UNIVERSAL_TAGS for t in tags):
-        return tags, "universal"
-    bad = next(t for t in tags if t not in ptb and t not in UNIVERSAL_TAGS)
-    raise UserError(f"unknown POS tag {bad!r}: not a Penn Treebank or universal tag")
-
-
-def parse_span_target(target: str | list, n_words: int | None = None) -> tuple[int, int, str]:
-    """`[i, j, "LABEL"]` (inclusive word indices) checked for shape and, given n_words, range."""
-    span = target
-    if isinstance(target, str):
-        try:
-            span = json.loads(target)
-        except json.JSONDecodeError:
-            raise UserError(f"malformed span target {target!r}: expected [i, j, \"LABEL\"]") from None
-    if (not isinstance(span, (list, tuple)) or len(span) != 3 or not all(isinstance(v, int) for v in span[:2])
-            or not isinstance(span[2], str) or not span[2]):
-        raise UserError(f"malformed span target {target!r}: expected [i, j, \"LABEL\"]")
-    i, j, label = span
-    if i < 0 or j < i:
-        raise UserError(f"bad span target {list(span)}: need 0 <= i <= j")
-    if n_words is not None and j >= n_words:
-        raise UserError(f"span target {list(span)} lies outside a sentence of {n_words} words")
-    return i, j, label
-
-
-def parse_semantic_target(target: str) -> tuple[str, str]:
-    """`"field : value"` with a known E2E field."""
-    field, sep, value = target.partition(":")
-    field, value = field.strip(), value.strip()
-    if not sep or not value:
-        raise UserError(f"malformed semantic target {target!r}: expected 'field : value'")
-    if field not in MR_FIELDS:
-        raise UserError(f"unknown MR field {field!r} (known: {', '.join(MR_FIELDS)})")
-    return field, value
-
-
-def parse_length_target(target: str | int, max_len: int | None = None) -> int:
-    try:
-        n = int(target)
-    except (TypeError, ValueError):
-        raise UserError(f"length target {target!r} is not an integer") from None
-    if n < 1 or (max_len is not None and n > max_len):
-        raise UserError(f"length target {n} out of range 1..{max_len if max_len is not None else '∞'}")
-    return n
-
-
 # --- per-sentence scores ------------------------------------------------------------------------
 
 def pos_score(text: str, target) -> float:
-    from .oracles import pos_tagger
-
     tags, tagset = parse_pos_target(target)
     got = pos_tagger().tag(words_of(text))
     if tagset == "universal":
@@ -112,7 +53,7 @@ def pos_score(text: str, target) -> float:
 
 def semantic_score(text: str, target: str) -> float:
     _, value = parse_semantic_target(target)
-    want = tokenize_e2e(value).lower().split()
+    want = value_words(value)
     have = words_of(text)
     have = [w.lower() for w in have]
     n = len(want)
@@ -123,21 +64,6 @@ def length_score(text: str, target) -> float:
     return 100.0 * (abs(len(words_of(text)) - parse_length_target(target)) <= LENGTH_TOLERANCE)
 
 
-def parse_compose_target(target) -> dict:
-    """`{"pos": tags, "semantic": "field : value"}` (a dict or its JSON text), both parts checked."""
-    parts = target
-    if isinstance(target, str):
-        try:
-            parts = json.loads(target)
-        except json.JSONDecodeError:
-            parts = None
-    if not isinstance(parts, dict) or set(parts) != {"pos", "semantic"}:
-        raise UserError(f"malformed compose target {target!r}: expected {{\"pos\": tags, \"semantic\": \"field : value\"}}")
-    parse_pos_target(parts["pos"])
-    parse_semantic_target(parts["semantic"])
-    return parts
-
-
 def compose_score(text: str, target) -> float:
     parts = parse_compose_target(target)
     return pos_score(text, parts["pos"]) if semantic_score(text, parts["semantic"]) else 0.0
@@ -145,26 +71,11 @@ def compose_score(text: str, target) -> float:
 
 def validate_target(task: str, target: str, n_words: int | None = None) -> None:
     """A one-line UserError if a target (text form) is malformed; n_words bounds spans and lengths."""
-    if task == "pos":
-        parse_pos_target(target)
-    elif task == "tree":
-        parse_bracketed(target)
-    elif task == "spans":
-        parse_span_target(target, n_words)
-    elif task == "semantic":
-        parse_semantic_target(target)
-    elif task == "length":
-        parse_length_target(target, n_words)
-    elif task == "compose":
-        parse_compose_target(target)
-    else:
-        raise UserError(f"unknown task {task!r} (known: {', '.join(TASKS)})")
+    get_task(task, TASKS).validate(target, n_words)
 
 
 def _parse(texts: list[str], parser):
     """Oracle parses; `parser` is a name/folder for the oracle, or any object with .parse(list of word lists)."""
-    from .oracles import constituency_parser
-
     oracle = constituency_parser(parser) if isinstance(parser, str) else parser
     return oracle.parse([words_of(t) for t in texts])
 
@@ -253,9 +164,9 @@ class ComposeMatch(_Success):
         return [compose_score(p, r) for p, r in zip(predictions, references)]
 
 
-METRICS = {"semantic": SemanticContent, "pos": PosMatch, "tree": TreeF1, "spans": SpanMatch, "length": LengthMatch,
-           "compose": ComposeMatch}
-TASKS = tuple(METRICS)
+_CLASSES = {cls.__name__: cls for cls in (SemanticContent, PosMatch, TreeF1, SpanMatch, LengthMatch, ComposeMatch)}
+METRICS = {task: _CLASSES[REGISTRY[task].metric] for task in TARGET_TASKS}  # the registry names each task's class
+TASKS = TARGET_TASKS
 
 _CITATION = """@inproceedings{li2022diffusionlm, title={Diffusion-LM Improves Controllable Text Generation},
 author={Li, Xiang Lisa and Thickstun, John and Gulrajani, Ishaan and Liang, Percy and Hashimoto, Tatsunori},
@@ -264,11 +175,5 @@ booktitle={NeurIPS}, year={2022}}"""
 
 def target_text(task: str, target) -> str:
     """The text form of a target as metrics read it (lists and ints become strings)."""
-    if task == "spans" and not isinstance(target, str):
-        return json.dumps(list(target))
-    if task == "pos" and not isinstance(target, str):
-        return " ".join(target)
-    if task == "compose" and not isinstance(target, str):
-        return json.dumps(target, ensure_ascii=False)
-    return str(target)
+    return REGISTRY[task].text(target) if task in REGISTRY else str(target)
 

@@ -5,31 +5,16 @@ never the models under test. Everything loads from the package, offline.
 """
 from __future__ import annotations
 
-import json
-import lzma
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 
 from nltk import Tree
 
+from ..assets import assets_dir, use_shipped_nltk_data
 from ..errors import UserError
-
-UNIVERSAL_TAGS = frozenset({"ADJ", "ADP", "ADV", "CONJ", "DET", "NOUN", "NUM", "PRT", "PRON", "VERB", ".", "X"})
-
-
-def assets_dir() -> Path:
-    return Path(str(resources.files("diffusion_lm") / "assets"))
-
-
-def use_shipped_nltk_data() -> str:
-    """Put the shipped nltk_data (treebank sample, universal-tagset map) on nltk's search path."""
-    import nltk
-
-    path = str(assets_dir() / "nltk_data")
-    if path not in nltk.data.path:
-        nltk.data.path.insert(0, path)
-    return path
+from ..tasks.tagsets import UNIVERSAL_TAGS, read_tagger_part, tagger_dir, to_universal
+from ..tasks.trees import tree_to_string
+from .parser import SHIPPED_PARSER, load_parser, parse_words
 
 
 class PosTagger:
@@ -38,15 +23,11 @@ class PosTagger:
     def __init__(self, folder: str | Path | None = None):
         from nltk.tag.perceptron import PerceptronTagger
 
-        folder = Path(folder or assets_dir() / "nltk_data" / "taggers" / "averaged_perceptron_tagger_eng")
+        folder = Path(folder or tagger_dir())
         use_shipped_nltk_data()
 
         def read(part: str):
-            f = folder / f"averaged_perceptron_tagger_eng.{part}.json.xz"
-            if not f.is_file():
-                raise UserError(f"POS tagger file missing: {f}")
-            with lzma.open(f, "rt", encoding="utf-8") as fh:
-                return json.load(fh)
+            return read_tagger_part(folder, part)
 
         self._tagger = PerceptronTagger(load=False)
         self._tagger.model.weights = read("weights")
@@ -62,9 +43,7 @@ class PosTagger:
         return [t for _, t in self._tagger.tag(list(words))]
 
     def to_universal(self, tags: list[str]) -> list[str]:
-        from nltk.tag.mapping import map_tag
-
-        return [map_tag("en-ptb", "universal", t) for t in tags]
+        return to_universal(tags)
 
     def check_tags(self, tags: list[str], tagset: str) -> None:
         known = self.ptb_tags if tagset == "ptb" else UNIVERSAL_TAGS
@@ -82,16 +61,12 @@ class ConstituencyParser:
     """Parses tokenised sentences into nltk Trees with the trained benepar ChartParser."""
 
     def __init__(self, name_or_path: str = "shipped"):
-        from .parser import SHIPPED_PARSER, load_parser
-
         if name_or_path == "shipped":
             name_or_path = str(assets_dir() / "models" / SHIPPED_PARSER)
         self.source = name_or_path
         self._parser = load_parser(name_or_path)
 
     def parse(self, sentences: list[list[str]]) -> list[Tree]:
-        from .parser import parse_words
-
         trees: list[Tree] = [None] * len(sentences)  # type: ignore[list-item]
         todo = [i for i, s in enumerate(sentences) if s]
         for i, t in zip(todo, parse_words(self._parser, [sentences[i] for i in todo])):
@@ -105,3 +80,15 @@ class ConstituencyParser:
 @lru_cache(maxsize=2)
 def constituency_parser(name_or_path: str = "shipped") -> ConstituencyParser:
     return ConstituencyParser(name_or_path)
+
+
+# ---- oracle labels of whole corpora (what classifiers and baselines train on) ---------------------
+
+def tag_sentences(sentences: list[list[str]], mrs: list[str] | None = None) -> list[list[str]]:
+    """The tagger's PTB tags of each tokenised sentence."""
+    return [pos_tagger().tag(words) for words in sentences]
+
+
+def parse_sentences(sentences: list[list[str]], mrs: list[str] | None = None) -> list[str]:
+    """The shipped parser's tree of each tokenised sentence, as bracketed strings."""
+    return [tree_to_string(t) for t in constituency_parser("shipped").parse(sentences)]

@@ -11,16 +11,19 @@ from __future__ import annotations
 import json
 import math
 import random
-import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 from nltk import Tree
 
+from ..assets import use_shipped_nltk_data
 from ..errors import UserError
-from .trees import bracket_f1, clean_ptb, tree_to_string
+from ..io import atomic_write, load_pretrained, load_weights, save_json, save_pretrained
+from ..training import Extra, fit, loop_config
+from ..tasks.trees import labelled_spans, tree_to_string
+from .trees import bracket_f1, clean_ptb
 
 SHIPPED_PARSER = "parser-wsj-charlstm"
 # torch-struct's TreeCRF (benepar's chart decoder) predates torch's distribution validation
@@ -52,6 +55,8 @@ class ParserConfig:
     max_minutes: float | None = 40.0
     limit: int | None = None    # first N trees only (tests)
     out_dir: str = "runs/parser"
+    log_every: int = 10
+    checkpoint_every: int = 100  # a killed run resumes from out_dir/checkpoint with the same command
 
     def hparams(self) -> dict:
         d = self.dropout
@@ -95,8 +100,6 @@ def _unescape(word: str) -> str:
 
 def treebank_trees(limit: int | None = None) -> list[Tree]:
     """NLTK's WSJ sample (shipped), cleaned of traces and function tags."""
-    from .oracles import use_shipped_nltk_data
-
     use_shipped_nltk_data()
     from nltk.corpus import treebank
 
@@ -139,8 +142,6 @@ def parse_words(parser, sentences: list[list[str]], batch_size: int = 64) -> lis
 
 def heldout_f1(parser, trees: list[Tree]) -> float:
     """Corpus-level labelled bracket F1 (EVALB conventions), in percent."""
-    from .trees import labelled_spans
-
     pred = parse_words(parser, [[_unescape(w) for w in t.leaves()] for t in trees])
     match = n_gold = n_pred = 0
     for g, p in zip(trees, pred):
@@ -155,73 +156,64 @@ def heldout_f1(parser, trees: list[Tree]) -> float:
 
 
 def train_parser(cfg: ParserConfig, progress: bool = True) -> dict:
-    """Train on the WSJ sample, keep the best held-out F1, save it to cfg.out_dir."""
-    from tqdm import tqdm
+    """Train on the WSJ sample, keep the best held-out F1 (judged after each epoch), save it to cfg.out_dir.
 
+    The lr decays (cosine after warm-up) by the last epoch or by max_minutes, whichever comes first,
+    and no epoch starts that would end past max_minutes.
+    """
+    loop = loop_config({"parser": cfg}, steps=cfg.epochs, keys={"steps": "parser.epochs"}, grad_clip=1.0,
+                       schedule="cosine", anneal_by_time=True, betas=(0.9, 0.98))  # checked before the work
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    rng = random.Random(cfg.seed)
     train, held = split_trees(treebank_trees(cfg.limit), cfg.heldout, cfg.seed)
     parser = build_parser(cfg, train)
-    opt = torch.optim.Adam(parser.parameters(), lr=cfg.lr, betas=(0.9, 0.98))
-    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
-    start, best, history, step = time.time(), -1.0, [], 0
+    per_epoch = math.ceil(len(train) / cfg.batch_size)
+    rng, order, drawn = random.Random(cfg.seed), [], 0  # each epoch's order, shuffled in turn by one seeded stream
+    record = {"best": -1.0, "history": []}
 
-    def progress_at(s: int) -> float:
-        # cosine decay finishes by the last epoch or by the time budget, whichever comes first
-        by_time = (time.time() - start) / (60 * cfg.max_minutes) if cfg.max_minutes else 0.0
-        return min(1.0, max(s / total, by_time))
+    def loss_at(step: int) -> float:
+        nonlocal order, drawn
+        epoch, k = divmod(step, per_epoch)
+        while drawn <= epoch:
+            order, drawn = list(range(len(train))), drawn + 1
+            rng.shuffle(order)
+        batch = [_example(train[i]) for i in order[k * cfg.batch_size:(k + 1) * cfg.batch_size]]
+        total = 0.0
+        for _, sub in parser.encode_and_collate_subbatches(batch, subbatch_max_tokens=2000):
+            loss = parser.compute_loss(sub)
+            loss.backward()
+            total += loss.item()
+        return total
 
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * progress_at(s))))
-    bar = tqdm(total=total, desc="parser", disable=not progress)
-    for epoch in range(cfg.epochs):
-        parser.train()
-        order = list(range(len(train)))
-        rng.shuffle(order)
-        for b in range(0, len(order), cfg.batch_size):
-            batch = [_example(train[i]) for i in order[b:b + cfg.batch_size]]
-            opt.zero_grad()
-            loss_total = 0.0
-            for _, sub in parser.encode_and_collate_subbatches(batch, subbatch_max_tokens=2000):
-                loss = parser.compute_loss(sub)
-                loss.backward()
-                loss_total += loss.item()
-            torch.nn.utils.clip_grad_norm_(parser.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            step += 1
-            bar.update(1)
-            bar.set_postfix(epoch=epoch, loss=f"{loss_total:.2f}", best_f1=f"{best:.1f}")
-        f1 = heldout_f1(parser, held)
-        minutes = (time.time() - start) / 60
-        history.append({"epoch": epoch + 1, "step": step, "heldout_f1": round(f1, 2), "minutes": round(minutes, 2)})
-        if f1 > best:
-            best = f1
-            save_parser(parser, cfg.out_dir, {"heldout_f1": round(f1, 2), "epoch": epoch + 1,
-                                              "train_trees": len(train), "heldout_trees": len(held),
-                                              "minutes": round(minutes, 2), "config": asdict(cfg)})
-        if cfg.max_minutes is not None and minutes * (epoch + 2) / (epoch + 1) > cfg.max_minutes:
-            break  # the next epoch would end past the budget
-    bar.close()
-    summary = {"heldout_f1": round(best, 2), "train_trees": len(train), "heldout_trees": len(held),
-               "minutes": round((time.time() - start) / 60, 2), "history": history}
-    Path(cfg.out_dir, "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    def end_of_epoch(state) -> bool:
+        epoch, k = divmod(state.step, per_epoch)
+        if k:
+            return False
+        f1, minutes = heldout_f1(parser, held), state.elapsed_s / 60
+        record["history"].append({"epoch": epoch, "step": state.step, "heldout_f1": round(f1, 2),
+                                  "minutes": round(minutes, 2)})
+        if f1 > record["best"]:
+            record["best"] = f1
+            save_parser(parser, cfg.out_dir, {"heldout_f1": round(f1, 2), "epoch": epoch, "train_trees": len(train),
+                                              "heldout_trees": len(held), "minutes": round(minutes, 2),
+                                              "config": asdict(cfg)})
+        # stop when the next epoch would end past the budget
+        return cfg.max_minutes is not None and minutes * (epoch + 1) / epoch > cfg.max_minutes
+
+    result = fit(parser, loss_at, replace(loop, steps=per_epoch * cfg.epochs), cfg.out_dir, name="parser",
+                 progress=progress, backward=False, on_step=end_of_epoch,
+                 extra={"record": Extra(lambda: dict(record), record.update)})
+    summary = {"heldout_f1": round(record["best"], 2), "train_trees": len(train), "heldout_trees": len(held),
+               "minutes": round(result.elapsed_s / 60, 2), "history": record["history"]}
+    save_json(Path(cfg.out_dir, "train_summary.json"), summary)
     return summary
 
 
 def save_parser(parser, out_dir: str, metrics: dict) -> None:
-    from safetensors.torch import save_file
-
-    from ..text.io import atomic_write
-
     cfg = {"tag_vocab": parser.tag_vocab, "label_vocab": parser.label_vocab,
            "char_vocab": parser.char_vocab, "hparams": parser.config["hparams"], "metrics": metrics}
-    state = {k: v.detach().contiguous() for k, v in parser.state_dict().items()}
-    atomic_write(Path(out_dir, "model.safetensors"), lambda p: save_file(state, p))
-    atomic_write(Path(out_dir, "config.json"), lambda p: Path(p).write_text(json.dumps(cfg, indent=1) + "\n"))
+    save_pretrained(out_dir, cfg, parser.state_dict())
 
 
 def load_parser(name_or_path: str):
@@ -231,14 +223,13 @@ def load_parser(name_or_path: str):
 
     path = Path(name_or_path)
     if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
-        from safetensors.torch import load_file
-
-        cfg = json.loads((path / "config.json").read_text())
-        parser = ChartParser(cfg["tag_vocab"], cfg["label_vocab"], cfg["char_vocab"], nkutil.HParams(**cfg["hparams"]))
-        state = load_file(str(path / "model.safetensors"))
-        parser.load_state_dict({k: v.float() for k, v in state.items()})
-        parser.eval()
-        return parser
+        cfg, state = load_pretrained(path, "parser")
+        try:
+            parser = ChartParser(cfg["tag_vocab"], cfg["label_vocab"], cfg["char_vocab"], nkutil.HParams(**cfg["hparams"]))
+        except (KeyError, TypeError) as e:
+            raise UserError(f"{path}/config.json does not describe a parser ({type(e).__name__}: {e})") from None
+        load_weights(parser, state, str(path))
+        return parser.eval()
     try:
         from benepar.integrations.downloader import load_trained_model
 

@@ -15,6 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from ..errors import UserError
+from ..io import atomic_write, load_json
 from .metrics import METRICS, TASKS, target_text, validate_target
 
 PAPER = {  # Li et al. 2022, Table 2 (ctrl, lm)
@@ -60,9 +61,9 @@ def honesty_rows(targets: dict[str, list[dict]], seed: int = 0) -> list[dict]:
             t = target_text(task, rec["target"])
             rows.append({"task": task, "target": t, "text": rec["reference"], "system": REFERENCES})
             rows.append({"task": task, "target": t, "text": recs[moved[i]]["reference"], "system": SHUFFLED})
-        if task == "pos" and "target_universal" in recs[0]:
+        if "target_universal" in recs[0]:  # pos targets also in the universal tagset
             for i, rec in enumerate(recs):
-                rows.append({"task": "pos", "target": rec["target_universal"], "text": rec["reference"],
+                rows.append({"task": task, "target": rec["target_universal"], "text": rec["reference"],
                              "system": REFERENCES + ", universal tags"})
     return rows
 
@@ -98,8 +99,6 @@ def _cell(entry: dict | None, std: bool) -> str:
 
 def read_throughput(path: str) -> dict[str, dict[str, float]]:
     """{system: {task: sentences/s}} from scripts/bench_control.py's JSON rows."""
-    from ..text.io import load_json
-
     rows = load_json(path)
     if not isinstance(rows, list) or not all(isinstance(r, dict) and {"system", "task", "sentences_per_s"} <= set(r)
                                              for r in rows):
@@ -150,8 +149,6 @@ def markdown(result: dict, meta: dict) -> str:
 
 
 def write_report(result: dict, meta: dict, out_dir: str) -> tuple[Path, Path]:
-    from ..text.io import atomic_write
-
     out = Path(out_dir)
     md, js = out / "table2.md", out / "table2.json"
     text = markdown(result, meta)

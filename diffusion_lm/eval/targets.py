@@ -17,23 +17,20 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
+from ..data import DataConfig, load_e2e
+from ..data.e2e import MR_FIELDS, UNSTATED_FIELDS, parse_mr
 from ..errors import UserError
-from ..text.data import DataConfig, load_e2e
-from ..text.io import atomic_write
-from .metrics import MR_PATTERN, TASKS, target_text, validate_target
-from .trees import labelled_spans, tree_to_string
+from ..io import atomic_write, read_jsonl
+from ..tasks.trees import labelled_spans, tree_to_string
+from .metrics import TASKS, semantic_score, target_text, validate_target
+from .oracles import constituency_parser, pos_tagger
 
 MIN_WORDS, MAX_WORDS = 10, 40
-SEMANTIC_FIELDS = ("name", "eatType", "food", "priceRange", "customer rating", "area", "near")
-
-
-def parse_mr(mr: str) -> dict[str, str]:
-    fields = dict(MR_PATTERN.findall(mr))
-    if not fields:
-        raise UserError(f"malformed E2E meaning representation: {mr[:60]!r}")
-    return fields
+SEMANTIC_FIELDS = tuple(f for f in MR_FIELDS if f not in UNSTATED_FIELDS)
 
 
 def valid_references(data: DataConfig | None = None) -> list[tuple[str, str]]:
@@ -48,10 +45,51 @@ def valid_references(data: DataConfig | None = None) -> list[tuple[str, str]]:
     return out
 
 
+# ---- each task's target, from one reference (its words, MR and oracle parse) --------------------
+
+def _semantic(words, ref, mr, tree, rng) -> dict:
+    fields = [(f, v) for f, v in parse_mr(mr).items() if f in SEMANTIC_FIELDS]
+    f, v = rng.choice(fields)
+    return {"target": f"{f} : {v}"}
+
+
+def _pos(words, ref, mr, tree, rng) -> dict:
+    tags = pos_tagger().tag(words)
+    return {"target": " ".join(tags), "target_universal": " ".join(pos_tagger().to_universal(tags))}
+
+
+def _tree(words, ref, mr, tree, rng) -> dict:
+    return {"target": tree_to_string(tree)}
+
+
+def _spans(words, ref, mr, tree, rng) -> dict:
+    spans = sorted(s for s in labelled_spans(tree, evalb=False) if s[1] - s[0] + 1 < len(words))
+    return {"target": list(rng.choice(spans))}
+
+
+def _length(words, ref, mr, tree, rng) -> dict:
+    return {"target": len(words)}
+
+
+def _compose(words, ref, mr, tree, rng) -> dict:
+    return {"target": {"pos": " ".join(pos_tagger().tag(words)), "semantic": rng.choice(_stated(ref, mr))}}
+
+
+@dataclass(frozen=True)
+class _Recipe:
+    derive: Callable  # (words, reference, mr, oracle tree or None, rng) -> the record's target fields
+    parsed: bool = False  # needs the oracle's parse of the reference
+    usable: Callable[[str, str], bool] | None = None  # which references can carry this task's target
+
+
+RECIPES = {"semantic": _Recipe(_semantic), "pos": _Recipe(_pos), "tree": _Recipe(_tree, parsed=True),
+           "spans": _Recipe(_spans, parsed=True), "length": _Recipe(_length),
+           # references that state at least one value verbatim, so both parts can hold
+           "compose": _Recipe(_compose, usable=lambda ref, mr: bool(_stated(ref, mr)))}
+
+
 def build_targets(out_dir: str, n: int = 200, seed: int = 0, parser="shipped",
                   data: DataConfig | None = None) -> dict[str, int]:
-    from .oracles import constituency_parser, pos_tagger
-
     refs = valid_references(data)
     if len(refs) < n:
         raise UserError(f"only {len(refs)} usable E2E valid references, fewer than n={n}")
@@ -59,34 +97,15 @@ def build_targets(out_dir: str, n: int = 200, seed: int = 0, parser="shipped",
     out.mkdir(parents=True, exist_ok=True)
     counts = {}
     for k, task in enumerate(TASKS):
+        recipe = RECIPES[task]
         rng = random.Random(seed * 1000 + k)
-        pool = refs
-        if task == "compose":  # references that state at least one value verbatim, so both parts can hold
-            pool = [(r, m) for r, m in refs if _stated(r, m)]
+        pool = refs if recipe.usable is None else [(r, m) for r, m in refs if recipe.usable(r, m)]
         picked = rng.sample(pool, min(n, len(pool)))
         records = []
         oracle = constituency_parser(parser) if isinstance(parser, str) else parser
-        trees = oracle.parse([r.split() for r, _ in picked]) if task in ("tree", "spans") else None
+        trees = oracle.parse([r.split() for r, _ in picked]) if recipe.parsed else [None] * len(picked)
         for i, (ref, mr) in enumerate(picked):
-            rec = {"task": task, "id": i}
-            words = ref.split()
-            if task == "pos":
-                tags = pos_tagger().tag(words)
-                rec["target"] = " ".join(tags)
-                rec["target_universal"] = " ".join(pos_tagger().to_universal(tags))
-            elif task == "tree":
-                rec["target"] = tree_to_string(trees[i])
-            elif task == "spans":
-                spans = sorted(s for s in labelled_spans(trees[i], evalb=False) if s[1] - s[0] + 1 < len(words))
-                rec["target"] = list(rng.choice(spans))
-            elif task == "semantic":
-                fields = [(f, v) for f, v in parse_mr(mr).items() if f in SEMANTIC_FIELDS]
-                f, v = rng.choice(fields)
-                rec["target"] = f"{f} : {v}"
-            elif task == "length":
-                rec["target"] = len(words)
-            elif task == "compose":
-                rec["target"] = {"pos": " ".join(pos_tagger().tag(words)), "semantic": rng.choice(_stated(ref, mr))}
+            rec = {"task": task, "id": i, **recipe.derive(ref.split(), ref, mr, trees[i], rng)}
             rec.update(reference=ref, mr=mr)
             records.append(rec)
         atomic_write(out / f"{task}.jsonl", lambda p, rs=records: Path(p).write_text(
@@ -97,28 +116,8 @@ def build_targets(out_dir: str, n: int = 200, seed: int = 0, parser="shipped",
 
 def _stated(ref: str, mr: str) -> list[str]:
     """The "field : value" targets of an MR whose value the reference states verbatim."""
-    from .metrics import semantic_score
-
     pairs = [f"{f} : {v}" for f, v in parse_mr(mr).items() if f in SEMANTIC_FIELDS]
     return [p for p in pairs if semantic_score(ref, p)]
-
-
-def read_jsonl(path: str | Path, what: str = "file") -> list[dict]:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{what} not found: {path}")
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{n}: not JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise UserError(f"{path}:{n}: expected a JSON object")
-        rows.append(row)
-    return rows
 
 
 def load_targets(targets_dir: str | Path) -> dict[str, list[dict]]:
@@ -140,4 +139,4 @@ def load_targets(targets_dir: str | Path) -> dict[str, list[dict]]:
     return found
 
 
-__all__ = ["build_targets", "load_targets", "read_jsonl", "valid_references", "parse_mr"]
+__all__ = ["build_targets", "load_targets", "valid_references", "parse_mr"]

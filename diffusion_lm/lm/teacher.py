@@ -4,11 +4,11 @@ Used as the *teacher* that scores fluency (lm-score = perplexity of a
 generated sentence, as in Li et al., 2022), and later as the base LM of the
 FUDGE and PPLM baselines (a different seed and size, so the judge is not the
 contestant). A model folder holds transformers' config.json +
-model.safetensors and our tokenizer.json.
+model.safetensors and our tokenizer.json (and checkpoint/, from which a killed
+`train_lm` resumes with the same command).
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import tempfile
@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ..errors import UserError
-from ..text.data import DataConfig, load_e2e
-from ..text.io import save_json
+from ..data import DataConfig, load_e2e
+from ..io import save_json
 from ..text.tokenizer import WordTokenizer
+from ..training import fit, generator_state, loop_config
 
 
 @dataclass
@@ -43,9 +43,13 @@ class ARTrainConfig:
     batch_size: int = 64
     lr: float = 1e-3
     warmup: int = 100
+    schedule: str = "cosine"  # cosine | linear | constant after warm-up (diffusion_lm.training.lr_at)
+    min_lr_ratio: float = 0.0
     seed: int = 1234
     threads: int = 0
     log_every: int = 50
+    checkpoint_every: int = 250  # a killed run resumes from out_dir/checkpoint with the same command
+    max_minutes: float | None = None  # stop (and checkpoint) after this much wall time
 
 
 def _gpt2(cfg: ARLMConfig, vocab_size: int, tok: WordTokenizer):
@@ -115,6 +119,7 @@ def train_lm(model_cfg: ARLMConfig, train_cfg: ARTrainConfig, data: DataConfig |
              progress: bool = True) -> dict:
     """Train a GPT-2 LM on E2E train; returns valid perplexity and timings."""
     data = data or DataConfig()
+    loop = loop_config({"train": train_cfg}, weight_decay=0.01, grad_clip=1.0)
     if train_cfg.threads:
         torch.set_num_threads(train_cfg.threads)
     torch.manual_seed(train_cfg.seed)
@@ -126,30 +131,16 @@ def train_lm(model_cfg: ARLMConfig, train_cfg: ARTrainConfig, data: DataConfig |
     ids = ids[fits]
     lengths = (ids != tok.pad_id).sum(1)
     model = _gpt2(model_cfg, len(tok), tok)
-    opt = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=0.01)
     gen = torch.Generator().manual_seed(train_cfg.seed)
     lm = ARLM(model, tok)
-    model.train()
-    log = []
-    for step in tqdm(range(train_cfg.steps), desc="train LM", disable=not progress):
-        warm = min(1.0, (step + 1) / train_cfg.warmup)
-        lr = train_cfg.lr * warm * 0.5 * (1 + math.cos(math.pi * step / train_cfg.steps))
-        for g in opt.param_groups:
-            g["lr"] = lr
+
+    def loss_at(step: int) -> torch.Tensor:
         rows = torch.randint(0, len(ids), (train_cfg.batch_size,), generator=gen)
-        L = int(lengths[rows].max())
-        batch = ids[rows, :L]
+        batch = ids[rows, :int(lengths[rows].max())]
         mask = batch != tok.pad_id
-        nll = lm.token_nll(batch, mask)
-        loss = nll.sum() / mask[:, 1:].sum()
-        if not torch.isfinite(loss):
-            raise UserError(f"LM loss became {loss.item()} at step {step}; try a lower lr")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        if (step + 1) % train_cfg.log_every == 0:
-            log.append({"step": step + 1, "loss": round(loss.item(), 4), "elapsed_s": round(time.time() - started, 1)})
+        return lm.token_nll(batch, mask).sum() / mask[:, 1:].sum()
+
+    fit(model, loss_at, loop, out, name="LM", progress=progress, extra={"batches": generator_state(gen)})
     model.eval()
     valid = load_e2e("valid", data)["text"]
     ppl = corpus_perplexity(lm, valid)
@@ -164,7 +155,6 @@ def train_lm(model_cfg: ARLMConfig, train_cfg: ARTrainConfig, data: DataConfig |
                "parameters": sum(p.numel() for p in model.parameters()), "vocab_size": len(tok),
                "steps": train_cfg.steps, "seed": train_cfg.seed}
     save_json(out / "summary.json", summary)
-    (out / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
     return summary
 
 

@@ -12,7 +12,7 @@ from typing import Callable, Optional
 
 import torch
 
-from ..core import Known, sample
+from ..core import GaussianDiffusion, Known, sample
 from ..errors import UserError
 from .mbr import mbr_select
 from .model import DiffusionLM
@@ -40,11 +40,18 @@ class _SelfConditioned:
         return self.prev
 
 
-def sample_latents(model: DiffusionLM, n: int, cfg: SampleConfig, *, step_hook=None,
+def _check_diffusion(diffusion) -> None:
+    if not isinstance(diffusion, GaussianDiffusion):
+        raise TypeError(f"expected the GaussianDiffusion the model was trained with (from_pretrained returns it "
+                        f"beside the model), got {type(diffusion).__name__}")
+
+
+def sample_latents(model: DiffusionLM, diffusion: GaussianDiffusion, n: int, cfg: SampleConfig, *, step_hook=None,
                    known: Known | None = None, exclude: torch.Tensor | None = None,
                    generator: torch.Generator | None = None,
                    callback: Callable[[dict], None] | None = None, progress: bool = True) -> torch.Tensor:
-    """n samples x_0 of shape (n, L, d)."""
+    """n samples x_0 of shape (n, L, d), by `diffusion` respaced to cfg.steps."""
+    _check_diffusion(diffusion)
     c = model.config
     length = cfg.length or c.max_len
     if not 1 <= length <= c.max_len:
@@ -52,7 +59,7 @@ def sample_latents(model: DiffusionLM, n: int, cfg: SampleConfig, *, step_hook=N
     if n < 1:
         raise UserError(f"number of samples must be at least 1, got {n}")
     try:
-        diffusion = model.diffusion.respace(cfg.steps)
+        diffusion = diffusion.respace(cfg.steps)
     except ValueError as e:
         raise UserError(str(e)) from None
     model_fn = _SelfConditioned(model) if c.self_condition else model
@@ -68,20 +75,22 @@ def sample_latents(model: DiffusionLM, n: int, cfg: SampleConfig, *, step_hook=N
 
 
 @torch.no_grad()
-def generate(model: DiffusionLM, tokenizer: WordTokenizer, n: int, cfg: SampleConfig | None = None,
-             batch_size: int = 64, seed: int | None = 0, progress: bool = True, mbr: int = 1, **kw) -> list[str]:
+def generate(model: DiffusionLM, tokenizer: WordTokenizer, diffusion: GaussianDiffusion, n: int,
+             cfg: SampleConfig | None = None, batch_size: int = 64, seed: int | None = 0, progress: bool = True,
+             mbr: int = 1, **kw) -> list[str]:
     """n sentences: sample x_0, round each position to its nearest word, decode.
 
     mbr > 1 draws that many candidates for every sentence and keeps the MBR pick
     (see `mbr.py`); it is for unconditional sampling, where rows are interchangeable.
     """
+    _check_diffusion(diffusion)
     cfg = cfg or SampleConfig()
     if mbr < 1:
         raise UserError(f"mbr must be at least 1 (candidates per sentence), got {mbr}")
     if mbr > 1:
         if any(kw.get(k) is not None for k in ("known", "exclude", "step_hook")):
             raise UserError("mbr > 1 is for unconditional sampling; controlled generation picks with select=")
-        return mbr_select(generate(model, tokenizer, n * mbr, cfg, batch_size, seed, progress, **kw), mbr)
+        return mbr_select(generate(model, tokenizer, diffusion, n * mbr, cfg, batch_size, seed, progress, **kw), mbr)
     model.eval()
     generator = torch.Generator(device=next(model.parameters()).device)
     if seed is not None:
@@ -89,6 +98,6 @@ def generate(model: DiffusionLM, tokenizer: WordTokenizer, n: int, cfg: SampleCo
     out: list[str] = []
     while len(out) < n:
         b = min(batch_size, n - len(out))
-        x0 = sample_latents(model, b, cfg, generator=generator, progress=progress, **kw)
+        x0 = sample_latents(model, diffusion, b, cfg, generator=generator, progress=progress, **kw)
         out += [tokenizer.decode(row) for row in model.round(x0, kw.get("exclude"))]
     return out

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from ..core import GaussianDiffusion
 from .model import DiffusionLM
 from .rounding import nearest_word_nll
 
@@ -23,15 +24,16 @@ def _mean_flat(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(1).mean(1)
 
 
-def diffusion_lm_loss(model: DiffusionLM, ids: torch.Tensor, anchor_weight: float = 0.0,
-                      self_condition_prob: float = 0.5, t: torch.Tensor | None = None,
+def diffusion_lm_loss(model: DiffusionLM, diffusion: GaussianDiffusion, ids: torch.Tensor,
+                      anchor_weight: float = 0.0, self_condition_prob: float = 0.5, t: torch.Tensor | None = None,
                       per_example: bool = False) -> dict[str, torch.Tensor]:
     """Per-term means over the batch; `loss` is what to minimise.
 
     With `per_example`, also `t` and `signal`: each example's timestep and its denoising loss (the anchor
     cross-entropy when it is on, else the x_0 error), for a time-warping timestep sampler.
     """
-    diffusion = model.diffusion
+    if not isinstance(diffusion, GaussianDiffusion):
+        raise TypeError(f"diffusion_lm_loss(model, diffusion, ids, ...): got {type(diffusion).__name__} for diffusion")
     B = ids.shape[0]
     emb = model.embed(ids)
     x0 = emb + float(diffusion.sqrt_one_minus_alpha_bar[0]) * torch.randn_like(emb)

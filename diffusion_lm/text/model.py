@@ -3,7 +3,9 @@ and rounding p_θ(w | x) with EMB as the output layer.
 
 A model is read in one sitting: embedding, time and position embeddings, a
 pre-norm transformer, projections in and out. It saves as config.json +
-model.safetensors (see `io.py`).
+model.safetensors (see `io.py`). The diffusion it was trained with is not part
+of it: that is a `core.GaussianDiffusion`, saved beside it as diffusion.json;
+`diffusion_config` gives Diffusion-LM's own choice.
 """
 from __future__ import annotations
 
@@ -14,8 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core import DiffusionConfig, GaussianDiffusion
+from ..core import DiffusionConfig
 from ..errors import UserError
+
+
+def diffusion_config(schedule: str = "sqrt", steps: int = 2000) -> DiffusionConfig:
+    """Diffusion-LM's process (Li et al., 2022): the sqrt schedule with T = 2000."""
+    return DiffusionConfig(schedule=schedule, steps=steps)
 
 
 @dataclass
@@ -29,13 +36,11 @@ class DiffusionLMConfig:
     mlp_ratio: int = 4
     dropout: float = 0.1
     self_condition: bool = False  # feed the previous x̂_0 back in (Chen et al., 2022)
-    schedule: str = "sqrt"
-    diffusion_steps: int = 2000
 
     def validate(self) -> None:
         if self.vocab_size < 5:
             raise UserError(f"model.vocab_size must be at least 5, got {self.vocab_size}")
-        for name in ("max_len", "emb_dim", "hidden", "layers", "heads", "mlp_ratio", "diffusion_steps"):
+        for name in ("max_len", "emb_dim", "hidden", "layers", "heads", "mlp_ratio"):
             if getattr(self, name) < 1:
                 raise UserError(f"model.{name} must be a positive integer, got {getattr(self, name)}")
         if self.hidden % self.heads:
@@ -90,7 +95,6 @@ class DiffusionLM(nn.Module):
         self.blocks = nn.ModuleList(Block(c.hidden, c.heads, c.mlp_ratio, c.dropout) for _ in range(c.layers))
         self.norm_out = nn.LayerNorm(c.hidden)
         self.output_proj = nn.Sequential(nn.Linear(c.hidden, c.hidden), nn.Tanh(), nn.Linear(c.hidden, c.emb_dim))
-        self.diffusion = GaussianDiffusion.from_config(DiffusionConfig(c.schedule, c.diffusion_steps))
 
     # ---- the three pieces of Diffusion-LM ------------------------------------
     def embed(self, ids: torch.Tensor) -> torch.Tensor:

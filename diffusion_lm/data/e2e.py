@@ -98,3 +98,37 @@ def load_e2e(split: str, cfg: DataConfig | None = None):
     if pretokenized:
         return ds.rename_column("ref", "text")
     return ds.map(lambda row: {"text": tokenize_e2e(row["ref"])}, remove_columns=["ref"])
+
+
+def e2e_split(split: str, limit: int | None, max_words: int,
+              cfg: DataConfig | None = None) -> tuple[list[list[str]], list[str]]:
+    """(word lists, MRs) of a split's sentences with 1..max_words words, the first `limit` of them."""
+    ds = load_e2e(split, cfg)
+    rows = [(t.split(), m) for t, m in zip(ds["text"], ds["mr"]) if 1 <= len(t.split()) <= max_words]
+    rows = rows[:limit] if limit else rows
+    return [w for w, _ in rows], [m for _, m in rows]
+
+
+# ---- meaning representations: "name[The Vaults], eatType[pub], ..." ---------------------------
+
+MR_FIELDS = ("name", "eatType", "food", "priceRange", "customer rating", "area", "familyFriendly", "near")
+UNSTATED_FIELDS = ("familyFriendly",)  # yes/no: the value's words never appear as such in a sentence
+MR_PATTERN = re.compile(r"\s*([^,\[\]]+?)\s*\[([^\]]*)\]")
+
+
+def parse_mr(mr: str) -> dict[str, str]:
+    """{field: value} of an MR, or a one-line UserError if it has none."""
+    fields = dict(MR_PATTERN.findall(mr))
+    if not fields:
+        raise UserError(f"malformed E2E meaning representation: {mr[:60]!r}")
+    return fields
+
+
+def mr_pairs(mr: str) -> list[tuple[str, str]]:
+    """The (field, value) pairs of an MR that a sentence can state (UNSTATED_FIELDS left out)."""
+    return [(f.strip(), v.strip()) for f, v in MR_PATTERN.findall(mr) if f.strip() not in UNSTATED_FIELDS]
+
+
+def value_words(value: str) -> list[str]:
+    """The lower-cased, E2E-tokenised words a sentence must show to state `value`."""
+    return tokenize_e2e(value).lower().split()

@@ -39,7 +39,7 @@ def number(args: dict[str, str], key: str, kind: type = int, minimum: float | No
 def run_script(main: Callable[[list[str]], None]) -> None:
     """Call main(sys.argv[1:]); errors caused by input (a UserError such as a missing checkpoint, a bad
     config override) fail in one line, as `diffusion-lm` reports them."""
-    from diffusion_lm.cli.main import user_message
+    from .config import user_message
 
     try:
         main(sys.argv[1:])

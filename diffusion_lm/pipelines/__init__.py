@@ -1,0 +1,5 @@
+"""Pipelines: what users call. Each composes a trained model's parts and the core sampler."""
+from .baselines import BaselinePipeline
+from .text import DiffusionLMPipeline, Generation
+
+__all__ = ["BaselinePipeline", "DiffusionLMPipeline", "Generation"]

@@ -1,0 +1,83 @@
+"""The baselines' pipeline: FUDGE or PPLM on the base AR LM, with the targets `DiffusionLMPipeline` takes.
+
+    pipe = BaselinePipeline.from_pretrained("fudge")            # shipped base LM and discriminator
+    pipe(task="pos", target="DT NNP VBZ DT JJ NN .", n=5)
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from ..assets import resolve_asset
+from ..baselines.fudge import FudgeConfig, fudge_generate, load_discriminator
+from ..baselines.pplm import PPLM, PPLMConfig
+from ..errors import UserError
+from ..lm import ARLM
+from ..tasks import get_task
+from .text import Generation, _count, pick_device
+
+METHODS = ("fudge", "pplm")
+SHIPPED = {"fudge": "fudge-discriminator", "pplm": "pplm-discriminator"}
+
+
+class BaselinePipeline:
+    def __init__(self, method: str, lm: ARLM, discriminator, config, device: str = "cpu"):
+        self.method, self.lm, self.disc, self.config, self.device = method, lm, discriminator, config, device
+        self._pplm = PPLM(lm.model, lm.tokenizer, config, discriminator) if method == "pplm" else None
+
+    @classmethod
+    def from_pretrained(cls, method: str = "fudge", lm: str = "shipped", attribute_model: str = "shipped",
+                        config: FudgeConfig | PPLMConfig | None = None, device: str = "auto") -> "BaselinePipeline":
+        """`lm`: the base LM (shipped, or a folder from train-lm); `attribute_model`: the method's
+        discriminator (shipped, or a folder from train-baseline)."""
+        if method not in METHODS:
+            raise UserError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        config = config if config is not None else (FudgeConfig() if method == "fudge" else PPLMConfig())
+        if method == "fudge" and (config.top_k < 1 or not config.strength >= 0):
+            raise UserError("FUDGE needs top_k >= 1 and strength >= 0")
+        device = pick_device(device)
+        base = ARLM.load(resolve_asset(lm, "model", "base-lm"), device=device)
+        base.model.requires_grad_(False)
+        disc = None
+        if method == "fudge" or config.attribute == "discrim":
+            disc = load_discriminator(resolve_asset(attribute_model, "model", SHIPPED[method]), method, device)
+            fits = (disc.gpt2["vocab_size"] == len(base.tokenizer) if method == "fudge"
+                    else disc.hidden == base.model.config.n_embd)
+            if not fits:
+                raise UserError(f"the {method} attribute model ({attribute_model}) was trained for another base LM")
+        return cls(method, base, disc, replace(config), device)
+
+    def __call__(self, task: str, target=None, *, targets: list | None = None, n: int = 1, seed: int = 0,
+                 batch_size: int = 50) -> list[str]:
+        return [g.text for g in self.generate(task, target, targets=targets, n=n, seed=seed, batch_size=batch_size)]
+
+    def generate(self, task: str, target=None, *, targets: list | None = None, n: int = 1, seed: int = 0,
+                 batch_size: int = 50, on_batch=None) -> list[Generation]:
+        get_task(task)
+        if task == "infill":
+            raise UserError("the baselines have no infill task; use diffusion-lm generate task=infill")
+        n, batch_size, seed = _count("n", n), _count("batch_size", batch_size), _count("seed", seed, 0)
+        if (target is None) == (targets is None):
+            raise UserError("give exactly one of target=<inline target> or targets=<list of targets>")
+        targets = [target] if targets is None else list(targets)
+        if not targets:
+            raise UserError("no targets to generate for")
+        # every target is checked before any decoding
+        parse = (lambda t: self.disc.target(task, t)) if self.method == "fudge" else (lambda t: self._pplm.target(task, t))
+        parsed = [parse(t) for t in targets]
+        g = torch.Generator().manual_seed(seed)
+        jobs = [(i, t) for i, t in enumerate(targets) for _ in range(n)]
+        out: list[Generation] = []
+        for b in range(0, len(jobs), batch_size):
+            chunk = jobs[b:b + batch_size]
+            goals = [parsed[i] for i, _ in chunk]
+            if self.method == "fudge":
+                texts = fudge_generate(self.lm.model, self.lm.tokenizer, self.disc, goals, self.config, g)
+            else:
+                texts = self._pplm.generate(goals, g)
+            batch = [Generation(t, text) for (_, t), text in zip(chunk, texts)]
+            out += batch
+            if on_batch is not None:
+                on_batch(batch)
+        return out

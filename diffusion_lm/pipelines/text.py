@@ -1,0 +1,222 @@
+"""The Diffusion-LM pipeline: what users call to get sentences, controlled or not.
+
+    pipe = DiffusionLMPipeline.from_pretrained("shipped")
+    pipe(task="pos", target="DT NNP VBZ DT JJ NN .", n=5)     # five sentences with those tags
+    pipe.sample(n=5)                                          # no control
+
+A pipeline only composes parts (diffusers' idea): the frozen denoiser and its tokenizer, the control
+classifiers a task needs (loaded on first use), the task registry's target parsing, the core's
+sampler with the clamping trick as its x0-transform, control as its step hook and lengths / infill
+contexts as known positions. Batching, best-of-`select` reranking and MBR live here, not in the CLI.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any, Callable
+
+import torch
+
+from classifiers.io import load_classifier
+from classifiers.tasks import NEEDS, controls_for, parse_request
+
+from ..assets import resolve_asset, resolve_checkpoint
+from ..core import GaussianDiffusion
+from ..core.guidance import ControlGuidance, GuidanceConfig
+from ..errors import UserError
+from ..io import read_jsonl
+from ..tasks import get_task
+from ..text import SampleConfig, from_pretrained, generate
+from ..text.constraints import infill_constraint, length_constraint, words_only
+from ..text.model import DiffusionLM
+from ..text.tokenizer import WordTokenizer
+
+CLASSIFIER_KINDS = ("pos", "tree", "semantic")
+
+
+def pick_device(name: str = "auto") -> str:
+    """auto (cuda when available) | cpu | cuda, or a one-line UserError."""
+    if name not in ("auto", "cpu", "cuda"):
+        raise UserError(f"unknown device {name!r}; choose auto, cpu or cuda")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device=cuda but no CUDA device is available")
+    return "cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu"
+
+
+def _count(name: str, value, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UserError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise UserError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def targets_from_file(task: str, path: str, limit: int | None = None) -> list:
+    """The `target` of each row of a JSONL file; `shipped` is the package's own <task>.jsonl."""
+    if path == "shipped":
+        path = f"{resolve_asset('shipped', 'targets')}/{task}.jsonl"
+    rows = read_jsonl(path, "targets file")
+    for k, r in enumerate(rows, 1):
+        if "target" not in r:
+            raise UserError(f"{path} row {k}: missing 'target'")
+    if limit is not None:
+        _count("limit", limit)
+    return [r["target"] for r in rows][:limit]
+
+
+@dataclass
+class Generation:
+    """One sentence with the target it was drawn for."""
+
+    target: Any
+    text: str
+
+
+class DiffusionLMPipeline:
+    def __init__(self, model: DiffusionLM, tokenizer: WordTokenizer, diffusion: GaussianDiffusion,
+                 classifiers: dict[str, str] | None = None, device: str = "cpu"):
+        self.model, self.tokenizer, self.diffusion, self.device = model, tokenizer, diffusion, device
+        # kind -> folder or `shipped`; loaded (and checked against the model's latent space) on first use
+        self.classifier_paths = {k: "shipped" for k in CLASSIFIER_KINDS} | dict(classifiers or {})
+        self._classifiers: dict[str, Any] = {}
+
+    @classmethod
+    def from_pretrained(cls, checkpoint: str = "shipped", classifiers: dict[str, str] | None = None,
+                        device: str = "auto") -> "DiffusionLMPipeline":
+        """`shipped` (the cpu preset's model and the classifiers trained for it), `shipped:<name>`, or a
+        folder from `diffusion-lm train`; `classifiers` maps pos / tree / semantic to folders."""
+        unknown = sorted(set(classifiers or {}) - set(CLASSIFIER_KINDS))
+        if unknown:
+            raise UserError(f"unknown classifier kind {unknown[0]!r}; choose from {', '.join(CLASSIFIER_KINDS)}")
+        device = pick_device(device)
+        model, tokenizer, diffusion = from_pretrained(resolve_checkpoint(checkpoint), device=device)
+        return cls(model, tokenizer, diffusion, classifiers, device)
+
+    # ---- parts -----------------------------------------------------------------------------
+    def classifier(self, kind: str):
+        if kind not in self._classifiers:
+            where = self.classifier_paths[kind]
+            clf = load_classifier(resolve_asset(where, "classifier", kind), device=self.device, kind=kind)
+            clf.space.check(self.model, f"the {kind} classifier ({where})")
+            clf.requires_grad_(False)
+            self._classifiers[kind] = clf
+        return self._classifiers[kind]
+
+    def classifiers_for(self, task: str, length_shape: bool = True) -> dict:
+        kinds = NEEDS.get(task, ()) + (("pos",) if task == "length" and length_shape else ())
+        return {k: self.classifier(k) for k in kinds}
+
+    def guidance(self, task: str, strength: float | None = None, config: GuidanceConfig | None = None) -> GuidanceConfig:
+        """The guidance settings with λ from `strength`, else `config.strength`, else the task's default."""
+        g = replace(config) if config is not None else GuidanceConfig()
+        chosen = strength if strength is not None else g.strength
+        if chosen is None:
+            chosen = get_task(task).default_strength
+        if isinstance(chosen, bool) or not isinstance(chosen, (int, float)) or not math.isfinite(chosen) or chosen < 0:
+            raise UserError(f"strength must be a finite number >= 0, got {chosen!r}")
+        g.strength = float(chosen)
+        if not (isinstance(g.updates, int) and g.updates >= 0 and math.isfinite(g.step_size) and g.step_size > 0
+                and isinstance(g.skip_last, int) and g.skip_last >= 0):
+            raise UserError("guidance needs updates >= 0, step_size > 0 and skip_last >= 0")
+        return g
+
+    # ---- uncontrolled ----------------------------------------------------------------------
+    def sample(self, n: int = 5, *, seed: int = 0, batch_size: int = 64, mbr: int = 1,
+               sample: SampleConfig | None = None, callback: Callable[[dict], None] | None = None,
+               progress: bool = True) -> list[str]:
+        """n sentences with no control (mbr > 1: the minimum-Bayes-risk pick of that many candidates)."""
+        _count("n", n), _count("batch_size", batch_size), _count("mbr", mbr), _count("seed", seed, 0)
+        return generate(self.model, self.tokenizer, self.diffusion, n, sample or SampleConfig(),
+                        batch_size=batch_size, seed=seed, mbr=mbr, callback=callback, progress=progress)
+
+    # ---- controlled ------------------------------------------------------------------------
+    def __call__(self, task: str, target=None, *, targets: list | None = None, n: int = 1, seed: int = 0,
+                 batch_size: int = 50, select: int = 1, strength: float | None = None,
+                 guidance: GuidanceConfig | None = None, sample: SampleConfig | None = None,
+                 length_shape: bool = True, left: str = "", right: str = "", middle: int = 8,
+                 callback: Callable[[dict], None] | None = None, progress: bool = True) -> list[str]:
+        """n sentences for `target` (or for each of `targets`, in order), steered toward it.
+
+        task: pos | tree | spans | semantic | compose | length | infill (infill takes left, right and
+        middle, the number of free words, instead of a target). select > 1 draws that many per
+        sentence and keeps the one the task's classifiers score best on the finished words (t = 0).
+        """
+        return [g.text for g in self.generate(task, target, targets=targets, n=n, seed=seed, batch_size=batch_size,
+                                              select=select, strength=strength, guidance=guidance, sample=sample,
+                                              length_shape=length_shape, left=left, right=right, middle=middle,
+                                              callback=callback, progress=progress)]
+
+    def generate(self, task: str, target=None, *, targets: list | None = None, n: int = 1, seed: int = 0,
+                 batch_size: int = 50, select: int = 1, strength: float | None = None,
+                 guidance: GuidanceConfig | None = None, sample: SampleConfig | None = None,
+                 length_shape: bool = True, left: str = "", right: str = "", middle: int = 8,
+                 callback: Callable[[dict], None] | None = None, progress: bool = True,
+                 on_batch: Callable[[list[Generation]], None] | None = None) -> list[Generation]:
+        """As `__call__`, keeping each sentence's target (and calling `on_batch` as batches finish)."""
+        get_task(task)  # an unknown task fails here, in one line
+        n, batch_size, select, seed = (_count("n", n), _count("batch_size", batch_size), _count("select", select),
+                                       _count("seed", seed, 0))
+        model, tok = self.model, self.tokenizer
+        classifiers = {} if task == "infill" else self.classifiers_for(task, length_shape)
+        if select > 1 and not classifiers:
+            raise UserError(f"select > 1 needs a classifier task (pos, tree, spans, semantic, compose), not {task}")
+        if task == "infill":
+            if target is not None or targets is not None:
+                raise UserError("infill takes left=, right= and middle=, not a target")
+            _count("middle", middle)
+            if not isinstance(left, str) or not isinstance(right, str):
+                raise UserError("infill's left and right must be text")
+            targets = [f"{left} ___ {right}".strip()]
+        elif (target is None) == (targets is None):
+            raise UserError("give exactly one of target=<inline target> or targets=<list of targets>")
+        elif targets is None:
+            targets = [target]
+        if not targets:
+            raise UserError("no targets to generate for")
+        sample_cfg = replace(sample or SampleConfig(), length=None)  # constraints span the model's full max_len
+        gcfg = self.guidance(task, strength, guidance) if classifiers else None
+        g = torch.Generator().manual_seed(seed)
+        # every target is checked before anything is sampled: a bad one fails in one line, nothing written
+        L = model.config.max_len
+        requests = ([None] * len(targets) if task == "infill"
+                    else [parse_request(task, t, classifiers, L - 2, g) for t in targets])
+        jobs = [(i, t) for i, t in enumerate(targets) for _ in range(n)]
+        out: list[Generation] = []
+        for b in range(0, len(jobs), batch_size):
+            chunk = jobs[b:b + batch_size]
+            reqs = [requests[i] for i, _ in chunk]
+            known = hook = None
+            if task == "infill":
+                known = infill_constraint(model, tok, left, right, middle, len(chunk))
+            elif reqs[0].length is not None:
+                known = length_constraint(model, tok, [r.length for r in reqs])
+            if classifiers:
+                hook = ControlGuidance(controls_for(reqs, classifiers, self.device), gcfg)
+            exclude = None if known is None else words_only(known, tok, len(tok))
+            texts, best = None, None
+            for k in range(select):  # best of `select` draws by the controls' own log p(c | words) at t = 0
+                draw = generate(model, tok, self.diffusion, len(chunk), sample_cfg, batch_size=len(chunk),
+                                seed=seed + b + 100003 * k, known=known, exclude=exclude, step_hook=hook, callback=callback, progress=progress)
+                if select == 1:
+                    texts = draw
+                    break
+                score = self._word_log_prob(hook, draw)
+                if texts is None:
+                    texts, best = draw, score
+                else:
+                    better = score > best
+                    texts = [d if w else o for d, o, w in zip(draw, texts, better.tolist())]
+                    best = torch.where(better, score, best)
+            batch = [Generation(t, text) for (_, t), text in zip(chunk, texts)]
+            out += batch
+            if on_batch is not None:
+                on_batch(batch)
+        return out
+
+    @torch.no_grad()
+    def _word_log_prob(self, hook: ControlGuidance, texts: list[str]) -> torch.Tensor:
+        """Σ_c log p(c | EMB(words), t = 0): how well finished sentences meet their targets, by the classifiers."""
+        ids = self.tokenizer.encode_batch(texts, self.model.config.max_len)[0].to(self.device)
+        with torch.enable_grad():  # some classifiers (the tree CRF) differentiate internally
+            zeros = torch.zeros(len(texts), dtype=torch.long, device=self.device)
+            return hook.log_prob(self.model.embed(ids), zeros).detach()
