@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from diffusion_lm.errors import UserError
-from diffusion_lm.text.model import Block, DiffusionLM, timestep_embedding
+from diffusion_lm.text.model import LIMITS, Block, DiffusionLM, timestep_embedding
 
 
 @dataclass
@@ -27,8 +27,13 @@ class EncoderConfig:
 
     def validate(self) -> None:
         for name in ("hidden", "layers", "heads", "mlp_ratio"):
-            if getattr(self, name) < 1:
-                raise UserError(f"encoder.{name} must be a positive integer, got {getattr(self, name)}")
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise UserError(f"encoder.{name} must be a positive integer, got {v!r}")
+            if v > LIMITS[name]:  # sizes no machine holds: refused before anything is allocated
+                raise UserError(f"encoder.{name} must be at most {LIMITS[name]:,}, got {v:,}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise UserError(f"encoder.dropout must be in [0, 1), got {self.dropout!r}")
         if self.hidden % self.heads:
             raise UserError(f"encoder.hidden ({self.hidden}) must be divisible by encoder.heads ({self.heads})")
 
@@ -41,6 +46,14 @@ class LatentSpace:
     max_len: int
     vocab_size: int
     fingerprint: str
+
+    def validate(self, where: str = "latent space") -> None:
+        for name in ("emb_dim", "max_len", "vocab_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= LIMITS[name]:
+                raise UserError(f"{where}: space.{name} must be an integer in 1..{LIMITS[name]:,}, got {v!r}")
+        if not isinstance(self.fingerprint, str):
+            raise UserError(f"{where}: space.fingerprint must be text, got {self.fingerprint!r}")
 
     @classmethod
     def of(cls, model: DiffusionLM) -> "LatentSpace":
@@ -81,6 +94,7 @@ class LatentEncoder(nn.Module):
 
     def __init__(self, space: LatentSpace, cfg: EncoderConfig):
         super().__init__()
+        space.validate()
         cfg.validate()
         self.cfg = cfg
         self.input_proj = nn.Linear(space.emb_dim, cfg.hidden)

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from diffusion_lm.errors import UserError
-from diffusion_lm.io import load_pretrained, load_weights, save_pretrained
+from diffusion_lm.io import build_checked, config_from_dict, load_pretrained, load_weights, save_pretrained
 
 from .encoder import EncoderConfig, LatentSpace
 from .pos import PosClassifier
@@ -33,15 +33,21 @@ def load_classifier(directory, device: str | torch.device = "cpu", kind: str | N
         raise UserError(f"{d}/config.json: unknown classifier kind {cfg.get('kind')!r} (known: {', '.join(KINDS)})")
     if kind is not None and cfg["kind"] != kind:
         raise UserError(f"{d} holds a {cfg['kind']} classifier, not a {kind} one")
+    for key in ("space", "encoder"):
+        if key not in cfg:
+            raise UserError(f"{d}/config.json has no {key!r}; it is not a classifier folder (or is damaged)")
+    where = f"{d}/config.json"
+    space = config_from_dict(LatentSpace, cfg.pop("space"), f"{where}: space")
+    encoder = config_from_dict(EncoderConfig, cfg.pop("encoder"), f"{where}: encoder")
     try:
-        space, encoder = LatentSpace(**cfg.pop("space")), EncoderConfig(**cfg.pop("encoder"))
+        space.validate(where)
     except TypeError as e:
-        raise UserError(f"{d}/config.json: {e}") from None
+        raise UserError(f"{where}: {e}") from None
     cls = KINDS[cfg.pop("kind")]
     cfg.pop("metrics", None)
     try:
-        clf = cls(space, encoder, **cfg)
-    except TypeError as e:
+        clf = build_checked(lambda: cls(space, encoder, **cfg), state, str(d))
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
         raise UserError(f"{d}/config.json does not describe a {cls.kind} classifier: {e}") from None
     load_weights(clf, state, str(d))
     return clf.to(device).eval()

@@ -7,7 +7,9 @@ was the user's (one line, exit 2) or a bug (a traceback).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import errno
+import importlib
+from dataclasses import dataclass, field, is_dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -143,7 +145,12 @@ def compose(config_name: str, overrides: list[str]):
 
     _register_schemas()
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        return hydra_compose(config_name=config_name, overrides=overrides)
+        try:
+            return hydra_compose(config_name=config_name, overrides=overrides)
+        except (ValueError, TypeError, KeyError) as e:  # hydra lets a few override mistakes out as plain errors
+            if type(e).__module__.startswith(("hydra", "omegaconf")):
+                raise
+            raise UserError(f"bad overrides: {one_line(e)}") from None
 
 
 def one_line(e: BaseException) -> str:
@@ -158,11 +165,19 @@ def one_line(e: BaseException) -> str:
     return first
 
 
+# OSErrors that say the machine cannot take the output (disk full, read-only, no permission, quota)
+_ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG,
+                                 errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG})
+
+
 def user_message(e: BaseException) -> str | None:
     """The one-line message for an error caused by the user's input (a UserError, or hydra / omegaconf
     failing to compose or instantiate a config); None for a bug, which should keep its traceback."""
     if isinstance(e, UserError):
         return one_line(e)
+    if isinstance(e, OSError) and e.errno in _ENVIRONMENT_ERRNOS:  # the disk or the folder, not our code
+        where = f": {e.filename}" if e.filename else ""
+        return f"{e.strerror or one_line(e)}{where}"
     if type(e).__module__.startswith(("hydra", "omegaconf")):
         cause = e.__cause__
         if cause is not None and "instantiate" in one_line(e):
@@ -177,20 +192,40 @@ def user_message(e: BaseException) -> str | None:
     return None
 
 
+def _config_class(key: str, path) -> type:
+    """The config dataclass a section's `_target_` names: one of this package's, nothing else is imported."""
+    if not isinstance(path, str) or not path.startswith(("diffusion_lm.", "classifiers.")):
+        raise UserError(f"bad {key} config: {key}._target_ must name one of diffusion_lm's config classes, got {path!r}")
+    module, _, name = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        raise UserError(f"bad {key} config: {key}._target_ {path!r} names no class") from None
+    if not (isinstance(cls, type) and is_dataclass(cls)):
+        raise UserError(f"bad {key} config: {key}._target_ {path!r} is not a config class")
+    return cls
+
+
 def build(cfg: DictConfig, key: str):
     """The dataclass named by a section's `_target_`, filled and type-checked from the section.
 
     Merging into `OmegaConf.structured` checks every value against the field's
     type, so `model.hidden=abc` fails here, in one line, not deep in training.
     """
-    section = OmegaConf.to_container(cfg[key], resolve=True)
+    section = cfg[key]
+    if not OmegaConf.is_dict(section) or "_target_" not in section:
+        raise UserError(f"bad {key} config: {key} must be a section of keys (e.g. {key}.<key>=<value>), "
+                        f"got {OmegaConf.to_container(section) if OmegaConf.is_config(section) else section!r:.80}")
     try:
-        cls = get_class(section.pop("_target_"))
+        section = OmegaConf.to_container(section, resolve=True)
+        cls = _config_class(key, section.pop("_target_"))
         nested = {k: v for k, v in section.items() if isinstance(v, dict) and "_target_" in v}
         merged = OmegaConf.merge(OmegaConf.structured(cls), {k: v for k, v in section.items() if k not in nested})
         obj = OmegaConf.to_object(merged)
+    except UserError:
+        raise
     except Exception as e:
-        msg = str(e).splitlines()[0]
+        msg = (str(e).splitlines() or [type(e).__name__])[0]
         where = getattr(e, "full_key", None) or getattr(e, "key", None)
         raise UserError(f"bad {key} config: {f'{key}.{where}: ' if where else ''}{msg}") from None
     for k in nested:

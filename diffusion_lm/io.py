@@ -5,10 +5,12 @@ complete (written to a temporary name in the same folder, then `os.replace`).
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
+import re
 import tempfile
-from dataclasses import asdict, fields, is_dataclass
+from dataclasses import MISSING, asdict, fields, is_dataclass
 from pathlib import Path
 
 import torch
@@ -37,6 +39,78 @@ def atomic_write(path: str | os.PathLike, write) -> None:
         raise
 
 
+_TEMP = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")  # atomic_write's temporary names: .<name>.<random>.tmp
+
+
+def remove_stale_temps(directory, name: str | None = None) -> list[Path]:
+    """Delete the temporary files a killed atomic_write left in `directory` (only those of `name`, where
+    given). Call it when a command that owns those files starts, before it writes them again."""
+    d = Path(directory)
+    if not d.is_dir():
+        return []
+    gone = []
+    for p in d.glob(f".{glob.escape(name)}.*.tmp" if name else ".*.tmp"):
+        if _TEMP.fullmatch(p.name) and p.is_file():
+            try:
+                p.unlink()
+                gone.append(p)
+            except FileNotFoundError:
+                pass
+    return gone
+
+
+def _nearest_existing(p: Path) -> Path:
+    p = Path(os.path.abspath(p))
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _cannot_write_in(folder: Path) -> str | None:
+    """Why no file can be created in `folder` (read-only, no permission), or None."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".write-check.", suffix=".tmp")
+    except OSError as e:
+        return e.strerror or str(e)
+    os.close(fd)
+    os.remove(tmp)
+    return None
+
+
+def check_output_file(path, key: str) -> None:
+    """Before any work: a one-line UserError unless a file can be written at `path` (a key's value)."""
+    if path is None or path == "":  # no output asked for
+        return
+    p = Path(str(path))
+    if not str(path).strip():
+        raise UserError(f"{key} is empty; give a file name")
+    if p.is_dir():
+        raise UserError(f"{key}={path} is a folder; give a file name")
+    base = _nearest_existing(p.parent)
+    if not base.is_dir():
+        raise UserError(f"{key}={path}: {base} is a file, not a folder")
+    why = _cannot_write_in(base)
+    if why:
+        raise UserError(f"{key}={path}: cannot write in {base} ({why})")
+    remove_stale_temps(p.parent, p.name)  # left by a run killed while writing this file
+
+
+def check_output_dir(path, key: str) -> None:
+    """Before any work: a one-line UserError unless `path` is, or can become, a writable folder."""
+    p = Path(str(path))
+    if not str(path).strip():
+        raise UserError(f"{key} is empty; give a folder")
+    if p.exists() and not p.is_dir():
+        raise UserError(f"{key}={path} is a file, not a folder")
+    base = _nearest_existing(p)
+    if not base.is_dir():
+        raise UserError(f"{key}={path}: {base} is a file, not a folder")
+    why = _cannot_write_in(base)
+    if why:
+        raise UserError(f"{key}={path}: cannot write in {base} ({why})")
+    remove_stale_temps(p)  # left by a run killed while writing into this folder
+
+
 def save_json(path, obj) -> None:
     atomic_write(path, lambda p: Path(p).write_text(json.dumps(obj, indent=2) + "\n"))
 
@@ -46,14 +120,51 @@ def save_tensors(path, tensors: dict[str, torch.Tensor], metadata: dict | None =
     atomic_write(path, lambda p: save_file(tensors, p, metadata=metadata))
 
 
+MAX_JSON_DEPTH = 100  # deeper JSON is no config or row of ours; refused before anything recurses into it
+
+
+def read_text(path, what: str = "file") -> str:
+    """A UTF-8 text file, or a one-line UserError (not UTF-8, unreadable)."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{what} {path} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+    except OSError as e:
+        raise UserError(f"cannot read {what} {path}: {e.strerror or e}") from None
+
+
+def _depth(value) -> int:
+    """How deeply lists and objects nest in a parsed JSON value (iteratively: no recursion to overflow)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (list, dict)):
+            deepest = max(deepest, d)
+            stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return deepest
+
+
+def parse_json(text: str, where: str):
+    """json.loads with every failure as a one-line UserError naming `where` (a file, or file:line)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{where} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    except RecursionError:
+        raise UserError(f"{where} is not usable JSON (nested too deeply)") from None
+    except ValueError as e:  # e.g. an integer with more digits than Python converts
+        raise UserError(f"{where} is not usable JSON ({(str(e).splitlines() or [type(e).__name__])[0][:100]})") from None
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise UserError(f"{where} is not usable JSON (nested more than {MAX_JSON_DEPTH} levels deep)")
+    return value
+
+
 def load_json(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"missing file: {path}")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    return parse_json(read_text(path, "file"), str(path))
 
 
 def load_tensors(path) -> dict[str, torch.Tensor]:
@@ -63,11 +174,26 @@ def load_tensors(path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except Exception as e:
-        raise UserError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
+        raise UserError(f"cannot read {path}: {(str(e).splitlines() or [type(e).__name__])[0]}") from None
 
 
-def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
-    """load_state_dict with a one-line error naming the first mismatch."""
+def check_finite(state: dict[str, torch.Tensor], where: str) -> None:
+    """A one-line UserError naming the first floating tensor with a NaN or an infinity (corrupt weights)."""
+    for k, v in state.items():
+        if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise UserError(f"{where}: weight {k} holds NaN or infinite values; the file is corrupt")
+
+
+def build_checked(build, state: dict[str, torch.Tensor], where: str):
+    """build() once on the meta device (no memory) to check `state`'s names and shapes, then for real:
+    a config that disagrees with its weights (a size edited or damaged) fails before anything is allocated."""
+    with torch.device("meta"):
+        check_weights(build(), state, where)
+    return build()
+
+
+def check_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """A one-line UserError naming the first weight missing, unexpected or of the wrong shape."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     extra = sorted(set(state) - set(own))
@@ -76,26 +202,41 @@ def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], where: 
     for k, v in state.items():
         if v.shape != own[k].shape:
             raise UserError(f"{where}: weight {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}")
+
+
+def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """load_state_dict with a one-line error naming the first mismatch (or non-finite weight)."""
+    check_weights(model, state, where)
+    check_finite(state, where)
     model.load_state_dict(state)
 
 
 # ---- JSONL ----------------------------------------------------------------------------------
-def read_jsonl(path: str | os.PathLike, what: str = "file") -> list[dict]:
-    """The JSON objects of a JSONL file, one per non-blank line; anything else is a one-line UserError."""
+def read_jsonl(path: str | os.PathLike, what: str = "file", allow_empty: bool = True) -> list[dict]:
+    """The JSON objects of a JSONL file, one per non-blank line; anything else is a one-line UserError
+    (not UTF-8, a line that is not a JSON object, nesting too deep; no rows at all unless allow_empty)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{what} not found: {path}")
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(read_text(path, what).splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise UserError(f"{path}:{n}: not JSON ({e.msg})") from None
+        except RecursionError:
+            raise UserError(f"{path}:{n}: not usable JSON (nested too deeply)") from None
+        except ValueError as e:  # e.g. an integer with more digits than Python converts
+            raise UserError(f"{path}:{n}: not usable JSON ({(str(e).splitlines() or [type(e).__name__])[0][:100]})") from None
         if not isinstance(row, dict):
             raise UserError(f"{path}:{n}: expected a JSON object")
+        if _depth(row) > MAX_JSON_DEPTH:
+            raise UserError(f"{path}:{n}: not usable JSON (nested more than {MAX_JSON_DEPTH} levels deep)")
         rows.append(row)
+    if not rows and not allow_empty:
+        raise UserError(f"{what} {path} has no rows")
     return rows
 
 
@@ -142,6 +283,9 @@ def config_from_dict(cls, d: dict, where: str):
     unknown = sorted(set(d) - set(known))
     if unknown:
         raise UserError(f"{where}: unknown {cls.__name__} keys {unknown}")
+    missing = sorted(k for k, f in known.items() if k not in d and f.default is MISSING and f.default_factory is MISSING)
+    if missing:
+        raise UserError(f"{where}: missing {cls.__name__} keys {missing}")
     for k, v in d.items():
         want = known[k].type if isinstance(known[k].type, str) else getattr(known[k].type, "__name__", "")
         if want in ("int", "bool", "float", "str") and v is not None:

@@ -34,10 +34,13 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import UserError
-from .io import load_json, load_tensors, load_weights, read_jsonl, save_json, save_tensors, write_jsonl
+from .io import (load_json, load_tensors, load_weights, read_jsonl, remove_stale_temps, save_json, save_tensors,
+                 write_jsonl)
 from .runtime import adamw, keep_freed_memory
 
 SCHEDULES = ("cosine", "linear", "constant")
+MAX_SEED = 2 ** 40  # seeds become `seed * 100003 + epoch` in batch_indices, which must fit in 64 bits
+MAX_BATCH = 65536  # examples per step; far above any preset, far below what exhausts memory
 _RESERVED = ("model", "ema", "opt", "rng")  # checkpoint key prefixes of the loop's own state
 
 
@@ -62,6 +65,7 @@ class LoopConfig:
     log_every: int = 50
     checkpoint_every: int = 250
     batch_size: int | None = None  # checked here for the trainers that batch; the loop itself does not
+    seed: int | None = None  # likewise: a trainer's seed must fit torch's generators (times batch_indices' factor)
     keys: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self):
@@ -86,6 +90,10 @@ class LoopConfig:
                 fail(name, f"an integer >= {least}")
         if self.batch_size is not None and (not integer(self.batch_size) or self.batch_size < 1):
             fail("batch_size", "an integer >= 1")
+        if self.batch_size is not None and self.batch_size > MAX_BATCH:  # a batch no memory holds
+            fail("batch_size", f"at most {MAX_BATCH:,}")
+        if self.seed is not None and (not integer(self.seed) or abs(self.seed) >= MAX_SEED):
+            fail("seed", f"an integer of magnitude below {MAX_SEED:,}")
         if not number(self.lr) or self.lr <= 0:
             fail("lr", "a finite number > 0")
         if not number(self.weight_decay) or self.weight_decay < 0:
@@ -231,6 +239,24 @@ def load_checkpoint(out, model, optimizer, ema: dict | None = None, extra: dict 
         ck = out / "checkpoint.old"  # killed between the two renames
     meta = load_json(ck / "state.json")
     tensors = load_tensors(ck / "state.safetensors")
+    try:
+        return _restore(ck, meta, tensors, model, optimizer, ema, extra)
+    except UserError:
+        raise
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError, RuntimeError) as e:
+        what = f"no {e.args[0]!r}" if isinstance(e, KeyError) and e.args else f"{type(e).__name__}: " + \
+            (str(e).strip().splitlines() or [""])[0][:120]
+        raise UserError(f"{ck} is incomplete or corrupt ({what}); delete it to train afresh") from None
+
+
+def _restore(ck: Path, meta, tensors: dict, model, optimizer, ema, extra) -> tuple[int, float]:
+    if not isinstance(meta, dict):
+        raise UserError(f"{ck / 'state.json'} must hold a JSON object, not {type(meta).__name__}")
+    step, elapsed = meta["step"], meta["elapsed_s"]
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise UserError(f"{ck / 'state.json'}: step must be an integer >= 0, got {step!r}")
+    if isinstance(elapsed, bool) or not isinstance(elapsed, (int, float)) or not math.isfinite(elapsed) or elapsed < 0:
+        raise UserError(f"{ck / 'state.json'}: elapsed_s must be a number >= 0, got {elapsed!r}")
     load_weights(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, str(ck))
     for k in ema or {}:
         if f"ema.{k}" not in tensors:
@@ -250,7 +276,7 @@ def load_checkpoint(out, model, optimizer, ema: dict | None = None, extra: dict 
     torch.set_rng_state(tensors["rng.torch"])
     if "rng.cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["rng.cuda"])
-    return int(meta["step"]), float(meta["elapsed_s"])
+    return step, float(elapsed)
 
 
 # ---- the loop ----------------------------------------------------------------------------------
@@ -291,6 +317,10 @@ def fit(model: torch.nn.Module, loss_fn: Callable, cfg: LoopConfig, out, *, name
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    # a kill while a checkpoint was written leaves checkpoint.tmp/ (never read: the old one is whole) and
+    # atomic_write's .<name>.<random>.tmp files; neither is kept
+    shutil.rmtree(out / "checkpoint.tmp", ignore_errors=True)
+    remove_stale_temps(out)
     for n in extra or {}:
         if n in _RESERVED or "." in n:
             raise ValueError(f"extra state name {n!r} is reserved or has a dot")
@@ -329,8 +359,10 @@ def fit(model: torch.nn.Module, loss_fn: Callable, cfg: LoopConfig, out, *, name
             optimizer.zero_grad(set_to_none=True)
             loss, terms = _loss_and_terms(loss_fn(state.step))
             if not torch.isfinite(loss):
-                raise UserError(f"{name} loss became {loss.item()} at step {state.step}; the last good checkpoint "
-                                f"is kept in {out} (try a lower {cfg.key('lr')})")
+                kept = (f"the last good checkpoint is kept in {out}" if has_checkpoint(out)
+                        else "no checkpoint was written yet")
+                raise UserError(f"{name} loss became {loss.item()} at step {state.step}; {kept} "
+                                f"(try a lower {cfg.key('lr')})")
             if backward:
                 loss.backward()
             if cfg.grad_clip:

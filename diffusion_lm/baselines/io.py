@@ -6,7 +6,7 @@ from pathlib import Path
 from torch import nn
 
 from ..errors import UserError
-from ..io import load_pretrained, load_weights, save_pretrained
+from ..io import build_checked, load_pretrained, load_weights, save_pretrained
 
 
 def save_discriminator(disc: nn.Module, directory, metrics: dict | None = None, dtype=None) -> None:
@@ -24,8 +24,8 @@ def read_discriminator(directory, kind: str, classes: dict[str, type], device="c
         raise UserError(f"{d} holds a {cfg.get('kind')!r} model, not a {kind} attribute model")
     cfg.pop("kind"), cfg.pop("metrics", None)
     try:
-        model = classes[kind](**cfg)
-    except TypeError as e:
+        model = build_checked(lambda: classes[kind](**cfg), state, str(d))
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
         raise UserError(f"{d}/config.json does not describe a {kind} model: {e}") from None
     load_weights(model, state, str(d))
     return model.to(device).eval()

@@ -186,7 +186,7 @@ class PPLM:
             raise UserError(f"unknown PPLM attribute model {cfg.attribute!r}; choose discrim or bow")
         if cfg.attribute == "discrim" and disc is None:
             raise UserError("PPLM attribute=discrim needs a discriminator (diffusion-lm train-baseline method=pplm)")
-        if cfg.step_size < 0 or cfg.iterations < 0 or not 0 <= cfg.gm_scale <= 1 or cfg.top_k < 1:
+        if not (cfg.step_size >= 0 and cfg.iterations >= 0 and 0 <= cfg.gm_scale <= 1 and cfg.top_k >= 1):  # NaN fails
             raise UserError("PPLM needs step_size >= 0, iterations >= 0, 0 <= gm_scale <= 1 and top_k >= 1")
         self.lm, self.tok, self.cfg, self.disc = lm, tok, cfg, disc
         self.pairs = disc.pairs if disc is not None else None
@@ -236,7 +236,9 @@ class PPLM:
                     pert = lm(input_ids=last, past_key_values=_cache(past_used))
                 log_q = next_log_probs(pert.logits[:, -1], tok, step)
                 new_past = _tensors(pert.past_key_values)
-                fused = cfg.gm_scale * log_q + (1 - cfg.gm_scale) * log_p
+                # p̃^gm · p^(1−gm); at gm 0 or 1 the unused side is left out (0 · −inf would be NaN)
+                fused = (log_p if cfg.gm_scale == 0 else log_q if cfg.gm_scale == 1
+                         else cfg.gm_scale * log_q + (1 - cfg.gm_scale) * log_p)
             else:
                 new_past, fused = _tensors(plain.past_key_values), log_p
             cand, logp = top_k(fused, cfg.top_k)

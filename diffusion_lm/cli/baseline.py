@@ -5,7 +5,7 @@ from omegaconf import OmegaConf
 
 from ..config import build
 from ..errors import UserError
-from ..io import write_jsonl
+from ..io import check_output_file, write_jsonl
 from ..pipelines.baselines import METHODS, BaselinePipeline
 from ..pipelines.text import targets_from_file
 
@@ -13,6 +13,7 @@ from ..pipelines.text import targets_from_file
 def main(cfg, command: str = "") -> int:
     if cfg.method not in METHODS:
         raise UserError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
+    check_output_file(cfg.output, "output")  # before any work
     pipe = BaselinePipeline.from_pretrained(cfg.method, cfg.lm, cfg.attribute_model, build(cfg, cfg.method),
                                             device=cfg.device)
     target = OmegaConf.to_container(cfg.target) if OmegaConf.is_config(cfg.target) else cfg.target

@@ -5,9 +5,12 @@ import json
 
 from ..eval.parser import train_parser
 from ..config import build
+from ..io import check_output_dir
 
 
 def main(cfg, command: str = "") -> int:
-    summary = train_parser(build(cfg, "parser"))
+    parser = build(cfg, "parser")
+    check_output_dir(parser.out_dir, "parser.out_dir")  # before any work
+    summary = train_parser(parser)
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
     return 0

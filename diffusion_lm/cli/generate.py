@@ -6,12 +6,15 @@ import sys
 from omegaconf import OmegaConf
 
 from ..config import build
-from ..io import write_jsonl
+from ..io import check_output_file, write_jsonl
 from ..pipelines.text import DiffusionLMPipeline, targets_from_file
-from ..text.trajectory import TrajectoryRecorder
+from ..text.trajectory import TrajectoryRecorder, check_trajectory
 
 
 def main(cfg, command: str = "") -> int:
+    check_output_file(cfg.output, "output")  # every output path, before any work
+    if cfg.trajectory:
+        check_trajectory(cfg.trajectory)
     pipe = DiffusionLMPipeline.from_pretrained(cfg.checkpoint, dict(cfg.classifiers), device=cfg.device)
     target = OmegaConf.to_container(cfg.target) if OmegaConf.is_config(cfg.target) else cfg.target
     targets = None

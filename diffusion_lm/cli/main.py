@@ -23,6 +23,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "build-parser": ("build_parser", "train the constituency-parser oracle (benepar, char LSTM) on the WSJ sample"),
     "build-targets": ("build_targets", "derive 200 control targets a task from E2E valid with the oracles"),
     "evaluate": ("evaluate", "score generations (JSONL) into the paper's Table 2: ctrl and lm per task and system"),
+    "train-autoencoder": ("train_autoencoder", "train the image KL autoencoder, 32x32x3 <-> 4x8x8 unit-variance latents (autoencoder_preset=tiny|cpu)"),
+    "train-clip": ("train_clip", "train the image CLIP pair on captioned shapes: InfoNCE, zero-shot retrieval (clip_preset=tiny|cpu)"),
+    "train-unet": ("train_unet", "train the caption-conditioned image UNet (unet_preset=tiny|cpu|cpu_pixel) on latents or pixels"),
+    "imagine": ("imagine", "draw images for a caption with the image UNet and classifier-free guidance: a PNG grid"),
+    "evaluate-image": ("evaluate_image", "score the image UNet on test captions across guidance w: oracle, CLIP, Frechet"),
 }
 
 USAGE = """usage: diffusion-lm <command> [key=value ...]

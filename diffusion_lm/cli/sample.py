@@ -4,12 +4,15 @@ from __future__ import annotations
 import sys
 
 from ..config import build
-from ..io import write_jsonl
+from ..io import check_output_file, write_jsonl
 from ..pipelines.text import DiffusionLMPipeline
-from ..text.trajectory import TrajectoryRecorder
+from ..text.trajectory import TrajectoryRecorder, check_trajectory
 
 
 def main(cfg, command: str = "") -> int:
+    check_output_file(cfg.output, "output")  # every output path, before any work
+    if cfg.trajectory:
+        check_trajectory(cfg.trajectory)
     sample_cfg = build(cfg, "sample")
     pipe = DiffusionLMPipeline.from_pretrained(cfg.checkpoint, device=cfg.device)
     recorder = TrajectoryRecorder(pipe.model, pipe.tokenizer) if cfg.trajectory else None

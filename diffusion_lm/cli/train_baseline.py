@@ -6,6 +6,7 @@ import json
 from ..errors import UserError
 from ..assets import resolve_asset
 from ..config import build
+from ..io import check_output_dir
 
 METHODS = ("fudge", "pplm")
 
@@ -13,6 +14,7 @@ METHODS = ("fudge", "pplm")
 def main(cfg, command: str = "") -> int:
     if cfg.method not in METHODS:
         raise UserError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
+    check_output_dir(cfg.out_dir, "out_dir")  # before any work
     lm = resolve_asset(cfg.lm, "model", "base-lm")
     if cfg.method == "fudge":
         from ..baselines.fudge import train_fudge

@@ -28,6 +28,9 @@ def _gather(arr: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Ten
     return out.view(-1, *([1] * (like.dim() - 1)))
 
 
+MAX_STEPS = 1_000_000  # T; the paper's is 2000
+
+
 @dataclass
 class DiffusionConfig:
     """The process a model was trained with: the noise schedule's name and T.
@@ -40,10 +43,12 @@ class DiffusionConfig:
 
     def validate(self) -> None:
         """ValueError naming the field when a value is out of range."""
-        if self.schedule not in SCHEDULES:
+        if not isinstance(self.schedule, str) or self.schedule not in SCHEDULES:
             raise ValueError(f"schedule: unknown noise schedule {self.schedule!r}; choose one of {sorted(SCHEDULES)}")
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             raise ValueError(f"steps: the number of diffusion steps must be a positive integer, got {self.steps!r}")
+        if self.steps > MAX_STEPS:  # its float64 tables alone would not fit in memory
+            raise ValueError(f"steps: at most {MAX_STEPS:,} diffusion steps, got {self.steps:,}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "DiffusionConfig":
@@ -83,9 +88,13 @@ def load_diffusion_config(directory: str | os.PathLike) -> DiffusionConfig:
     if not path.is_file():
         raise FileNotFoundError(f"missing file: {path}")
     try:
-        return DiffusionConfig.from_dict(json.loads(path.read_text()))
+        return DiffusionConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    except RecursionError:
+        raise ValueError(f"{path} is not usable JSON (nested too deeply)") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason})") from None
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
 

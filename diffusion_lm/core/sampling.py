@@ -153,25 +153,27 @@ def sample(
 
         x = replace(x, diffusion.num_timesteps - 1)
     indices = range(diffusion.num_timesteps - 1, -1, -1)
-    for index in tqdm(indices, desc=f"{sampler} sampling", disable=not progress, leave=False):
-        t = torch.full((shape[0],), index, device=device, dtype=torch.long)
-        model_t = diffusion.timestep_map.to(device)[t]
-        x0 = diffusion.predict_x0(model_fn(x, model_t, **model_kwargs), x, t, prediction)
-        if known is not None:
-            x0 = torch.where(known_mask, known_values, x0)
-        if x0_transform is not None:
-            x0 = x0_transform(x0, model_t)
-        mean, var = step_rule(diffusion, x0, x, t, eta=eta, variance=variance)
-        if index > 0:
-            x_prev = mean + var.sqrt() * _randn(shape, generator, device, dtype)
-        else:
-            x_prev = mean
-        if step_hook is not None:
-            with torch.enable_grad():
-                x_prev = step_hook(x_prev, x_t=x, mean=mean, variance=var, t=model_t, index=index)
-        if known is not None:
-            x_prev = replace(x_prev, index - 1)
-        if callback is not None:
-            callback({"index": index, "t": model_t, "x_t": x, "x0": x0, "x_prev": x_prev})
-        x = x_prev
+    bar = tqdm(indices, desc=f"{sampler} sampling", disable=not progress, leave=False)
+    with bar:  # closed (and cleared) before any error propagates, so an error message is the last line
+        for index in bar:
+            t = torch.full((shape[0],), index, device=device, dtype=torch.long)
+            model_t = diffusion.timestep_map.to(device)[t]
+            x0 = diffusion.predict_x0(model_fn(x, model_t, **model_kwargs), x, t, prediction)
+            if known is not None:
+                x0 = torch.where(known_mask, known_values, x0)
+            if x0_transform is not None:
+                x0 = x0_transform(x0, model_t)
+            mean, var = step_rule(diffusion, x0, x, t, eta=eta, variance=variance)
+            if index > 0:
+                x_prev = mean + var.sqrt() * _randn(shape, generator, device, dtype)
+            else:
+                x_prev = mean
+            if step_hook is not None:
+                with torch.enable_grad():
+                    x_prev = step_hook(x_prev, x_t=x, mean=mean, variance=var, t=model_t, index=index)
+            if known is not None:
+                x_prev = replace(x_prev, index - 1)
+            if callback is not None:
+                callback({"index": index, "t": model_t, "x_t": x, "x0": x0, "x_prev": x_prev})
+            x = x_prev
     return x

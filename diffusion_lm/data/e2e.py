@@ -23,6 +23,9 @@ _OFFICIAL = {"train": "trainset.csv", "valid": "devset.csv", "test": "testset_w_
 _HUB_SPLIT = {"train": "train", "valid": "validation", "test": "test"}
 
 
+MAX_LEN = 4096  # padded length; as the model's max_len (text.model.LIMITS)
+
+
 @dataclass
 class DataConfig:
     source: str = "shipped"  # shipped | csv | hub
@@ -30,6 +33,19 @@ class DataConfig:
     max_len: int = 64  # padded length, START and END included
     min_freq: int = 5  # words rarer than this in train become UNK
     limit: int | None = None  # use only the first N training sentences (tests)
+
+    def validate(self) -> None:
+        """A one-line UserError for a value out of range (before any data is read or padded)."""
+        def integer(v) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        if not integer(self.max_len) or not 3 <= self.max_len <= MAX_LEN:
+            raise UserError(f"data.max_len must be an integer in 3..{MAX_LEN} (START and END included), "
+                            f"got {self.max_len!r}")
+        if not integer(self.min_freq) or self.min_freq < 0:
+            raise UserError(f"data.min_freq must be an integer >= 0, got {self.min_freq!r}")
+        if self.limit is not None and (not integer(self.limit) or self.limit < 1):
+            raise UserError(f"data.limit must be an integer >= 1 or null, got {self.limit!r}")
 
 
 _CONTRACTION = re.compile(r"(?i)(\w)n't\b")
@@ -69,6 +85,7 @@ def load_e2e(split: str, cfg: DataConfig | None = None):
     import datasets
 
     cfg = cfg or DataConfig()
+    cfg.validate()
     if split not in SPLITS:
         raise UserError(f"unknown E2E split {split!r}; choose one of {SPLITS}")
     datasets.disable_progress_bars()

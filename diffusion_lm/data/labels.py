@@ -21,13 +21,17 @@ def cached_labels(label: Callable[[list[list[str]], list[str]], list], words: li
                   cache: Path, progress: bool = True, desc: str = "labels") -> list:
     """label(words, mrs) over the corpus in chunks, read from `cache` when it holds one row per sentence."""
     if cache.is_file():
-        with gzip.open(cache, "rt", encoding="utf-8") as f:
-            rows = json.load(f)
-        if len(rows) == len(words):
+        try:
+            with gzip.open(cache, "rt", encoding="utf-8") as f:
+                rows = json.load(f)
+        except (OSError, EOFError, ValueError, RecursionError):  # a damaged cache is rebuilt
+            rows = None
+        if isinstance(rows, list) and len(rows) == len(words):
             return rows
     rows = []
-    for k in tqdm(range(0, len(words), CHUNK), desc=desc, disable=not progress):
-        rows += label(words[k:k + CHUNK], mrs[k:k + CHUNK])
+    with tqdm(range(0, len(words), CHUNK), desc=desc, disable=not progress) as bar:
+        for k in bar:
+            rows += label(words[k:k + CHUNK], mrs[k:k + CHUNK])
 
     def write(p):
         with gzip.open(p, "wt", encoding="utf-8") as f:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -20,7 +21,7 @@ from nltk import Tree
 
 from ..assets import use_shipped_nltk_data
 from ..errors import UserError
-from ..io import atomic_write, load_pretrained, load_weights, save_json, save_pretrained
+from ..io import atomic_write, build_checked, load_pretrained, load_weights, save_json, save_pretrained
 from ..training import Extra, fit, loop_config
 from ..tasks.trees import labelled_spans, tree_to_string
 from .trees import bracket_f1, clean_ptb
@@ -216,17 +217,36 @@ def save_parser(parser, out_dir: str, metrics: dict) -> None:
     save_pretrained(out_dir, cfg, parser.state_dict())
 
 
+def check_parser(name_or_path) -> str:
+    """"folder" (our safetensors + JSON parser) or "name" (a benepar model to look up), else a UserError.
+
+    Nothing is unpickled from a path the user names: benepar's own files are torch pickles, so only an
+    installed benepar model, by its bare name, is handed to benepar (which finds it in nltk_data)."""
+    if not isinstance(name_or_path, str) or not name_or_path.strip():
+        raise UserError(f"parser must be a folder or a benepar model name, got {name_or_path!r}")
+    path = Path(name_or_path)
+    if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
+        return "folder"
+    if path.exists():
+        raise UserError(f"parser={name_or_path}: not a parser folder (config.json + model.safetensors from "
+                        "diffusion-lm build-parser); other files are not loaded")
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", name_or_path):
+        raise UserError(f"no parser at {name_or_path!r}: not a folder, and not a benepar model name (e.g. benepar_en3)")
+    return "name"
+
+
 def load_parser(name_or_path: str):
     """Our trained parser from a folder (config.json + model.safetensors), or a benepar model by name."""
     from benepar import nkutil
     from benepar.parse_chart import ChartParser
 
-    path = Path(name_or_path)
-    if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
+    if check_parser(name_or_path) == "folder":
+        path = Path(name_or_path)
         cfg, state = load_pretrained(path, "parser")
         try:
-            parser = ChartParser(cfg["tag_vocab"], cfg["label_vocab"], cfg["char_vocab"], nkutil.HParams(**cfg["hparams"]))
-        except (KeyError, TypeError) as e:
+            parser = build_checked(lambda: ChartParser(cfg["tag_vocab"], cfg["label_vocab"], cfg["char_vocab"],
+                                                       nkutil.HParams(**cfg["hparams"])), state, str(path))
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
             raise UserError(f"{path}/config.json does not describe a parser ({type(e).__name__}: {e})") from None
         load_weights(parser, state, str(path))
         return parser.eval()
@@ -236,8 +256,8 @@ def load_parser(name_or_path: str):
         return load_trained_model(name_or_path).eval()
     except (LookupError, OSError) as e:
         raise UserError(f"no parser at {name_or_path!r}: not a trained parser folder, and benepar has no "
-                        f"model by that name installed ({str(e).strip().splitlines()[0][:80]})") from None
+                        f"model by that name installed ({(str(e).strip().splitlines() or [type(e).__name__])[0][:80]})") from None
 
 
-__all__ = ["ParserConfig", "train_parser", "load_parser", "parse_words", "heldout_f1", "treebank_trees",
+__all__ = ["ParserConfig", "train_parser", "check_parser", "load_parser", "parse_words", "heldout_f1", "treebank_trees",
            "tree_to_string", "bracket_f1"]

@@ -38,15 +38,19 @@ def check_generations(rows: list[dict], source: str = "generations") -> list[dic
                 raise UserError(f"{where}: missing {key!r}")
         if row["task"] not in TASKS:
             raise UserError(f"{where}: unknown task {row['task']!r} (known: {', '.join(TASKS)})")
-        if not str(row["text"]).split():
+        if not isinstance(row["text"], str):
+            raise UserError(f"{where}: text must be a string, got {row['text']!r:.60}")
+        if not row["text"].split():
             raise UserError(f"{where}: empty generation")
+        if not isinstance(row.get("system", ""), str):
+            raise UserError(f"{where}: system must be a string, got {row['system']!r:.60}")
         target = target_text(row["task"], row["target"])
         try:
             validate_target(row["task"], target)
         except UserError as e:
             raise UserError(f"{where}: {e}") from None
         out.append({"task": row["task"], "target": target,
-                    "text": " ".join(str(row["text"]).split()), "system": str(row.get("system", "unnamed"))})
+                    "text": " ".join(row["text"].split()), "system": row.get("system", "unnamed")})
     return out
 
 
@@ -80,11 +84,12 @@ def score(rows: list[dict], teacher, parser: str = "shipped", progress: bool = T
     for r in rows:
         groups[(r["system"], r["task"])].append(r)
     result: dict[str, dict] = defaultdict(dict)
-    for (system, task), rs in tqdm(sorted(groups.items()), desc="evaluate", disable=not progress):
-        metric = METRICS[task](parser=parser)
-        ctrl = metric.compute(predictions=[r["text"] for r in rs], references=[r["target"] for r in rs])["scores"]
-        lm = teacher.perplexity([r["text"] for r in rs])
-        result[system][task] = {"ctrl": _stats(ctrl), "lm": _stats(lm)}
+    with tqdm(sorted(groups.items()), desc="evaluate", disable=not progress) as bar:  # closed before any error
+        for (system, task), rs in bar:
+            metric = METRICS[task](parser=parser)
+            ctrl = metric.compute(predictions=[r["text"] for r in rs], references=[r["target"] for r in rs])["scores"]
+            lm = teacher.perplexity([r["text"] for r in rs])
+            result[system][task] = {"ctrl": _stats(ctrl), "lm": _stats(lm)}
     return dict(result)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 from ..data import DataConfig, load_e2e
-from ..io import save_json
+from ..io import check_finite, check_output_dir, load_json, save_json
 from ..text.tokenizer import WordTokenizer
 from ..training import fit, generator_state, loop_config
 
@@ -34,6 +35,36 @@ class ARLMConfig:
     max_len: int = 64  # START and END included
     dropout: float = 0.1
     min_freq: int = 2
+
+    def validate(self, section: str = "model") -> None:
+        for name, most in (("layers", 1024), ("hidden", 65536), ("heads", 4096), ("max_len", 8192),
+                           ("min_freq", 10 ** 9)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= most:
+                raise UserError(f"{section}.{name} must be an integer in 1..{most:,}, got {v!r}")
+        if self.hidden % self.heads:
+            raise UserError(f"{section}.hidden ({self.hidden}) must be divisible by {section}.heads ({self.heads})")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise UserError(f"{section}.dropout must be in [0, 1), got {self.dropout!r}")
+        if 12 * self.layers * self.hidden ** 2 > 4 * 10 ** 9:
+            raise UserError(f"an LM of {self.layers} layers of width {self.hidden} is too large to build")
+
+
+# GPT-2 config.json sizes past which a folder is damaged rather than a model this machine could hold
+_HF_LIMITS = {"n_embd": 65536, "n_layer": 1024, "n_head": 4096, "n_positions": 8192, "vocab_size": 10_000_000}
+
+
+def _check_hf_config(directory: Path) -> None:
+    cfg = load_json(directory / "config.json")
+    if not isinstance(cfg, dict):
+        raise UserError(f"{directory / 'config.json'} must hold a JSON object, not {type(cfg).__name__}")
+    for k, most in _HF_LIMITS.items():
+        v = cfg.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= most):
+            raise UserError(f"{directory / 'config.json'}: {k} must be an integer in 1..{most:,}, got {v!r}")
+    n_embd, n_layer = cfg.get("n_embd", 768), cfg.get("n_layer", 12)
+    if 12 * n_layer * n_embd ** 2 + cfg.get("vocab_size", 50257) * n_embd > 4 * 10 ** 9:
+        raise UserError(f"{directory / 'config.json'} describes an LM too large to build")
 
 
 @dataclass
@@ -77,7 +108,13 @@ class ARLM:
         if not (directory / "config.json").is_file() or not (directory / "model.safetensors").is_file():
             raise UserError(f"no LM (config.json + model.safetensors) in {directory}")
         tokenizer = WordTokenizer.load(directory)
-        model = GPT2LMHeadModel.from_pretrained(str(directory), use_safetensors=True)
+        _check_hf_config(directory)
+        try:
+            model = GPT2LMHeadModel.from_pretrained(str(directory), use_safetensors=True)
+        except (OSError, ValueError, TypeError, KeyError, AttributeError, RuntimeError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            raise UserError(f"cannot load the LM in {directory}: {first}") from None
+        check_finite(model.state_dict(), str(directory))
         if model.config.vocab_size != len(tokenizer):
             raise UserError(f"{directory}: tokenizer has {len(tokenizer)} words, the LM {model.config.vocab_size}")
         return cls(model.float().to(device), tokenizer)  # shipped weights may be fp16
@@ -119,7 +156,9 @@ def train_lm(model_cfg: ARLMConfig, train_cfg: ARTrainConfig, data: DataConfig |
              progress: bool = True) -> dict:
     """Train a GPT-2 LM on E2E train; returns valid perplexity and timings."""
     data = data or DataConfig()
+    model_cfg.validate()
     loop = loop_config({"train": train_cfg}, weight_decay=0.01, grad_clip=1.0)
+    check_output_dir(train_cfg.out_dir, "train.out_dir")
     if train_cfg.threads:
         torch.set_num_threads(train_cfg.threads)
     torch.manual_seed(train_cfg.seed)
@@ -145,6 +184,9 @@ def train_lm(model_cfg: ARLMConfig, train_cfg: ARTrainConfig, data: DataConfig |
     valid = load_e2e("valid", data)["text"]
     ppl = corpus_perplexity(lm, valid)
     out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob(".saving.*"):  # left by a run killed while saving
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
     with tempfile.TemporaryDirectory(dir=out, prefix=".saving.") as tmp:
         # written whole beside the target, then each file moved into place in one step
         model.save_pretrained(tmp, safe_serialization=True)

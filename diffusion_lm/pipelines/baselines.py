@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import torch
@@ -15,10 +16,40 @@ from ..baselines.pplm import PPLM, PPLMConfig
 from ..errors import UserError
 from ..lm import ARLM
 from ..tasks import get_task
-from .text import Generation, _count, pick_device
+from .text import MAX_SEED, Generation, _check_total, _count, pick_device
 
 METHODS = ("fudge", "pplm")
 SHIPPED = {"fudge": "fudge-discriminator", "pplm": "pplm-discriminator"}
+
+
+def check_config(method: str, config) -> None:
+    """The decoding settings' ranges, each a one-line UserError naming `<method>.<key>` (NaN included)."""
+    def fail(key: str, want: str):
+        raise UserError(f"{method}.{key} must be {want}, got {getattr(config, key)!r}")
+
+    def integer(key: str, least: int) -> None:
+        v = getattr(config, key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < least:
+            fail(key, f"an integer >= {least}")
+
+    def number(key: str, least: float = 0.0, most: float | None = None) -> None:
+        v = getattr(config, key)
+        if (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < least
+                or (most is not None and v > most)):
+            fail(key, f"a finite number in [{least:g}, {most:g}]" if most is not None else f"a finite number >= {least:g}")
+
+    integer("top_k", 1)
+    integer("max_words", 1)
+    if method == "fudge":
+        number("strength")
+    else:
+        if config.attribute not in ("discrim", "bow"):
+            raise UserError(f"unknown pplm.attribute {config.attribute!r}; choose discrim or bow")
+        integer("iterations", 0)
+        number("step_size")
+        number("kl_scale")
+        number("gm_scale", 0.0, 1.0)
+        number("gamma", -1e6)
 
 
 class BaselinePipeline:
@@ -34,10 +65,13 @@ class BaselinePipeline:
         if method not in METHODS:
             raise UserError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         config = config if config is not None else (FudgeConfig() if method == "fudge" else PPLMConfig())
-        if method == "fudge" and (config.top_k < 1 or not config.strength >= 0):
-            raise UserError("FUDGE needs top_k >= 1 and strength >= 0")
+        check_config(method, config)
         device = pick_device(device)
         base = ARLM.load(resolve_asset(lm, "model", "base-lm"), device=device)
+        most = base.model.config.n_positions - 2  # START and END around the words
+        if config.max_words > most:
+            raise UserError(f"{method}.max_words must be at most {most} for this base LM (its n_positions - 2), "
+                            f"got {config.max_words}")
         base.model.requires_grad_(False)
         disc = None
         if method == "fudge" or config.attribute == "discrim":
@@ -57,12 +91,13 @@ class BaselinePipeline:
         get_task(task)
         if task == "infill":
             raise UserError("the baselines have no infill task; use diffusion-lm generate task=infill")
-        n, batch_size, seed = _count("n", n), _count("batch_size", batch_size), _count("seed", seed, 0)
+        n, batch_size, seed = _count("n", n), _count("batch_size", batch_size), _count("seed", seed, 0, MAX_SEED)
         if (target is None) == (targets is None):
             raise UserError("give exactly one of target=<inline target> or targets=<list of targets>")
         targets = [target] if targets is None else list(targets)
         if not targets:
             raise UserError("no targets to generate for")
+        _check_total("targets × n", len(targets) * n)
         # every target is checked before any decoding
         parse = (lambda t: self.disc.target(task, t)) if self.method == "fudge" else (lambda t: self._pplm.target(task, t))
         parsed = [parse(t) for t in targets]

@@ -43,19 +43,32 @@ def pick_device(name: str = "auto") -> str:
     return "cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu"
 
 
-def _count(name: str, value, minimum: int = 1) -> int:
+MAX_SEED = 2 ** 62  # torch's generators take 64 bits; the pipelines add offsets to the seed
+
+
+def _count(name: str, value, minimum: int = 1, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise UserError(f"{name} must be an integer, got {value!r}")
     if value < minimum:
         raise UserError(f"{name} must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise UserError(f"{name} must be at most {maximum}, got {value}")
     return value
+
+
+MAX_SENTENCES = 1_000_000  # one command's sentences (targets × n × select, or n × mbr): more is no run, but a hang
+
+
+def _check_total(what: str, total: int) -> None:
+    if total > MAX_SENTENCES:
+        raise UserError(f"{what} asks for {total:,} sentences; at most {MAX_SENTENCES:,} a command")
 
 
 def targets_from_file(task: str, path: str, limit: int | None = None) -> list:
     """The `target` of each row of a JSONL file; `shipped` is the package's own <task>.jsonl."""
     if path == "shipped":
         path = f"{resolve_asset('shipped', 'targets')}/{task}.jsonl"
-    rows = read_jsonl(path, "targets file")
+    rows = read_jsonl(path, "targets file", allow_empty=False)
     for k, r in enumerate(rows, 1):
         if "target" not in r:
             raise UserError(f"{path} row {k}: missing 'target'")
@@ -125,7 +138,8 @@ class DiffusionLMPipeline:
                sample: SampleConfig | None = None, callback: Callable[[dict], None] | None = None,
                progress: bool = True) -> list[str]:
         """n sentences with no control (mbr > 1: the minimum-Bayes-risk pick of that many candidates)."""
-        _count("n", n), _count("batch_size", batch_size), _count("mbr", mbr), _count("seed", seed, 0)
+        _count("n", n), _count("batch_size", batch_size), _count("mbr", mbr), _count("seed", seed, 0, MAX_SEED)
+        _check_total("n × mbr", n * mbr)
         return generate(self.model, self.tokenizer, self.diffusion, n, sample or SampleConfig(),
                         batch_size=batch_size, seed=seed, mbr=mbr, callback=callback, progress=progress)
 
@@ -155,7 +169,7 @@ class DiffusionLMPipeline:
         """As `__call__`, keeping each sentence's target (and calling `on_batch` as batches finish)."""
         get_task(task)  # an unknown task fails here, in one line
         n, batch_size, select, seed = (_count("n", n), _count("batch_size", batch_size), _count("select", select),
-                                       _count("seed", seed, 0))
+                                       _count("seed", seed, 0, MAX_SEED))
         model, tok = self.model, self.tokenizer
         classifiers = {} if task == "infill" else self.classifiers_for(task, length_shape)
         if select > 1 and not classifiers:
@@ -173,6 +187,7 @@ class DiffusionLMPipeline:
             targets = [target]
         if not targets:
             raise UserError("no targets to generate for")
+        _check_total("targets × n × select", len(targets) * n * select)
         sample_cfg = replace(sample or SampleConfig(), length=None)  # constraints span the model's full max_len
         gcfg = self.guidance(task, strength, guidance) if classifiers else None
         g = torch.Generator().manual_seed(seed)

@@ -15,6 +15,8 @@ Every parser raises a one-line UserError naming what is wrong.
 from __future__ import annotations
 
 import json
+import math
+import re
 
 from nltk import Tree
 
@@ -36,12 +38,17 @@ def parse_pos_target(target: str | list[str]) -> tuple[list[str], str]:
     tags = target.split() if isinstance(target, str) else list(target)
     if not tags:
         raise UserError("empty POS target")
+    if not all(isinstance(t, str) for t in tags):
+        bad = next(t for t in tags if not isinstance(t, str))
+        raise UserError(f"malformed POS target: tag {bad!r} is not text")
     ptb = ptb_tags()
     if all(t in ptb for t in tags):
         return tags, "ptb"
     if all(t in UNIVERSAL_TAGS for t in tags):
         return tags, "universal"
-    bad = next(t for t in tags if t not in ptb and t not in UNIVERSAL_TAGS)
+    bad = next((t for t in tags if t not in ptb and t not in UNIVERSAL_TAGS), None)
+    if bad is None:  # every tag is known, but not all in one tag set
+        raise UserError(f"POS target {' '.join(tags)!r} mixes Penn Treebank and universal tags; use one tag set")
     raise UserError(f"unknown POS tag {bad!r}: not a Penn Treebank or universal tag")
 
 
@@ -53,7 +60,8 @@ def parse_span_target(target: str | list, n_words: int | None = None) -> tuple[i
             span = json.loads(target)
         except json.JSONDecodeError:
             raise UserError(f"malformed span target {target!r}: expected [i, j, \"LABEL\"]") from None
-    if (not isinstance(span, (list, tuple)) or len(span) != 3 or not all(isinstance(v, int) for v in span[:2])
+    if (not isinstance(span, (list, tuple)) or len(span) != 3
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in span[:2])
             or not isinstance(span[2], str) or not span[2]):
         raise UserError(f"malformed span target {target!r}: expected [i, j, \"LABEL\"]")
     i, j, label = span
@@ -78,12 +86,19 @@ def parse_semantic_target(target: str) -> tuple[str, str]:
 
 
 def parse_length_target(target: str | int, max_len: int | None = None) -> int:
-    try:
+    """A number of words: an integer, its text, or a whole float (12.0); anything else is a UserError."""
+    n = None
+    if isinstance(target, int) and not isinstance(target, bool):
+        n = target
+    elif isinstance(target, float) and math.isfinite(target) and target.is_integer():
         n = int(target)
-    except (TypeError, ValueError):
-        raise UserError(f"length target {target!r} is not an integer") from None
+    elif isinstance(target, str) and re.fullmatch(r"[+-]?[0-9]{1,18}", target.strip()):
+        n = int(target)
+    if n is None:
+        raise UserError(f"length target {target!r} is not an integer")
     if n < 1 or (max_len is not None and n > max_len):
-        raise UserError(f"length target {n} out of range 1..{max_len if max_len is not None else '∞'}")
+        shown = n if abs(n) < 10 ** 18 else ("a huge number" if n > 0 else "a huge negative number")
+        raise UserError(f"length target {shown} out of range 1..{max_len if max_len is not None else '∞'}")
     return n
 
 
@@ -154,11 +169,18 @@ def _plain(target) -> str:
 
 
 def _words(target) -> str:
-    return target if isinstance(target, str) else " ".join(target)
+    if isinstance(target, (list, tuple)) and all(isinstance(t, str) for t in target):
+        return " ".join(target)
+    return target  # text as it is; anything else is left for the parser to reject in one line
 
 
 def _json(target) -> str:
-    return target if isinstance(target, str) else json.dumps(list(target))
+    if isinstance(target, (list, tuple)):
+        try:
+            return json.dumps(list(target))
+        except (TypeError, ValueError):
+            return target
+    return target
 
 
 def _json_dict(target) -> str:

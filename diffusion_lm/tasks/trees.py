@@ -37,7 +37,7 @@ def parse_bracketed(text: str) -> Tree:
     try:
         tree = Tree.fromstring(text)
     except ValueError as e:
-        raise UserError(f"malformed tree: {str(e).splitlines()[0]}") from None
+        raise UserError(f"malformed tree: {(str(e).splitlines() or [type(e).__name__])[0]}") from None
     for sub in tree.subtrees():
         if len(sub) == 0:
             raise UserError(f"malformed tree (empty constituent {sub.label()!r}): {text[:60]!r}")

@@ -7,12 +7,14 @@ positions) pass straight through.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 
 from ..core import GaussianDiffusion, Known, sample
+from ..core.sampling import get_sampler
 from ..errors import UserError
 from .mbr import mbr_select
 from .model import DiffusionLM
@@ -40,6 +42,21 @@ class _SelfConditioned:
         return self.prev
 
 
+def check_sample_config(cfg: SampleConfig, diffusion, max_len: int, key: str = "sample") -> None:
+    """The sampler settings checked up front (a run that samples only at its end fails before training)."""
+    try:
+        diffusion.respace(cfg.steps)
+        get_sampler(cfg.sampler)
+    except ValueError as e:
+        raise UserError(f"{key}: {e}") from None
+    if isinstance(cfg.eta, bool) or not isinstance(cfg.eta, (int, float)) or not math.isfinite(cfg.eta) or cfg.eta < 0:
+        raise UserError(f"{key}.eta must be a finite number >= 0, got {cfg.eta!r}")
+    if cfg.variance not in ("small", "large"):
+        raise UserError(f"unknown {key}.variance {cfg.variance!r}; choose small or large")
+    if cfg.length is not None and not 1 <= cfg.length <= max_len:
+        raise UserError(f"{key}.length must be in [1, {max_len}] for this model, got {cfg.length}")
+
+
 def _check_diffusion(diffusion) -> None:
     if not isinstance(diffusion, GaussianDiffusion):
         raise TypeError(f"expected the GaussianDiffusion the model was trained with (from_pretrained returns it "
@@ -53,7 +70,7 @@ def sample_latents(model: DiffusionLM, diffusion: GaussianDiffusion, n: int, cfg
     """n samples x_0 of shape (n, L, d), by `diffusion` respaced to cfg.steps."""
     _check_diffusion(diffusion)
     c = model.config
-    length = cfg.length or c.max_len
+    length = c.max_len if cfg.length is None else cfg.length  # 0 is out of range, not "the default"
     if not 1 <= length <= c.max_len:
         raise UserError(f"length must be in [1, {c.max_len}] for this model, got {length}")
     if n < 1:

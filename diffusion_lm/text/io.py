@@ -77,6 +77,6 @@ def from_pretrained(directory, device: str | torch.device = "cpu") -> tuple[Diff
     if len(tokenizer) != config.vocab_size:
         raise UserError(f"{directory}: tokenizer has {len(tokenizer)} words but the model expects {config.vocab_size}")
     diffusion = load_diffusion(directory)
-    model = DiffusionLM(config)
+    model = io.build_checked(lambda: DiffusionLM(config), state, str(directory))
     load_weights(model, state, str(directory))
     return model.to(device).eval(), tokenizer, diffusion

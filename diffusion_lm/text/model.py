@@ -25,6 +25,12 @@ def diffusion_config(schedule: str = "sqrt", steps: int = 2000) -> DiffusionConf
     return DiffusionConfig(schedule=schedule, steps=steps)
 
 
+# Upper bounds on a model's sizes: far above any Diffusion-LM, far below what would exhaust memory.
+LIMITS = {"vocab_size": 10_000_000, "max_len": 4096, "emb_dim": 65536, "hidden": 65536, "layers": 1024,
+          "heads": 4096, "mlp_ratio": 64}
+MAX_PARAMETERS = 4 * 10 ** 9
+
+
 @dataclass
 class DiffusionLMConfig:
     vocab_size: int = 0  # set from the tokenizer
@@ -38,15 +44,28 @@ class DiffusionLMConfig:
     self_condition: bool = False  # feed the previous x̂_0 back in (Chen et al., 2022)
 
     def validate(self) -> None:
+        for name in ("vocab_size", "max_len", "emb_dim", "hidden", "layers", "heads", "mlp_ratio"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise UserError(f"model.{name} must be an integer, got {v!r}")
         if self.vocab_size < 5:
             raise UserError(f"model.vocab_size must be at least 5, got {self.vocab_size}")
         for name in ("max_len", "emb_dim", "hidden", "layers", "heads", "mlp_ratio"):
             if getattr(self, name) < 1:
                 raise UserError(f"model.{name} must be a positive integer, got {getattr(self, name)}")
+        for name, most in LIMITS.items():  # sizes no machine holds: refused before anything is allocated
+            if getattr(self, name) > most:
+                raise UserError(f"model.{name} must be at most {most:,}, got {getattr(self, name):,}")
         if self.hidden % self.heads:
             raise UserError(f"model.hidden ({self.hidden}) must be divisible by model.heads ({self.heads})")
-        if not 0 <= self.dropout < 1:
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise UserError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if not isinstance(self.self_condition, bool):
+            raise UserError(f"model.self_condition must be true or false, got {self.self_condition!r}")
+        h = self.hidden
+        size = self.vocab_size * self.emb_dim + self.max_len * h + self.layers * (4 + 2 * self.mlp_ratio) * h * h + 7 * h * h
+        if size > MAX_PARAMETERS:
+            raise UserError(f"model of about {size:.1e} parameters is too large (at most {MAX_PARAMETERS:.0e})")
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:

@@ -95,4 +95,4 @@ class WordTokenizer:
         try:
             return cls(Tokenizer.from_file(str(path)))
         except Exception as e:  # tokenizers raises a bare Exception on bad JSON
-            raise UserError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
+            raise UserError(f"cannot read {path}: {(str(e).splitlines() or [type(e).__name__])[0]}") from None

@@ -9,6 +9,7 @@ A killed run restarts from `checkpoint/` with the same command.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,8 +18,8 @@ import torch
 from ..core import DiffusionConfig, GaussianDiffusion
 from ..errors import UserError
 from ..data import DataConfig, load_e2e
-from .generation import SampleConfig, generate
-from ..io import load_json, save_json
+from .generation import SampleConfig, check_sample_config, generate
+from ..io import check_output_dir, load_json, save_json
 from .io import load_diffusion, save_pretrained
 from ..core.timesteps import TimestepSampler
 from ..training import batch_indices, fit, has_checkpoint, loop_config
@@ -83,8 +84,26 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _check_run(run: RunConfig, optim: OptimConfig) -> None:
+    """The keys the shared loop does not check, before any work."""
+    def integer(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not integer(run.final_samples) or run.final_samples < 0:
+        raise UserError(f"run.final_samples must be an integer >= 0, got {run.final_samples!r}")
+    if run.snapshot_every is not None and (not integer(run.snapshot_every) or run.snapshot_every < 1):
+        raise UserError(f"run.snapshot_every must be an integer >= 1 or null, got {run.snapshot_every!r}")
+    if not integer(optim.threads) or not 0 <= optim.threads <= 4096:
+        raise UserError(f"optim.threads must be an integer in 0..4096 (0 = torch's default), got {optim.threads!r}")
+    aw = optim.anchor_weight
+    if isinstance(aw, bool) or not isinstance(aw, (int, float)) or not math.isfinite(aw) or aw < 0:
+        raise UserError(f"optim.anchor_weight must be a finite number >= 0, got {aw!r}")
+
+
 def _check_same_run(out: Path, model_cfg: dict, diffusion: DiffusionConfig) -> None:
     saved = load_json(out / "config.json")
+    if not isinstance(saved, dict):
+        raise UserError(f"{out / 'config.json'} must hold a JSON object, not {type(saved).__name__}")
     diff = [k for k in model_cfg if saved.get(k) != model_cfg[k]]
     if diff:
         k = diff[0]
@@ -107,6 +126,10 @@ def train(data: DataConfig, model_cfg: DiffusionLMConfig, optim: OptimConfig, ru
         raise UserError(f"bad diffusion config: diffusion.{e}") from None
     out = Path(run.out_dir)
     loop = loop_config({"optim": optim, "run": run})
+    _check_run(run, optim)
+    if run.final_samples:
+        check_sample_config(run.sample, diffusion, data.max_len, "run.sample")
+    check_output_dir(run.out_dir, "run.out_dir")  # before any work: a file there, or a read-only folder
     resuming = has_checkpoint(out)
     if optim.threads:
         torch.set_num_threads(optim.threads)

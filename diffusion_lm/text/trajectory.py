@@ -9,8 +9,25 @@ from pathlib import Path
 
 import torch
 
+from ..errors import UserError
+from ..io import atomic_write, check_output_file
 from .model import DiffusionLM
 from .tokenizer import WordTokenizer
+
+
+def trajectory_files(path: str | Path) -> tuple[Path, Path]:
+    """<path>.txt and <path>.png, or a one-line UserError where `path` names no file."""
+    try:
+        base = Path(str(path)).with_suffix("")
+        return base.with_suffix(".txt"), base.with_suffix(".png")
+    except ValueError as e:
+        raise UserError(f"trajectory={path!s}: not a file name ({e})") from None
+
+
+def check_trajectory(path: str | Path) -> None:
+    """Before any work: both trajectory files can be written."""
+    for f in trajectory_files(path):
+        check_output_file(f, "trajectory")
 
 
 class TrajectoryRecorder:
@@ -39,16 +56,17 @@ class TrajectoryRecorder:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        base = Path(path).with_suffix("")
-        base.parent.mkdir(parents=True, exist_ok=True)
-        txt, png = base.with_suffix(".txt"), base.with_suffix(".png")
-        txt.write_text((f"# {title}\n" if title else "") + "\n".join(self.lines(max_rows=len(self.rows) or 1)) + "\n")
+        txt, png = trajectory_files(path)
+        text = (f"# {title}\n" if title else "") + "\n".join(self.lines(max_rows=len(self.rows) or 1)) + "\n"
+        atomic_write(txt, lambda p: Path(p).write_text(text, encoding="utf-8"))
         lines = self.lines()
         fig = plt.figure(figsize=(14, 0.28 * len(lines) + 0.8))
         heading = "Denoising trajectory: x̂_0 rounded to words at each step t (noisiest first)"
         fig.text(0.01, 0.98, heading + (f"\n{title}" if title else ""), va="top", fontsize=10, weight="bold")
         for k, line in enumerate(lines):
             fig.text(0.01, 0.93 - k * (0.9 / max(1, len(lines))), line, va="top", family="monospace", fontsize=8)
-        fig.savefig(png, dpi=110)
-        plt.close(fig)
+        try:
+            atomic_write(png, lambda p: fig.savefig(p, dpi=110, format="png"))
+        finally:
+            plt.close(fig)
         return txt, png

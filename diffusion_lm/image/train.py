@@ -1,0 +1,469 @@
+"""Trainers of the image side, each on the shared loop (`diffusion_lm.training.fit`).
+
+train_unet: the caption-conditioned UNet. Folder layout of a run (`out_dir`):
+    config.json, model.safetensors, diffusion.json   the EMA UNet and its process (UNet.from_pretrained)
+    checkpoint/                                      raw weights, optimizer, EMA, RNG, step
+    train_config.json, train_log.jsonl, loss_curve.png, summary.json
+A killed run restarts from `checkpoint/` with the same command.
+
+train_autoencoder (the KL autoencoder, calibrated to unit-variance latents) and train_clip (the CLIP
+pair) draw a fresh batch of the train split per step (`step_batch`: make_batch seeded by the step), so
+a resumed run sees what an unbroken one saw; each writes its model folder (config.json,
+model.safetensors, manifest.json with the command and the metrics), checkpoint/, train_log.jsonl,
+loss_curve.png and metrics.json (see AutoencoderTrainConfig and ClipTrainConfig).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..assets import resolve_asset
+from ..core import DiffusionConfig, GaussianDiffusion
+from ..errors import UserError
+from ..io import load_json, save_json
+from ..training import batch_indices, fit, has_checkpoint, loop_config
+from . import oracle
+from .autoencoder import REC_LOSSES, AutoencoderConfig, AutoencoderKL, psnr
+from .clip import ClipConfig, ClipModel, retrieval_scores
+from .data import load_shapes, make_batch
+from .evaluate import save_grid
+from .unet import SPACES, UNet, UNetConfig, images_to_tensor, match_parts, tensor_to_images
+
+
+# ---- the UNet ----------------------------------------------------------------------------------
+@dataclass
+class UNetTrainConfig:
+    out_dir: str = "runs/image-unet"
+    autoencoder: str = "shipped"  # the frozen first stage (latent space only): a folder or shipped
+    clip: str = "shipped"  # the frozen CLIP whose text tower's token states condition the UNet
+    train_size: int = 20000  # scenes of the train split
+    data_seed: int = 0
+    caption_dropout: float = 0.1  # share of captions replaced by "" (∅), so one model is also unconditional
+    steps: int = 4000
+    batch_size: int = 64
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup: int = 200
+    schedule: str = "cosine"  # cosine | linear | constant, after warm-up
+    min_lr_ratio: float = 0.1
+    grad_clip: float | None = 1.0
+    ema_decay: float | None = 0.999
+    seed: int = 0
+    threads: int = 0  # torch threads; 0 keeps torch's default
+    device: str = "auto"  # auto | cpu | cuda
+    max_minutes: float | None = None
+    anneal_by_time: bool = False
+    log_every: int = 25
+    checkpoint_every: int = 250
+
+
+def _device(name: str) -> torch.device:
+    if name not in ("auto", "cpu", "cuda"):
+        raise UserError(f"unknown train.device {name!r}; choose auto, cpu or cuda")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device=cuda but no CUDA device is available")
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+@torch.no_grad()
+def encode_images(images, autoencoder=None, batch_size: int = 256) -> torch.Tensor:
+    """x_0 of every training image: pixels in [−1, 1], or the frozen autoencoder's latents."""
+    out = []
+    for lo in range(0, len(images), batch_size):
+        x = images_to_tensor(images[lo: lo + batch_size])
+        if autoencoder is not None:
+            p = next(iter(autoencoder.parameters()), None)
+            x = autoencoder.encode(x.to(p.device if p is not None else "cpu")).float().cpu()
+        out.append(x)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def encode_captions(clip, captions: list[str], batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frozen text tower's (states (N, L, H), mask (N, L)) of `captions`, padded to one length L."""
+    parts = [clip.text_states(captions[lo: lo + batch_size]) for lo in range(0, len(captions), batch_size)]
+    L = max(s.shape[1] for s, _ in parts)
+    states = torch.cat([F.pad(s.float().cpu(), (0, 0, 0, L - s.shape[1])) for s, _ in parts])
+    mask = torch.cat([F.pad(m.bool().cpu(), (0, L - m.shape[1])) for _, m in parts])
+    return states, mask
+
+
+class UNetBatches:
+    """Training batches as a function of the step alone, so a resumed run sees what an unbroken one saw.
+
+    Every distinct caption is encoded once by the frozen CLIP (and "" with them, the null ∅); a batch
+    is rows (seeded epochs), timesteps, noise and the caption-dropout draw from a generator seeded by
+    (seed, step)."""
+
+    def __init__(self, x0: torch.Tensor, captions: list[str], clip, num_timesteps: int, batch_size: int,
+                 seed: int, caption_dropout: float):
+        self.x0, self.T, self.batch_size, self.seed, self.p = x0, num_timesteps, batch_size, seed, caption_dropout
+        distinct = list(dict.fromkeys([*captions, ""]))
+        self.states, self.mask = encode_captions(clip, distinct)
+        where = {c: k for k, c in enumerate(distinct)}
+        self.caption_index = torch.tensor([where[c] for c in captions])
+        self.null = where[""]
+
+    def __call__(self, step: int) -> dict[str, torch.Tensor]:
+        rows = batch_indices(step, self.batch_size, len(self.x0), self.seed)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        x0 = self.x0[rows]
+        t = torch.randint(0, self.T, (len(rows),), generator=g)
+        noise = torch.randn(x0.shape, generator=g)
+        dropped = torch.rand(len(rows), generator=g) < self.p
+        caption = torch.where(dropped, torch.full_like(rows, self.null), self.caption_index[rows])
+        return {"x0": x0, "t": t, "noise": noise, "context": self.states[caption],
+                "context_mask": self.mask[caption], "dropped": dropped}
+
+
+def unet_loss(unet: UNet, diffusion: GaussianDiffusion, batch: dict) -> torch.Tensor:
+    """|ε − ε_θ(x_t, t, c)|² (or the same with v for v-prediction), averaged over every element."""
+    x0, t, noise = batch["x0"], batch["t"], batch["noise"]
+    x_t = diffusion.q_sample(x0, t, noise)
+    target = noise if unet.config.prediction == "eps" else diffusion.v_from_x0_eps(x0, noise, t)
+    return F.mse_loss(unet(x_t, t, context=batch["context"], context_mask=batch["context_mask"]), target)
+
+
+def _check_same_run(out: Path, config: UNetConfig, diffusion: DiffusionConfig) -> None:
+    saved = load_json(out / "config.json")
+    now = asdict(config)
+    diff = [k for k in now if saved.get(k) != now[k]]
+    if diff:
+        k = diff[0]
+        raise UserError(f"{out} holds a UNet run with a different unet.{k} ({saved.get(k)} there, {now[k]} now); "
+                        f"choose another out_dir or delete it")
+    there = load_json(out / "diffusion.json")
+    if there != asdict(diffusion):
+        raise UserError(f"{out} holds a run with a different diffusion ({there} there, {asdict(diffusion)} now); "
+                        f"choose another out_dir or delete it")
+
+
+def train_unet(unet_cfg: UNetConfig, diffusion_cfg: DiffusionConfig, train: UNetTrainConfig, *,
+               full_config: dict | None = None, progress: bool = True, dataset=None, autoencoder=None,
+               clip=None) -> dict:
+    """Train (or resume) a caption-conditioned UNet; returns a summary.
+
+    `dataset` (columns image, caption), `autoencoder` and `clip` default to the shapes train split
+    and the folders `train.autoencoder` / `train.clip`; tests pass small ones."""
+    try:
+        diffusion = GaussianDiffusion.from_config(diffusion_cfg)
+    except ValueError as e:
+        raise UserError(f"bad diffusion config: diffusion.{e}") from None
+    if unet_cfg.space not in SPACES:  # before any part loads
+        raise UserError(f"unet.space must be latent or pixel, got {unet_cfg.space!r}")
+    if isinstance(train.caption_dropout, bool) or not 0 <= train.caption_dropout < 1:
+        raise UserError(f"train.caption_dropout must be in [0, 1), got {train.caption_dropout!r}")
+    loop = loop_config({"train": train})
+    device = _device(train.device)
+    if train.threads:
+        torch.set_num_threads(train.threads)
+    if unet_cfg.space == "latent" and autoencoder is None:
+        autoencoder = AutoencoderKL.from_pretrained(resolve_asset(train.autoencoder, "model", "image-autoencoder"))
+    if unet_cfg.space != "latent":
+        autoencoder = None
+    if clip is None:
+        clip = ClipModel.from_pretrained(resolve_asset(train.clip, "model", "image-clip"))
+    for part in (autoencoder, clip):
+        if isinstance(part, torch.nn.Module):
+            part.eval().requires_grad_(False)
+    match_parts(unet_cfg, autoencoder, clip, where=f"unet (space={unet_cfg.space})")
+
+    out = Path(train.out_dir)
+    resuming = has_checkpoint(out)
+    if resuming:
+        _check_same_run(out, unet_cfg, diffusion_cfg)
+    if dataset is None:
+        dataset = load_shapes("train", train.train_size, train.data_seed)
+    data = dataset.with_format("numpy")
+    images, captions = np.asarray(data["image"], dtype=np.uint8), [str(c) for c in dataset["caption"]]
+    batches = UNetBatches(encode_images(images, autoencoder), captions, clip, diffusion.num_timesteps,
+                          train.batch_size, train.seed, train.caption_dropout)
+    del images
+
+    torch.manual_seed(train.seed)
+    unet = UNet(unet_cfg).to(device)
+    if not resuming:
+        out.mkdir(parents=True, exist_ok=True)
+        unet.save_pretrained(out, diffusion)  # config and process first, for a resume to check against
+        if full_config is not None:
+            save_json(out / "train_config.json", full_config)
+
+    def loss_at(step: int):
+        batch = {k: v.to(device) for k, v in batches(step).items()}
+        return unet_loss(unet, diffusion, batch)
+
+    def write_model(state) -> None:  # the EMA UNet beside each checkpoint, loadable by from_pretrained
+        unet.save_pretrained(out, diffusion, state_dict=state.ema)
+
+    result = fit(unet, loss_at, loop, out, name=f"UNet ({unet_cfg.space})", progress=progress,
+                 on_checkpoint=write_model)
+    summary = {"steps": result.step, "stopped": result.stopped, "train_minutes": round(result.elapsed_s / 60, 2),
+               "seconds_per_step": round(result.elapsed_s / max(1, result.step), 4), "final_terms": result.last,
+               "parameters": unet.num_parameters(), "space": unet_cfg.space,
+               "input": [unet_cfg.in_channels, unet_cfg.image_size, unet_cfg.image_size],
+               "train_images": len(captions), "distinct_captions": len(set(captions)),
+               "autoencoder": train.autoencoder if unet_cfg.space == "latent" else None, "clip": train.clip}
+    save_json(out / "summary.json", summary)
+    return summary
+
+
+# ---- shared by the autoencoder and CLIP trainers ------------------------------------------------
+STEP_STREAMS = 1_000_003  # data_seed's stride between batch streams: step s of data_seed d draws stream d·this + s
+
+
+def step_batch(step: int, batch_size: int, data_seed: int) -> tuple[torch.Tensor, list[str]]:
+    """The training pairs of `step`: a fresh draw of the train split's stream seeded by (data_seed, step),
+    as images in [−1, 1] (B, 3, 32, 32) and captions; a function of the step alone (exact resume)."""
+    images, captions = make_batch("train", batch_size, data_seed * STEP_STREAMS + step)
+    return images_to_tensor(images), captions
+
+
+def held_images(split: str, n: int, data_seed: int) -> tuple[np.ndarray, list[str]]:
+    """n images of `split` for calibration and metrics; for train, a stream no training step draws."""
+    return make_batch(split, n, -1 - data_seed if split == "train" else data_seed)
+
+
+def _check_same_model(out: Path, what: str, now: dict, ignore: tuple[str, ...] = ()) -> None:
+    saved = load_json(out / "config.json")
+    diff = [k for k in now if k not in ignore and saved.get(k) != now[k]]
+    if diff:
+        k = diff[0]
+        raise UserError(f"{out} holds a {what} run with a different {what}.{k} ({saved.get(k)} there, {now[k]} "
+                        f"now); choose another out_dir or delete it")
+
+
+def _check_positive(value, key: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"{key} must be an integer >= 1, got {value!r}")
+
+
+def _exported(model: torch.nn.Module, state: dict | None) -> torch.nn.Module:
+    """The model a user loads: `model` itself, or a copy holding the EMA weights."""
+    if state is None:
+        return model
+    twin = copy.deepcopy(model)
+    twin.load_state_dict(state)
+    return twin
+
+
+def _batched(fn, x: torch.Tensor, device, batch_size: int = 250) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([fn(x[k: k + batch_size].to(device)).float().cpu() for k in range(0, len(x), batch_size)])
+
+
+# ---- the autoencoder (LDM's first stage) --------------------------------------------------------
+@dataclass
+class AutoencoderTrainConfig:
+    """train_autoencoder's settings. Folder layout of a run (`out_dir`):
+        config.json (+ scale_factor), model.safetensors, manifest.json   AutoencoderKL.from_pretrained
+        checkpoint/, train_config.json, train_log.jsonl, loss_curve.png, metrics.json, reconstructions.png
+    """
+    out_dir: str = "runs/image-autoencoder"
+    data_seed: int = 0  # step s trains on make_batch("train", batch_size, data_seed * 1000003 + s)
+    kl_weight: float = 1.0e-6  # on KL / (3·H·W), as LDM's (whose losses are sums over the image)
+    rec_loss: str = "mse"  # mse | l1 (with l1 the sparse shapes stayed blurs far longer)
+    steps: int = 3000
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup: int = 100
+    schedule: str = "cosine"  # cosine | linear | constant, after warm-up
+    min_lr_ratio: float = 0.05
+    grad_clip: float | None = 1.0
+    ema_decay: float | None = None  # None: the model is the raw weights
+    seed: int = 0
+    threads: int = 0  # torch threads; 0 keeps torch's default
+    device: str = "auto"  # auto | cpu | cuda
+    max_minutes: float | None = None
+    anneal_by_time: bool = False
+    log_every: int = 25
+    checkpoint_every: int = 250
+    calibration_size: int = 1024  # train images (a stream no step draws) the latent scale is measured on
+    test_size: int = 1000  # test images for PSNR and the oracle's accuracy
+    grid: int = 16  # pairs of originals and reconstructions in reconstructions.png
+
+
+@torch.no_grad()
+def autoencoder_metrics(ae: AutoencoderKL, images: np.ndarray, captions: list[str]) -> tuple[dict, np.ndarray]:
+    """PSNR of the reconstructions decode(encode(x)) (posterior means) of uint8 `images`, and the oracle's
+    accuracy on the originals and on the reconstructions against the captions; also the reconstructions."""
+    ae.eval()
+    dev = next(ae.parameters()).device
+    x = images_to_tensor(images)
+    recon = _batched(lambda b: ae.decode(ae.encode(b)), x, dev)
+    rec_images = tensor_to_images(recon)
+    orig, rec = oracle.accuracy(images, captions), oracle.accuracy(rec_images, captions)
+    keys = [k for k in orig if k != "n" and orig[k] is not None]
+    out = {"n": len(images), **psnr(recon, x),
+           "oracle_original": {k: round(orig[k], 4) for k in keys},
+           "oracle_reconstructed": {k: round(rec[k], 4) for k in keys},
+           # whole-caption accuracy lost by reconstructing, in points (the bar: within 1)
+           "caption_gap_points": round(100 * (orig["caption"] - rec["caption"]), 2)}
+    return out, rec_images
+
+
+def train_autoencoder(model_cfg: AutoencoderConfig, train: AutoencoderTrainConfig, *, full_config: dict | None = None,
+                      command: str | None = None, progress: bool = True) -> dict:
+    """Train (or resume) the KL autoencoder on fresh train-split batches; calibrate its latent scale; write
+    the model folder with PSNR and oracle metrics on the test split. Returns the metrics."""
+    if train.rec_loss not in REC_LOSSES:
+        raise UserError(f"unknown train.rec_loss {train.rec_loss!r}; choose l1 or mse")
+    if isinstance(train.kl_weight, bool) or not isinstance(train.kl_weight, (int, float)) or not train.kl_weight >= 0:
+        raise UserError(f"train.kl_weight must be a number >= 0, got {train.kl_weight!r}")
+    for key in ("calibration_size", "test_size", "grid"):
+        _check_positive(getattr(train, key), f"train.{key}")
+    loop = loop_config({"train": train})
+    device = _device(train.device)
+    if train.threads:
+        torch.set_num_threads(train.threads)
+    out = Path(train.out_dir)
+    torch.manual_seed(train.seed)
+    ae = AutoencoderKL(model_cfg).to(device)
+    resuming = has_checkpoint(out)
+    if resuming:
+        _check_same_model(out, "autoencoder", asdict(model_cfg))
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        ae.save_pretrained(out)  # config first, for a resume to check against (scale 1 until calibrated)
+        if full_config is not None:
+            save_json(out / "train_config.json", full_config)
+    calib = images_to_tensor(held_images("train", train.calibration_size, train.data_seed)[0])
+
+    def loss_at(step: int):
+        x, _ = step_batch(step, train.batch_size, train.data_seed)
+        noise = torch.randn((len(x), model_cfg.latent_channels, *(s // model_cfg.factor for s in x.shape[2:])),
+                            generator=torch.Generator().manual_seed(train.seed * STEP_STREAMS + step))
+        return ae.loss(x.to(device), noise.to(device), kl_weight=train.kl_weight, rec_loss=train.rec_loss)
+
+    def export(state) -> AutoencoderKL:
+        model = _exported(ae, state.ema if state is not None else None)
+        model.calibrate(calib.to(device))
+        return model
+
+    def write_model(state) -> None:  # the calibrated model beside each checkpoint, loadable by from_pretrained
+        export(state).save_pretrained(out)
+
+    result = fit(ae, loss_at, loop, out, name="autoencoder", progress=progress, on_checkpoint=write_model)
+    final = export(result)
+    images, captions = held_images("test", train.test_size, train.data_seed)
+    metrics, rec_images = autoencoder_metrics(final, images, captions)
+    z = _batched(final.encode, calib, device)
+    metrics = {"steps": result.step, "stopped": result.stopped, "train_minutes": round(result.elapsed_s / 60, 2),
+               "seconds_per_step": round(result.elapsed_s / max(1, result.step), 4), "final_terms": result.last,
+               "parameters": final.num_parameters(), "scale_factor": round(final.scale_factor, 6),
+               "latent_shape": list(z.shape[1:]), "latent_std": round(float(z.std()), 4),
+               "latent_mean": round(float(z.mean()), 4), "test": metrics,
+               "bars": {"psnr >= 28": metrics["psnr"] >= 28, "caption gap <= 1 point": metrics["caption_gap_points"] <= 1}}
+    k = min(train.grid, len(images))
+    rows = [part for lo in range(0, k, 8) for part in (images[lo: min(lo + 8, k)], rec_images[lo: min(lo + 8, k)])]
+    save_grid(np.concatenate(rows), out / "reconstructions.png", ncol=min(8, k))
+    final.save_pretrained(out, manifest={"kind": "image-autoencoder", "command": command, "metrics": metrics})
+    save_json(out / "metrics.json", metrics)
+    return metrics
+
+
+# ---- CLIP ---------------------------------------------------------------------------------------
+@dataclass
+class ClipTrainConfig:
+    """train_clip's settings. Folder layout of a run (`out_dir`):
+        config.json, model.safetensors, manifest.json   ClipModel.from_pretrained
+        checkpoint/, train_config.json, train_log.jsonl, loss_curve.png, metrics.json
+    """
+    out_dir: str = "runs/image-clip"
+    data_seed: int = 0  # step s trains on make_batch("train", batch_size, data_seed * 1000003 + s)
+    steps: int = 2000
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0  # on every weight, the temperature included
+    warmup: int = 100
+    schedule: str = "cosine"  # cosine | linear | constant, after warm-up
+    min_lr_ratio: float = 0.05
+    grad_clip: float | None = 1.0
+    ema_decay: float | None = None
+    seed: int = 0
+    threads: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    max_minutes: float | None = None
+    anneal_by_time: bool = False
+    log_every: int = 25
+    checkpoint_every: int = 250
+    test_size: int = 1000  # test pairs, scored in sets of retrieval_set
+    retrieval_set: int = 100  # retrieval is among this many captions (the bar: top-1 among 100)
+
+
+@torch.no_grad()
+def clip_metrics(clip: ClipModel, images: np.ndarray, captions: list[str], set_size: int = 100) -> dict:
+    """Zero-shot retrieval within consecutive sets of `set_size` pairs (means over the sets): top-1/5 both
+    ways; `image_to_text_top1_true` counts the retrieved caption right when the pixel oracle says it holds
+    for the image (another caption can describe it too); CLIP score of the true pairs and of shuffled ones."""
+    clip.eval()
+    dev = clip.device
+    x = images_to_tensor(images)
+    img = _batched(clip.encode_image, x, dev)
+    txt = torch.cat([clip.encode_text(captions[k: k + 250]).float().cpu() for k in range(0, len(captions), 250)])
+    sets, chosen = [], []
+    for lo in range(0, len(captions) - set_size + 1, set_size):
+        caps = captions[lo: lo + set_size]
+        sets.append(retrieval_scores(img[lo: lo + set_size] @ txt[lo: lo + set_size].t(), caps))
+        chosen += [caps[j] for j in (img[lo: lo + set_size] @ txt[lo: lo + set_size].t()).argmax(1).tolist()]
+    if not sets:
+        raise UserError(f"train.test_size={len(captions)} is smaller than train.retrieval_set={set_size}")
+    out = {"sets": len(sets), "set_size": set_size,
+           **{k: round(float(np.mean([s[k] for s in sets])), 4) for k in sets[0] if k != "n"}}
+    n = len(chosen)
+    out["image_to_text_top1_true"] = round(oracle.accuracy(images[:n], chosen)["caption"], 4)
+    cos = (img * txt).sum(-1)
+    perm = torch.randperm(len(captions), generator=torch.Generator().manual_seed(0))
+    out["clip_score"] = round(float(100 * cos.clamp_min(0).mean()), 3)
+    out["clip_score_shuffled"] = round(float(100 * (img * txt[perm]).sum(-1).clamp_min(0).mean()), 3)
+    return out
+
+
+def train_clip(model_cfg: ClipConfig, train: ClipTrainConfig, *, full_config: dict | None = None,
+               command: str | None = None, progress: bool = True) -> dict:
+    """Train (or resume) the CLIP pair on fresh train-split batches; write the model folder with zero-shot
+    retrieval and CLIP-score metrics on the test split (and the held-out compositions). Returns the metrics."""
+    for key in ("test_size", "retrieval_set"):
+        _check_positive(getattr(train, key), f"train.{key}")
+    loop = loop_config({"train": train})
+    if train.batch_size < 2:
+        raise UserError("train.batch_size must be at least 2 (InfoNCE contrasts the pairs of a batch)")
+    device = _device(train.device)
+    if train.threads:
+        torch.set_num_threads(train.threads)
+    out = Path(train.out_dir)
+    torch.manual_seed(train.seed)
+    clip = ClipModel(model_cfg).to(device)
+    if has_checkpoint(out):
+        _check_same_model(out, "clip", asdict(model_cfg))
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        clip.save_pretrained(out)
+        if full_config is not None:
+            save_json(out / "train_config.json", full_config)
+
+    def loss_at(step: int):
+        x, captions = step_batch(step, train.batch_size, train.data_seed)
+        return clip.loss(x.to(device), captions)
+
+    def write_model(state) -> None:
+        _exported(clip, state.ema).save_pretrained(out)
+
+    result = fit(clip, loss_at, loop, out, name="CLIP", progress=progress, on_checkpoint=write_model)
+    final = _exported(clip, result.ema)
+    set_size = min(train.retrieval_set, train.test_size)
+    test = clip_metrics(final, *held_images("test", train.test_size, train.data_seed), set_size)
+    heldout = clip_metrics(final, *held_images("heldout", train.test_size, train.data_seed), set_size)
+    metrics = {"steps": result.step, "stopped": result.stopped, "train_minutes": round(result.elapsed_s / 60, 2),
+               "seconds_per_step": round(result.elapsed_s / max(1, result.step), 4), "final_terms": result.last,
+               "parameters": final.num_parameters(), "temperature": round(1 / float(final.temperature_scale().detach()), 5),
+               "test": test, "heldout": heldout,
+               "bars": {f"image->text top-1 among {set_size} >= 0.9": test["image_to_text_top1"] >= 0.9}}
+    final.save_pretrained(out, manifest={"kind": "image-clip", "command": command, "metrics": metrics})
+    save_json(out / "metrics.json", metrics)
+    return metrics

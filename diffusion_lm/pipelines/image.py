@@ -1,0 +1,163 @@
+"""The image pipeline: captions in, uint8 images out.
+
+    pipe = ImagePipeline.from_pretrained("shipped")                   # the latent UNet + its autoencoder and CLIP
+    images = pipe("a small red circle at the top left", n=8, guidance=4)   # uint8 (8, 32, 32, 3)
+
+It composes the frozen parts and the core sampler, nothing more: the captions' token states from
+the CLIP text tower (the empty caption's are the unconditional ∅), `core.sample` over the UNet
+wrapped by `ClassifierFreeGuidance` (conditioning through `model_kwargs`), a threshold on x̂_0 as
+the sampler's `x0_transform` (Imagen's dynamic thresholding for the pixel model, none by default for
+latents, whose range is not [−1, 1]), then the autoencoder's decoder for a latent UNet.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from ..assets import resolve_asset
+from ..core import ClassifierFreeGuidance, DynamicThreshold, GaussianDiffusion, StaticThreshold, sample
+from ..errors import UserError
+from ..image.autoencoder import AutoencoderKL
+from ..image.clip import ClipModel
+from ..image.evaluate import save_grid
+from ..image.shapes import parse_caption
+from ..image.unet import UNet, load_diffusion, match_parts, tensor_to_images
+from .text import pick_device
+
+THRESHOLDS = ("dynamic", "static", "none")
+
+
+def check_guidance(w, key: str = "guidance") -> float:
+    """The classifier-free guidance scale w: a finite number >= 0, or a one-line UserError naming `key`."""
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+        raise UserError(f"{key} must be a finite number >= 0 (0 = unconditional, 1 = conditional), got {w!r}")
+    return float(w)
+
+
+class ImagePipeline:
+    def __init__(self, unet: UNet, diffusion: GaussianDiffusion, clip, autoencoder=None, device: str = "cpu"):
+        match_parts(unet.config, autoencoder, clip)  # refuses an autoencoder or CLIP the UNet was not trained with
+        self.unet, self.diffusion, self.clip, self.autoencoder, self.device = unet, diffusion, clip, autoencoder, device
+        for part in (unet, clip, autoencoder):
+            if isinstance(part, torch.nn.Module):
+                part.eval().requires_grad_(False)
+
+    @classmethod
+    def from_pretrained(cls, unet_dir: str = "shipped", autoencoder_dir: Optional[str] = "shipped",
+                        clip_dir: str = "shipped", device: str = "auto") -> "ImagePipeline":
+        """Folders from `diffusion-lm train-unet` (and the autoencoder / CLIP trainers), or `shipped`
+        (`image-unet-latent`, `image-autoencoder`, `image-clip`) / `shipped:<name>` (`image-unet-pixel`).
+        A pixel UNet loads no autoencoder."""
+        device = pick_device(device)
+        unet_path = resolve_asset(unet_dir, "model", "image-unet-latent")
+        unet = UNet.from_pretrained(unet_path, device=device)
+        diffusion = load_diffusion(unet_path)
+        autoencoder = None
+        if unet.config.space == "latent":
+            if autoencoder_dir is None:
+                raise UserError(f"{unet_path} is a latent UNet and needs its autoencoder (autoencoder=<folder>)")
+            autoencoder = AutoencoderKL.from_pretrained(resolve_asset(autoencoder_dir, "model", "image-autoencoder"))
+            autoencoder = autoencoder.to(device)
+        clip = ClipModel.from_pretrained(resolve_asset(clip_dir, "model", "image-clip")).to(device)
+        return cls(unet, diffusion, clip, autoencoder, device)
+
+    # ---- parts -----------------------------------------------------------------------------
+    @property
+    def space(self) -> str:
+        return self.unet.config.space
+
+    def threshold(self, name: Optional[str]):
+        """The x0_transform `name` names; None is dynamic for a pixel UNet and none for a latent one."""
+        name = name if name is not None else ("dynamic" if self.space == "pixel" else "none")
+        if name not in THRESHOLDS:
+            raise UserError(f"unknown threshold {name!r}; choose dynamic, static or none")
+        return {"dynamic": DynamicThreshold(), "static": StaticThreshold(), "none": None}[name]
+
+    @torch.no_grad()
+    def caption_states(self, captions: Sequence[str]):
+        """(states, mask) of `captions` and, last, of the empty caption ∅, padded to one length."""
+        for c in captions:
+            if not isinstance(c, str):
+                raise UserError(f"a caption must be a string, got {c!r}")
+            if c.strip():  # "" is the unconditional caption; anything else must be one the scenes can draw
+                parse_caption(c)
+        states, mask = self.clip.text_states(list(captions) + [""])
+        return states.to(self.device), mask.to(self.device).bool()
+
+    def decode(self, x0: torch.Tensor) -> torch.Tensor:
+        """The sampler's x_0 as an image in [−1, 1] (unclipped): decoded for a latent UNet."""
+        return self.autoencoder.decode(x0) if self.space == "latent" else x0
+
+    # ---- sampling --------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, captions: str | Sequence[str], n: int = 1, *, guidance: float = 4.0, steps: int = 50,
+               sampler: str = "ddim", eta: float = 0.0, threshold: Optional[str] = None, seed: int = 0,
+               batch_size: int = 64, callback: Optional[Callable[[dict], None]] = None,
+               progress: bool = False) -> torch.Tensor:
+        """Images (len(captions) · n, 3, 32, 32) in [−1, 1] before clipping, caption by caption."""
+        captions = [captions] if isinstance(captions, str) else list(captions)
+        if not captions:
+            raise UserError("no captions to draw")
+        for name, value in (("n", n), ("batch_size", batch_size), ("steps", steps)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UserError(f"{name} must be an integer >= 1, got {value!r}")
+        w = check_guidance(guidance)
+        try:
+            diffusion = self.diffusion.respace(steps)
+        except ValueError as e:
+            raise UserError(f"steps: {e}") from None
+        x0_transform = self.threshold(threshold)
+        states, mask = self.caption_states(captions)
+        guided = ClassifierFreeGuidance(self.unet, w, {"context": states[-1:], "context_mask": mask[-1:]})
+        rows = torch.arange(len(captions)).repeat_interleave(n)
+        c = self.unet.config
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        # every x_T first, so a sample does not depend on the batch it was drawn in (exactly so for DDIM)
+        noise = torch.randn((len(rows), c.in_channels, c.image_size, c.image_size), generator=generator,
+                            device=self.device)
+        out = []
+        for lo in range(0, len(rows), batch_size):
+            r = rows[lo: lo + batch_size].to(self.device)
+            x0 = sample(guided, diffusion, tuple(noise[lo: lo + batch_size].shape), sampler=sampler, eta=eta,
+                        prediction=c.prediction, x0_transform=x0_transform, noise=noise[lo: lo + batch_size],
+                        generator=generator, device=self.device, callback=callback, progress=progress,
+                        model_kwargs={"context": states[r], "context_mask": mask[r]})
+            out.append(self.decode(x0).cpu())
+        return torch.cat(out)
+
+    def __call__(self, captions: str | Sequence[str], n: int = 1, **kwargs):
+        """uint8 images (len(captions) · n, 32, 32, 3); keywords as `sample`."""
+        return tensor_to_images(self.sample(captions, n, **kwargs))
+
+
+class ImageTrajectory:
+    """A sampling callback: x̂_0 of one sample, decoded every `every` steps, for a PNG strip.
+
+    Records the first batch only (the first caption's first sample by default)."""
+
+    def __init__(self, pipe: ImagePipeline, every: int = 5, sample_index: int = 0):
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise UserError(f"trajectory every must be an integer >= 1, got {every!r}")
+        self.pipe, self.every, self.i = pipe, every, sample_index
+        self.frames: list[tuple[int, torch.Tensor]] = []
+        self.done = False
+
+    @torch.no_grad()
+    def __call__(self, info: dict) -> None:
+        if self.done:
+            return
+        index = info["index"]
+        self.done = index == 0
+        if index % self.every == 0 or self.done or not self.frames:
+            x0 = info["x0"][self.i: self.i + 1]
+            self.frames.append((int(info["t"][self.i]) + 1, self.pipe.decode(x0).cpu()))
+
+    def write(self, path: str | Path) -> Path:
+        """One row of frames, noisiest (largest t) on the left, as a PNG."""
+        if not self.frames:
+            raise UserError("the trajectory recorded nothing (was it passed as the callback?)")
+        images = tensor_to_images(torch.cat([x for _, x in self.frames]))
+        return save_grid(images, path, ncol=len(images), labels=[f"t={t}" for t, _ in self.frames])

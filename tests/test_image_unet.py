@@ -1,0 +1,392 @@
+"""The image UNet, its trainer, ImagePipeline and the imagine / evaluate-image commands.
+
+Fast and seeded: UNets of a few thousand weights, a handful of steps, and tiny untrained autoencoders
+and CLIP pairs where a test needs the parts' interfaces and not their training.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from diffusion_lm import training
+from diffusion_lm.core import ClassifierFreeGuidance, DiffusionConfig, GaussianDiffusion, sample
+from diffusion_lm.errors import UserError
+from diffusion_lm.image.autoencoder import AutoencoderConfig, AutoencoderKL
+from diffusion_lm.image.clip import ClipConfig, ClipModel
+from diffusion_lm.image.data import load_shapes
+from diffusion_lm.image.unet import UNet, UNetConfig, match_parts
+
+
+# ---- small parts: an untrained tiny autoencoder and CLIP pair (their training is tested beside them) ----
+def tiny_autoencoder(latent: int = 4, levels: int = 3) -> AutoencoderKL:
+    """32 x 32 -> latent x 8 x 8 (3 levels; 4 levels make 4 x 4)."""
+    return AutoencoderKL(AutoencoderConfig(latent_channels=latent, channels=8, channel_mult=[1] * levels, groups=4))
+
+
+def tiny_clip(width: int = 16) -> ClipModel:
+    return ClipModel(ClipConfig(embed_dim=8, image_channels=8, image_mult=[1, 1], groups=4, width=width, layers=1,
+                                heads=2, mlp_ratio=2))
+
+
+def captioned_scenes(n: int, seed: int = 0):
+    """n scenes of the shapes train split (columns image, caption)."""
+    return load_shapes("train", n, seed)
+
+
+def perturbed(module: nn.Module, scale: float = 0.05) -> nn.Module:
+    """The zero-initialised output layers made non-zero, as after some training."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+    return module
+
+
+def tiny_config(space: str = "latent", **kw) -> UNetConfig:
+    size = {"pixel": (3, 32)}.get(space, (4, 8))
+    base = dict(space=space, in_channels=size[0], image_size=size[1], channels=8, channel_mult=[1, 2], blocks=1,
+                attention_resolutions=[size[1] // 2], heads=2, context_dim=16, groups=4)
+    return UNetConfig(**{**base, **kw})
+
+
+# ---- the UNet ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("space,prediction", [("latent", "eps"), ("pixel", "v")])
+def test_unet_output_has_the_input_shape(space, prediction):
+    cfg = tiny_config(space, prediction=prediction, channel_mult=[1, 2, 2] if space == "pixel" else [1, 2])
+    unet = UNet(cfg)
+    x = torch.randn(3, cfg.in_channels, cfg.image_size, cfg.image_size)
+    t = torch.tensor([0, 10, 99])
+    ctx, mask = torch.randn(3, 5, 16), torch.ones(3, 5, dtype=torch.bool)
+    assert unet(x, t, ctx, mask).shape == x.shape
+    assert unet(x, t).shape == x.shape  # no caption: self-attention only
+    n_attn = sum(isinstance(m, type(unet.middle[1])) for m in unet.modules())
+    assert n_attn >= 3  # the middle's and the low resolution's transformers
+
+
+def test_cross_attention_reads_the_context_and_respects_its_mask():
+    unet = perturbed(UNet(tiny_config())).eval()
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([5, 50])
+    ctx = torch.randn(2, 6, 16)
+    mask = torch.tensor([[True] * 3 + [False] * 3, [True] * 6])
+    out = unet(x, t, ctx, mask)
+    assert not torch.allclose(out, unet(x, t, torch.randn(2, 6, 16), mask), atol=1e-4)  # another caption
+    padded = ctx.clone()
+    padded[0, 3:] = 100 * torch.randn(3, 16)  # only masked-out positions of row 0 change
+    again = unet(x, t, padded, mask)
+    assert torch.allclose(again[0], out[0], atol=1e-5)
+    unmasked = unet(x, t, padded, torch.ones(2, 6, dtype=torch.bool))
+    assert not torch.allclose(unmasked[0], out[0], atol=1e-4)  # the same states unmasked are read
+
+
+def test_bad_unet_config_is_one_line():
+    for kw, key in ((dict(space="voxel"), "unet.space"), (dict(prediction="x0"), "unet.prediction"),
+                    (dict(groups=3), "divisible"), (dict(channel_mult=[1, 2, 2, 2, 2]), "halved")):
+        with pytest.raises(UserError, match=key):
+            UNet(tiny_config(**kw))
+
+
+def test_save_and_load_round_trip(tmp_path):
+    unet = perturbed(UNet(tiny_config()))
+    diffusion = GaussianDiffusion.from_config(DiffusionConfig("cosine", 100))
+    unet.save_pretrained(tmp_path, diffusion)
+    assert {p.name for p in tmp_path.iterdir()} == {"config.json", "model.safetensors", "diffusion.json"}
+    back = UNet.from_pretrained(tmp_path)
+    assert back.config == unet.config
+    assert all(torch.equal(a, b) for a, b in zip(unet.state_dict().values(), back.state_dict().values()))
+    from diffusion_lm.image.unet import load_diffusion
+
+    assert load_diffusion(tmp_path).config == diffusion.config
+
+
+def test_a_mismatched_autoencoder_is_refused_in_one_line():
+    cfg = tiny_config()  # 4 x 8 x 8 latents
+    with pytest.raises(UserError, match="expects inputs of 4 x 8 x 8 but the autoencoder's latents are 4 x 4 x 4"):
+        match_parts(cfg, tiny_autoencoder(levels=4), tiny_clip())
+    with pytest.raises(UserError, match="are 3 x 8 x 8"):
+        match_parts(tiny_config(), tiny_autoencoder(latent=3), tiny_clip())
+    with pytest.raises(UserError, match="width 16 .* gives 32"):
+        match_parts(tiny_config(), tiny_autoencoder(), tiny_clip(width=32))
+    ae, clip = tiny_autoencoder(), tiny_clip()
+    filled = match_parts(UNetConfig(), ae, clip)  # unset values come from the parts
+    assert (filled.in_channels, filled.image_size, filled.context_dim) == (4, 8, 16)
+    assert match_parts(filled, ae, clip) is filled  # the parts it was trained with pass
+    with pytest.raises(UserError, match="trained with another autoencoder .fingerprint") as e:
+        match_parts(filled, tiny_autoencoder(), clip)  # the same latent shape, other weights
+    assert "\n" not in str(e.value)
+    ae.scale_factor *= 2  # recalibrated: another latent scale is another autoencoder
+    with pytest.raises(UserError, match="another autoencoder"):
+        match_parts(filled, ae, clip)
+    with pytest.raises(UserError, match="trained with another CLIP model"):
+        match_parts(replace(filled, autoencoder_fingerprint=None), tiny_autoencoder(), tiny_clip())
+
+
+# ---- the trainer -------------------------------------------------------------------------------
+def test_caption_dropout_replaces_a_tenth_of_the_captions_by_the_empty_one():
+    from diffusion_lm.image.train import UNetBatches
+
+    data = captioned_scenes(64)
+    clip = tiny_clip()
+    batches = UNetBatches(torch.zeros(64, 4, 8, 8), list(data["caption"]), clip, 100, 64, seed=0, caption_dropout=0.1)
+    empty_states, empty_mask = clip.text_states([""])
+    dropped = []
+    for step in range(100):
+        b = batches(step)
+        dropped.append(b["dropped"])
+        d = b["dropped"]
+        assert torch.equal(b["context_mask"][d], empty_mask.expand(int(d.sum()), -1))  # ∅: [<bos> <eos>]
+        assert torch.allclose(b["context"][d], empty_states.expand(int(d.sum()), -1, -1))
+        assert (b["context_mask"][~d].sum(1) > 2).all()  # every other row keeps its caption
+    rate = torch.cat(dropped).float().mean().item()
+    assert abs(rate - 0.1) < 0.015, rate  # 6,400 draws: 0.1 ± 4 standard errors
+    b1, b2 = batches(7), batches(7)
+    assert all(torch.equal(b1[k], b2[k]) for k in b1)  # a batch is a function of its step
+    none = UNetBatches(torch.zeros(64, 4, 8, 8), list(data["caption"]), clip, 100, 64, seed=0, caption_dropout=0.0)
+    assert not any(none(s)["dropped"].any() for s in range(20))
+
+
+def unet_train_setup(tmp_path, space="latent", **train_kw):
+    from diffusion_lm.image.train import UNetTrainConfig
+
+    cfg = tiny_config(space, in_channels=None, image_size=None, context_dim=None,
+                      attention_resolutions=[4] if space == "latent" else [16])
+    train = UNetTrainConfig(**{**dict(out_dir=str(tmp_path), steps=6, batch_size=4, lr=1e-3, warmup=2, ema_decay=0.9,
+                                      threads=1, log_every=1, checkpoint_every=2, device="cpu"), **train_kw})
+    return cfg, DiffusionConfig("cosine", 50), train
+
+
+def test_train_unet_resumes_exactly_after_a_kill(tmp_path, monkeypatch):
+    from diffusion_lm.image.train import train_unet
+
+    torch.manual_seed(0)
+    ae, clip, data = tiny_autoencoder(), tiny_clip(), captioned_scenes(24)
+
+    def run(d):
+        cfg, diffusion, train = unet_train_setup(tmp_path / d)
+        return train_unet(cfg, diffusion, train, progress=False, dataset=data, autoencoder=ae, clip=clip)
+
+    a = run("a")
+    assert a["steps"] == 6 and a["input"] == [4, 8, 8]
+    real = training.lr_at
+
+    def killed(step, *args, **kw):
+        if step == 3:  # a kill during step 3, one step after the checkpoint at step 2
+            raise KeyboardInterrupt
+        return real(step, *args, **kw)
+
+    monkeypatch.setattr(training, "lr_at", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run("b")
+    monkeypatch.setattr(training, "lr_at", real)
+    assert json.loads((tmp_path / "b" / "checkpoint" / "state.json").read_text())["step"] == 2
+    b = run("b")
+    assert b["steps"] == 6
+    from safetensors.torch import load_file
+
+    for f in ("checkpoint/state.safetensors", "model.safetensors"):
+        sa, sb = load_file(str(tmp_path / "a" / f)), load_file(str(tmp_path / "b" / f))
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa), f
+    logs = [[{k: v for k, v in json.loads(r).items() if k != "elapsed_s"}
+             for r in (tmp_path / d / "train_log.jsonl").read_text().splitlines()] for d in "ab"]
+    assert logs[0] == logs[1] and len(logs[0]) == 6
+
+
+def test_train_unet_refuses_a_mismatched_autoencoder(tmp_path):
+    from diffusion_lm.image.train import train_unet
+
+    cfg, diffusion, train = unet_train_setup(tmp_path / "a", steps=2)
+    cfg.in_channels, cfg.image_size = 4, 8
+    with pytest.raises(UserError, match="expects inputs of 4 x 8 x 8 but the autoencoder's latents are 8 x 8 x 8"):
+        train_unet(cfg, diffusion, train, progress=False, dataset=captioned_scenes(8),
+                   autoencoder=tiny_autoencoder(latent=8), clip=tiny_clip())
+    assert not (tmp_path / "a").exists()
+    # a resumed run with another autoencoder is refused too
+    cfg, diffusion, train = unet_train_setup(tmp_path / "b", steps=2)
+    train_unet(cfg, diffusion, train, progress=False, dataset=captioned_scenes(8), autoencoder=tiny_autoencoder(),
+               clip=tiny_clip())
+    cfg, diffusion, train = unet_train_setup(tmp_path / "b", steps=4)
+    with pytest.raises(UserError, match="unet.in_channels"):
+        train_unet(cfg, diffusion, train, progress=False, dataset=captioned_scenes(8),
+                   autoencoder=tiny_autoencoder(latent=8), clip=tiny_clip())
+
+
+# ---- the pipeline ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def pipe():
+    from diffusion_lm.pipelines.image import ImagePipeline
+
+    torch.manual_seed(0)
+    unet = perturbed(UNet(tiny_config()))
+    diffusion = GaussianDiffusion.from_config(DiffusionConfig("cosine", 100))
+    return ImagePipeline(unet, diffusion, tiny_clip(), tiny_autoencoder())
+
+
+def direct(pipe, caption: str, n: int, steps: int, seed: int):
+    """core.sample on the bare UNet with one caption's states: what w = 1 (or w = 0 with "") must equal."""
+    states, mask = pipe.clip.text_states([caption])
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn((n, 4, 8, 8), generator=g)
+    z = sample(pipe.unet, pipe.diffusion.respace(steps), (n, 4, 8, 8), sampler="ddim", prediction="eps",
+               noise=noise, generator=g, progress=False,
+               model_kwargs={"context": states.expand(n, -1, -1), "context_mask": mask.expand(n, -1)})
+    return pipe.autoencoder.decode(z)
+
+
+def test_guidance_zero_is_the_unconditional_model_and_one_the_conditional(pipe):
+    caption = "a small red circle at the top left"
+    for w, as_caption in ((0, ""), (1, caption)):
+        got = pipe.sample(caption, 3, guidance=w, steps=10, seed=4)
+        assert torch.allclose(got, direct(pipe, as_caption, 3, 10, 4), atol=1e-5), w
+    w4 = pipe.sample(caption, 3, guidance=4, steps=10, seed=4)
+    assert not torch.allclose(w4, pipe.sample(caption, 3, guidance=1, steps=10, seed=4), atol=1e-4)
+    images = pipe([caption, "a blue square"], 2, guidance=2, steps=5)
+    assert images.shape == (4, 32, 32, 3) and images.dtype == np.uint8
+    assert np.array_equal(images, pipe([caption, "a blue square"], 2, guidance=2, steps=5, batch_size=3))
+
+
+def test_guidance_sampling_goes_through_classifier_free_guidance(pipe, monkeypatch):
+    from diffusion_lm.pipelines import image as image_pipeline
+
+    seen = []
+    real = image_pipeline.sample
+
+    def spy(model_fn, *a, **kw):
+        seen.append((type(model_fn), kw["x0_transform"]))
+        return real(model_fn, *a, **kw)
+
+    monkeypatch.setattr(image_pipeline, "sample", spy)
+    pipe.sample("a blue square", 1, guidance=3, steps=2, threshold="dynamic")
+    assert seen[0][0] is ClassifierFreeGuidance and type(seen[0][1]).__name__ == "DynamicThreshold"
+
+
+@pytest.mark.parametrize("w", [-1, -0.5, float("nan"), float("inf"), "4", True])
+def test_bad_guidance_fails_in_one_line(pipe, w):
+    with pytest.raises(UserError, match="guidance must be a finite number >= 0") as e:
+        pipe("a blue square", 1, guidance=w, steps=2)
+    assert "\n" not in str(e.value)
+
+
+def test_bad_captions_fail_in_one_line(pipe):
+    for caption, match in (("a golden circle", "'golden'"), ("a red", "expected a shape")):
+        with pytest.raises(UserError, match=match) as e:
+            pipe(caption, 1, steps=2)
+        assert "\n" not in str(e.value)
+    with pytest.raises(UserError, match="threshold"):
+        pipe("a red circle", 1, steps=2, threshold="soft")
+
+
+def test_trajectory_strip(pipe, tmp_path):
+    from PIL import Image
+
+    from diffusion_lm.pipelines.image import ImageTrajectory
+
+    rec = ImageTrajectory(pipe, every=4)
+    pipe("a red circle", 2, steps=10, callback=rec)
+    ts = [t for t, _ in rec.frames]  # step indices 9 (the first), 8, 4 and 0, as training steps t = 100 ... 1
+    assert len(ts) == 4 and ts[0] == 100 and ts[-1] == 1 and ts == sorted(ts, reverse=True)
+    png = rec.write(tmp_path / "traj.png")
+    assert Image.open(png).size[0] > 5 * 32
+
+
+# ---- the metrics -------------------------------------------------------------------------------
+def test_frechet_distance_matches_the_closed_form():
+    from diffusion_lm.image.evaluate import frechet_distance
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(4000, 3, generator=g, dtype=torch.float64)
+    assert frechet_distance(a, a) == pytest.approx(0, abs=1e-8)
+    # N(0, I) against N(m, 4 I): |m|² + 3 (1 + 4 − 2·2)
+    b = 2 * torch.randn(4000, 3, generator=g, dtype=torch.float64) + torch.tensor([1.0, 0, 0], dtype=torch.float64)
+    assert frechet_distance(a, b) == pytest.approx(1 + 3, rel=0.1)
+    # diagonal covariances against a general one: agrees with Tr((Σa Σb)^½) by eigenvalues of the product
+    c = torch.randn(4000, 3, generator=g, dtype=torch.float64) @ torch.tensor([[1, 0.5, 0], [0, 1, 0.3], [0, 0, 2.0]],
+                                                                               dtype=torch.float64)
+    ca, cc = torch.cov(a.T), torch.cov(c.T)
+    cross = torch.linalg.eigvals(ca @ cc).real.clamp_min(0).sqrt().sum()
+    expect = ((a.mean(0) - c.mean(0)) ** 2).sum() + ca.trace() + cc.trace() - 2 * cross
+    assert frechet_distance(a, c) == pytest.approx(float(expect), rel=1e-6)
+
+
+# ---- end to end through the CLI ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained_parts(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny autoencoder and CLIP pair, trained for a few steps through their own commands."""
+    from diffusion_lm.cli.main import run
+
+    root = tmp_path_factory.mktemp("parts")
+    assert run(["train-autoencoder", "autoencoder_preset=tiny", f"train.out_dir={root / 'autoencoder'}"]) == 0
+    assert run(["train-clip", "clip_preset=tiny", f"train.out_dir={root / 'clip'}"]) == 0
+    return root / "autoencoder", root / "clip"
+
+
+def one_line_error(capsys, argv):
+    from diffusion_lm.cli.main import run
+
+    code = run(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize("space", ["latent", "pixel"])
+def test_tiny_train_then_imagine_then_evaluate_through_the_cli(tmp_path, capsys, trained_parts, space):
+    from PIL import Image
+
+    from diffusion_lm.cli.main import run
+
+    ae, clip = trained_parts
+    unet = tmp_path / "unet"
+    parts = [f"autoencoder={ae}", f"clip={clip}"]
+    assert run(["train-unet", "unet_preset=tiny", f"unet.space={space}", f"train.out_dir={unet}",
+                f"train.autoencoder={ae}", f"train.clip={clip}", "train.train_size=32"]) == 0
+    for f in ("config.json", "model.safetensors", "diffusion.json", "train_config.json", "train_log.jsonl",
+              "loss_curve.png", "summary.json", "checkpoint/state.safetensors"):
+        assert (unet / f).is_file(), f
+    assert json.loads((unet / "config.json").read_text())["space"] == space
+    capsys.readouterr()
+
+    grid, traj = tmp_path / "imagine" / "grid.png", tmp_path / "imagine" / "traj.png"
+    assert run(["imagine", "caption=a small red circle at the top left", "w=4", "n=3", "steps=4",
+                f"unet={unet}", *parts, f"out={grid}", f"trajectory={traj}", "trajectory_every=2"]) == 0
+    printed = capsys.readouterr().out.split()
+    assert printed == [str(grid), str(traj)] and Image.open(grid).size[0] >= 3 * 32 and traj.is_file()
+
+    out = tmp_path / "eval"
+    assert run(["evaluate-image", f"unet={unet}", *parts, "n=2", "limit=2", "real=12", "w=[0,4]", "compare_at=[4]",
+                "steps=2", f"out_dir={out}"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    # the first threshold swept over w, the others at compare_at; test and heldout captions each time
+    settings = [("dynamic", 0), ("dynamic", 4), ("static", 4), ("none", 4)] if space == "pixel" else [("none", 0), ("none", 4)]
+    assert [(r["split"], r["threshold"], r["guidance"]) for r in report["rows"]] == [
+        (split, t, w) for t, w in settings for split in ("test", "heldout")]
+    assert len(report["meta"]["captions"]["heldout"]) == 2 and set(report["real"]) == {"test", "heldout"}
+    assert report["real"]["test"]["accuracy"]["caption"] > 0.9  # the oracle reads real scenes back
+    row = report["rows"][0]
+    assert {"caption", "colour", "shape"} <= set(row["accuracy"]) and 0 <= row["clip_score"] <= 100
+    assert row["frechet"] >= 0 and 0 <= row["saturated"] <= 1 and 0 <= row["out_of_range"] <= 1
+    assert (out / "sweep.png").is_file() and (out / "report.md").read_text().startswith("# Caption-to-image")
+    assert all((out / r["grid"]).is_file() for r in report["rows"])
+    capsys.readouterr()
+
+    assert "w must be a finite number >= 0" in one_line_error(capsys, ["imagine", "w=-1", f"unet={unet}"])
+    assert "'golden'" in one_line_error(capsys, ["imagine", "caption=a golden circle", f"unet={unet}",
+                                                              *parts, "steps=2", f"out={grid}"])
+    if space == "latent":
+        other = tmp_path / "other-ae"
+        tiny_autoencoder(latent=8).save_pretrained(other)
+        assert "expects inputs of 4 x 8 x 8" in one_line_error(capsys, ["imagine", f"unet={unet}", f"autoencoder={other}",
+                                                                        f"clip={clip}", "steps=2", f"out={grid}"])
+
+
+def test_shipped_models_missing_is_one_line(capsys):
+    from diffusion_lm.assets import assets_dir
+
+    if (assets_dir() / "models" / "image-unet-latent").is_dir():
+        pytest.skip("a latent UNet is shipped")
+    assert "no shipped model named 'image-unet-latent'" in one_line_error(capsys, ["imagine"])
