@@ -50,6 +50,7 @@ def one_line_error(capsys, argv):
     *[(["sample", f"{key}={bad}"], f"{key}={bad}") for key in ("seed", "n", "mbr", "batch_size") for bad in ("null", "2.5")],
     (["generate", "target=DT NN .", "guidance.strength=abc"], "guidance.strength"),
     (["generate", "target=DT NN .", "guidance.strength=nan"], "strength must be a finite number"),
+    (["generate", "target=DT NN .", "guidance.strength=1e308"], "strength must be at most"),
     (["generate", "target=DT NN .", "device=tpu"], "unknown device 'tpu'"),
     (["evaluate", "honesty_rows=maybe"], "honesty_rows"),
 ])

@@ -32,6 +32,7 @@ from ..text.model import DiffusionLM
 from ..text.tokenizer import WordTokenizer
 
 CLASSIFIER_KINDS = ("pos", "tree", "semantic")
+MAX_STRENGTH = 1e4  # far above any useful λ: the default is 50 and the measured sweeps stop there
 
 
 def pick_device(name: str = "auto") -> str:
@@ -127,6 +128,8 @@ class DiffusionLMPipeline:
             chosen = get_task(task).default_strength
         if isinstance(chosen, bool) or not isinstance(chosen, (int, float)) or not math.isfinite(chosen) or chosen < 0:
             raise UserError(f"strength must be a finite number >= 0, got {chosen!r}")
+        if chosen > MAX_STRENGTH:  # at 1e308 the update overflowed float32 and every word rounded to [UNK]
+            raise UserError(f"strength must be at most {MAX_STRENGTH:g}, got {chosen!r}")
         g.strength = float(chosen)
         if not (isinstance(g.updates, int) and g.updates >= 0 and math.isfinite(g.step_size) and g.step_size > 0
                 and isinstance(g.skip_last, int) and g.skip_last >= 0):
