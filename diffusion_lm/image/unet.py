@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers import Downsample, Upsample
+
 from .. import io
 from ..core import DiffusionConfig, GaussianDiffusion, load_diffusion_config, save_diffusion_config
 from ..errors import UserError
@@ -166,24 +168,6 @@ class SpatialTransformer(nn.Module):
             h = h + self.cross_attn(self.norm2(h), context, context_mask)
         h = h + self.mlp(self.norm3(h))
         return x + self.proj_out(h).transpose(1, 2).reshape(B, C, H, W)
-
-
-class Downsample(nn.Module):
-    def __init__(self, ch: int):
-        super().__init__()
-        self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=1)
-
-    def forward(self, x):
-        return self.conv(x)
-
-
-class Upsample(nn.Module):
-    def __init__(self, ch: int):
-        super().__init__()
-        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
-
-    def forward(self, x):
-        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
 
 
 class Stage(nn.ModuleList):
