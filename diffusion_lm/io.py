@@ -250,12 +250,56 @@ def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
 # model.safetensors, and for shipped models manifest.json (command, commit, metrics). Weights are
 # written first, then config.json: a folder with a config always has its weights. HF models
 # (the GPT-2 LMs) keep HF's own format.
+INT8_SCALE = "@int8_scale"  # suffix of a quantised weight's per-output-channel scales (no module name holds '@')
+INT8_MIN_SIZE = 1024  # smaller tensors (biases, norms) stay floating
+
+
+def quantize_int8(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Symmetric per-output-channel int8 of every floating weight with >= 2 dims and >= INT8_MIN_SIZE
+    values: q = round(w / s), s = max|w| over the channel / 127 (stored as `<key>@int8_scale`, float32),
+    so each value is off by at most s / 2. Other tensors are kept as float16."""
+    out = {}
+    for k, v in state.items():
+        v = v.detach().cpu()
+        if not v.is_floating_point():
+            out[k] = v
+        elif v.dim() >= 2 and v.numel() >= INT8_MIN_SIZE:
+            scale = v.float().flatten(1).abs().amax(1).clamp_min(1e-12) / 127
+            out[k] = (v.float() / scale.view(-1, *[1] * (v.dim() - 1))).round().clamp(-127, 127).to(torch.int8)
+            out[k + INT8_SCALE] = scale
+        else:
+            out[k] = v.to(torch.float16)
+    return out
+
+
+def dequantize_int8(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The float32 state dict of `quantize_int8`'s output (a state without scales passes through)."""
+    out = {}
+    for k, v in tensors.items():
+        if k.endswith(INT8_SCALE):
+            continue
+        scale = tensors.get(k + INT8_SCALE)
+        if scale is not None:
+            if v.dtype != torch.int8 or scale.dim() != 1 or v.dim() < 1 or scale.numel() != v.shape[0]:
+                raise UserError(f"weight {k}: its int8 scales do not fit it (the file is corrupt)")
+            v = v.float() * scale.float().view(-1, *[1] * (v.dim() - 1))
+        out[k] = v
+    return out
+
+
 def save_pretrained(directory: str | os.PathLike, config: dict, state_dict: dict[str, torch.Tensor], *,
-                    manifest: dict | None = None, dtype: torch.dtype | None = None) -> Path:
-    """Write `state_dict` (floating tensors cast to `dtype` when given) and `config` into `directory`."""
+                    manifest: dict | None = None, dtype: torch.dtype | str | None = None) -> Path:
+    """Write `state_dict` and `config` into `directory`. `dtype` shrinks the file: a floating dtype casts
+    every floating tensor; "int8" quantises the weights per output channel (`quantize_int8`).
+    `load_pretrained` gives float32 back either way."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v) for k, v in state_dict.items()}
+    if dtype == "int8":
+        state = quantize_int8(state_dict)
+    elif dtype is None or isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v) for k, v in state_dict.items()}
+    else:
+        raise ValueError(f"save_pretrained: dtype must be a floating torch dtype or 'int8', got {dtype!r}")
     save_tensors(d / "model.safetensors", state, {"format": "pt"})
     save_json(d / "config.json", config)
     if manifest is not None:
@@ -271,7 +315,11 @@ def load_pretrained(directory: str | os.PathLike, what: str = "model") -> tuple[
     config = load_json(d / "config.json")
     if not isinstance(config, dict):
         raise UserError(f"{d / 'config.json'} must hold a JSON object, not {type(config).__name__}")
-    tensors = {k: (v.float() if v.is_floating_point() else v) for k, v in load_tensors(d / "model.safetensors").items()}
+    try:
+        tensors = dequantize_int8(load_tensors(d / "model.safetensors"))
+    except UserError as e:
+        raise UserError(f"{d / 'model.safetensors'}: {e}") from None
+    tensors = {k: (v.float() if v.is_floating_point() else v) for k, v in tensors.items()}
     return config, tensors
 
 

@@ -1,6 +1,13 @@
-"""Training throughput of the Diffusion-LM denoiser against this machine's fp32 matmul speed.
+"""Training throughput of the Diffusion-LM denoiser (or the image UNet) against this machine's fp32 matmul speed.
 
     python scripts/bench_train.py [preset=cpu] [steps=10] [rounds=5] [profile=0] [key=value ...]
+    python scripts/bench_train.py model=unet [unet_preset=cpu|cpu_pixel] [steps=10] [rounds=5] [key=value ...]
+
+model=unet times the caption-conditioned UNet of `diffusion-lm train-unet` instead, on its preset's
+batch of latents (4 x 8 x 8, as the shipped autoencoder makes) or pixels, with caption states as wide
+and as long as the shipped CLIP's (128 x 20): the UNet alone (forward and backward of its v- or
+eps-loss) and the whole step (clipping and AdamW on top). Frozen parts are outside the step, as in
+training, where every latent and caption state is computed once before the first step.
 
 Times two workloads on the preset's batch: the denoiser f_θ alone (forward and backward of its
 squared error, with the self-conditioning input when the preset has one) and the whole training
@@ -46,6 +53,53 @@ def matmul_round(seconds: float, n: int = 2048) -> tuple[float, float]:
     return flop * len(times) / sum(times) / 1e9, flop / min(times) / 1e9
 
 
+CLIP_STATES = (20, 128)  # (length, width) of the shipped CLIP's caption states: 18 words + start and end
+
+
+def unet_workloads(overrides: list[str]):
+    """(description, result header, runs, step) of the image UNet on its preset's batch."""
+    from diffusion_lm.image.train import unet_loss
+    from diffusion_lm.image.unet import UNet
+
+    if not any(o.startswith("unet_preset=") for o in overrides):
+        overrides.append("unet_preset=cpu")
+    cfg = compose("train_unet", overrides)
+    unet_cfg, train = build(cfg, "unet"), build(cfg, "train")
+    diffusion = GaussianDiffusion.from_config(build(cfg, "diffusion"))
+    if train.threads:
+        torch.set_num_threads(train.threads)
+    unet_cfg.in_channels, unet_cfg.image_size = (4, 8) if unet_cfg.space == "latent" else (3, 32)
+    unet_cfg.context_dim = CLIP_STATES[1]
+    torch.manual_seed(0)
+    model = UNet(unet_cfg)
+    opt = adamw(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    B, C, S = train.batch_size, unet_cfg.in_channels, unet_cfg.image_size
+    g = torch.Generator().manual_seed(0)
+    batch = {"x0": torch.randn(B, C, S, S, generator=g), "t": torch.randint(0, diffusion.num_timesteps, (B,), generator=g),
+             "noise": torch.randn(B, C, S, S, generator=g), "context": torch.randn(B, *CLIP_STATES, generator=g),
+             "context_mask": torch.arange(CLIP_STATES[0]).expand(B, -1) < torch.randint(6, CLIP_STATES[0] + 1, (B, 1), generator=g)}
+
+    def denoise():
+        loss = unet_loss(model, diffusion, batch)
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+
+    def step():  # what `diffusion-lm train-unet` does a step, but for the EMA and the lr schedule
+        loss = unet_loss(model, diffusion, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if train.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
+        opt.step()
+
+    header = {"model": "unet", "preset": cfg.preset_name, "space": unet_cfg.space, "parameters": model.num_parameters(),
+              "batch": B, "input": [C, S, S], "context": list(CLIP_STATES)}
+    what = (f"image UNet `{cfg.preset_name}` ({header['parameters']:,} params, {unet_cfg.space}, batch {B} x {C} x {S} x {S}, "
+            f"caption states {CLIP_STATES[0]} x {CLIP_STATES[1]}")
+    names = {"denoiser": "UNet, forward + backward", "step": "whole training step (+ clipping, AdamW)"}
+    return what, header, {"step": step, "denoiser": denoise}, names, B, "images"
+
+
 def main(argv: list[str]) -> None:
     from diffusion_lm.scripting import fail, number
 
@@ -56,7 +110,15 @@ def main(argv: list[str]) -> None:
     steps = number({"steps": args.pop("steps", "10")}, "steps", minimum=1)
     rounds = number({"rounds": args.pop("rounds", "5")}, "rounds", minimum=1)
     top = number({"profile": args.pop("profile", "0")}, "profile", minimum=0)
+    which = args.pop("model", "diffusion-lm")
+    if which not in ("diffusion-lm", "unet"):
+        fail(f"model must be diffusion-lm or unet, got {which!r}")
     overrides = [f"{k}={v}" for k, v in args.items()]
+    if which == "unet":
+        what, header, runs, names, per_step, unit = unet_workloads(overrides)
+        kept = keep_freed_memory()
+        header["malloc_keeps_freed_memory"] = kept
+        return report(what, header, runs, names, per_step, unit, steps, rounds, top)
     if not any(o.startswith("preset=") for o in overrides):
         overrides.append("preset=cpu")
     cfg = compose("train", overrides)
@@ -92,6 +154,18 @@ def main(argv: list[str]) -> None:
         loss.backward()
 
     runs = {"step": step, "denoiser": denoise}
+    header = {"preset": cfg.preset_name, "parameters": model.num_parameters(), "batch": B, "seq_len": L,
+              "malloc_keeps_freed_memory": kept}
+    what = f"Diffusion-LM `{cfg.preset_name}` ({header['parameters']:,} params, batch {B} x {L} tokens"
+    names = {"denoiser": "denoiser f_θ, forward + backward",
+             "step": "whole training step (+ rounding and anchor losses, self-conditioning pass, clipping, AdamW)"}
+    report(what, header, runs, names, B * L, "tokens", steps, rounds, top)
+
+
+def report(what: str, header: dict, runs: dict, names: dict, per_step: int, unit: str, steps: int, rounds: int,
+           top: int) -> None:
+    """Time `runs` (step and denoiser) against the matmul in alternating rounds; print the figures and JSON."""
+    step = runs["step"]
     flops = {}
     for name, fn in runs.items():
         for _ in range(3):
@@ -115,30 +189,25 @@ def main(argv: list[str]) -> None:
             times[name].append((time.perf_counter() - t0) / steps)
         round_s = max(1.0, steps * times["step"][-1])
     peak, burst = max(peaks), max(bursts)
-    result = {"preset": cfg.preset_name, "parameters": model.num_parameters(), "batch": B, "seq_len": L,
-              "threads": torch.get_num_threads(), "matmul_gflops": round(peak, 1),
-              "matmul_burst_gflops": round(burst, 1), "matmul_rounds": [round(p, 1) for p in peaks],
-              "malloc_keeps_freed_memory": kept}
+    result = {**header, "threads": torch.get_num_threads(), "matmul_gflops": round(peak, 1),
+              "matmul_burst_gflops": round(burst, 1), "matmul_rounds": [round(p, 1) for p in peaks]}
     for name in runs:
         best = min(times[name])
         achieved = flops[name] / best / 1e9
         result[name] = {"s": round(best, 4), "median_s": round(sorted(times[name])[len(times[name]) // 2], 4),
-                        "tokens_per_s": round(B * L / best, 1), "gflop": round(flops[name] / 1e9, 2),
+                        f"{unit}_per_s": round(per_step / best, 1), "gflop": round(flops[name] / 1e9, 2),
                         "achieved_gflops": round(achieved, 1), "ratio": round(achieved / peak, 3),
                         "ratio_to_burst": round(achieved / burst, 3), "rounds_s": [round(x, 4) for x in times[name]]}
-    print(f"Diffusion-LM `{cfg.preset_name}` ({result['parameters']:,} params, batch {B} x {L} tokens, "
-          f"{result['threads']} threads), best of {rounds} rounds of {steps}:")
-    for name, what in (("denoiser", "denoiser f_θ, forward + backward"),
-                       ("step", "whole training step (+ rounding and anchor losses, self-conditioning pass, "
-                                "clipping, AdamW)")):
+    print(f"{what}, {result['threads']} threads), best of {rounds} rounds of {steps}:")
+    for name in ("denoiser", "step"):
         r = result[name]
-        print(f"  {what}: {r['s']:.3f} s (median {r['median_s']:.3f}), {r['gflop']} GFLOP")
-        print(f"    tokens/s {r['tokens_per_s']:>10,.0f}   achieved GFLOP/s {r['achieved_gflops']:>6.1f}   "
+        print(f"  {names[name]}: {r['s']:.3f} s (median {r['median_s']:.3f}), {r['gflop']} GFLOP")
+        print(f"    {unit}/s {r[f'{unit}_per_s']:>10,.0f}   achieved GFLOP/s {r['achieved_gflops']:>6.1f}   "
               f"ratio {r['ratio']:.3f}   (to the burst: {r['ratio_to_burst']:.3f})")
     print(f"  fp32 matmul GFLOP/s {peak:.1f} sustained (2048^3 back to back, best of {rounds} rounds; rounds "
           f"ranged {min(peaks):.0f}-{max(peaks):.0f}); fastest single product {burst:.1f}")
-    print(f"  ratio: denoiser {result['denoiser']['ratio']:.3f}, whole step {result['step']['ratio']:.3f} "
-          f"(target >= 0.5)")
+    print(f"  ratio: denoiser {result['denoiser']['ratio']:.3f}, whole step {result['step']['ratio']:.3f}"
+          + (" (target >= 0.5)" if unit == "tokens" else ""))
     print(json.dumps(result))
     if top:
         from torch.profiler import ProfilerActivity, profile

@@ -9,9 +9,13 @@
     kind=base-lm    run=runs/base-lm  name=base-lm              (the baselines' LM: diffusion-lm train-lm, BASE_LM_ARGS)
     kind=fudge      run=runs/fudge    name=fudge-discriminator  (diffusion-lm train-baseline method=fudge)
     kind=pplm       run=runs/pplm     name=pplm-discriminator   (diffusion-lm train-baseline method=pplm)
+    kind=unet-latent run=runs/image-unet-latent name=image-unet-latent (diffusion-lm train-unet unet_preset=cpu)
+    kind=unet-pixel  run=runs/image-unet-pixel  name=image-unet-pixel  (diffusion-lm train-unet unet_preset=cpu_pixel)
+    (a UNet kind also takes report=<evaluate-image out_dir>/report.json, whose figures join the manifest)
 
 Writes diffusion_lm/assets/models/<name>/ with the run's JSON files and
-model.safetensors (weights stored in fp16; every loader casts back to fp32),
+model.safetensors (weights stored in fp16, the latent UNet's in per-channel int8 to keep the image
+models under 12 MB together; every loader casts back to fp32),
 and manifest.json: the command that built it, the commit, and the run's
 metrics. The folder is assembled under a temporary name and renamed into place.
 """
@@ -25,6 +29,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from diffusion_lm.io import quantize_int8
 from diffusion_lm.scripting import fail, parse, run_script
 
 ASSETS = Path(__file__).resolve().parents[1] / "diffusion_lm" / "assets" / "models"
@@ -36,7 +41,10 @@ KINDS = {
     "base-lm": ("runs/base-lm", "base-lm", ("config.json", "tokenizer.json", "generation_config.json")),
     "fudge": ("runs/fudge", "fudge-discriminator", ("config.json",)),
     "pplm": ("runs/pplm", "pplm-discriminator", ("config.json",)),
+    "unet-latent": ("runs/image-unet-latent", "image-unet-latent", ("config.json", "diffusion.json")),
+    "unet-pixel": ("runs/image-unet-pixel", "image-unet-pixel", ("config.json", "diffusion.json")),
 }
+INT8 = ("unet-latent",)  # stored as per-channel int8 (diffusion_lm.io.quantize_int8); the rest as fp16
 # smaller than the teacher (4 x 256, seed 1234) and another seed, so the judge is not the contestant
 BASE_LM_ARGS = "model.layers=3 model.hidden=192 train.seed=7 train.out_dir=runs/base-lm"
 
@@ -45,7 +53,11 @@ def _json(path: Path):
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def manifest_for(kind: str, run: Path) -> dict:
+def manifest_for(kind: str, run: Path, report: Path | None = None) -> dict:
+    if kind.startswith("unet-"):
+        train_cfg = _json(run / "train_config.json") or {}
+        return {"command": train_cfg.get("command"), "summary": _json(run / "summary.json"),
+                "evaluation": _json(report) if report is not None else None}
     if kind == "diffusion":
         train_cfg = _json(run / "train_config.json") or {}
         return {"command": f"diffusion-lm train preset={train_cfg.get('preset_name')}", "train_config": train_cfg,
@@ -68,7 +80,7 @@ def manifest_for(kind: str, run: Path) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    args = parse(argv, {"kind": "diffusion", "run": "", "name": "", "command": ""})
+    args = parse(argv, {"kind": "diffusion", "run": "", "name": "", "command": "", "report": ""})
     kind = args["kind"]
     if kind not in KINDS:
         fail(f"unknown kind {kind!r}; choose {', '.join(KINDS)}")
@@ -81,13 +93,17 @@ def main(argv: list[str]) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     weights = load_file(str(run / "model.safetensors"))
-    save_file({k: v.half() if v.is_floating_point() else v for k, v in weights.items()}, str(tmp / "model.safetensors"),
-              metadata={"format": "pt", "stored_dtype": "float16"})
+    if kind in INT8:
+        save_file(quantize_int8(weights), str(tmp / "model.safetensors"),
+                  metadata={"format": "pt", "stored_dtype": "int8 per output channel"})
+    else:
+        save_file({k: v.half() if v.is_floating_point() else v for k, v in weights.items()},
+                  str(tmp / "model.safetensors"), metadata={"format": "pt", "stored_dtype": "float16"})
     for f in files:
         if (run / f).exists():
             shutil.copy(run / f, tmp / f)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    manifest = {"kind": kind, "commit": commit, "trained_on": "2-core CPU, fp32", **manifest_for(kind, run)}
+    manifest = {"kind": kind, "commit": commit, "trained_on": "2-core CPU, fp32", **manifest_for(kind, run, Path(args["report"]) if args["report"] else None)}
     if args["command"]:  # the exact command, where the run's preset has changed since or overrides were given
         manifest["command"] = args["command"]
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")

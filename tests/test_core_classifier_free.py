@@ -36,7 +36,11 @@ def test_scale_0_is_unconditional_and_1_is_conditional(inputs):
     uncond, conditional = model(x, t, null.expand_as(cond)), model(x, t, cond)
     torch.testing.assert_close(ClassifierFreeGuidance(model, 0.0, {"cond": null})(x, t, cond=cond), uncond,
                                rtol=0, atol=0)
-    torch.testing.assert_close(ClassifierFreeGuidance(model, 1.0, {"cond": null})(x, t, cond=cond), conditional)
+    model.calls.clear()
+    torch.testing.assert_close(ClassifierFreeGuidance(model, 1.0, {"cond": null})(x, t, cond=cond), conditional,
+                               rtol=0, atol=0)
+    ClassifierFreeGuidance(model, 0.0, {"cond": null})(x, t, cond=cond)
+    assert model.calls == [B, B]  # w = 0 and w = 1 run only the half they are: one pass of B rows each
 
 
 @pytest.mark.parametrize("w", [-0.5, 2.0, 7.5])

@@ -104,6 +104,52 @@ def test_save_and_load_round_trip(tmp_path):
     assert load_diffusion(tmp_path).config == diffusion.config
 
 
+def test_int8_weights_round_trip_within_half_a_step(tmp_path):
+    from diffusion_lm import io
+
+    torch.manual_seed(0)
+    unet = perturbed(UNet(tiny_config()))
+    diffusion = GaussianDiffusion.from_config(DiffusionConfig("cosine", 100))
+    unet.save_pretrained(tmp_path / "f32", diffusion)
+    unet.save_pretrained(tmp_path / "i8", diffusion, dtype="int8")
+    stored = io.load_tensors(tmp_path / "i8" / "model.safetensors")
+    back = UNet.from_pretrained(tmp_path / "i8")
+    for k, v in unet.state_dict().items():
+        got = back.state_dict()[k]
+        if k + io.INT8_SCALE in stored:  # a weight matrix: int8, off by at most half its channel's step
+            assert stored[k].dtype == torch.int8 and v.dim() >= 2
+            step = v.flatten(1).abs().amax(1) / 127
+            assert ((got - v).flatten(1).abs() <= step[:, None] / 2 + 1e-7).all(), k
+        else:  # biases and norms: float16
+            assert stored[k].dtype == torch.float16 and torch.allclose(got, v, atol=1e-3, rtol=1e-3), k
+    assert (tmp_path / "i8" / "model.safetensors").stat().st_size < 0.4 * (tmp_path / "f32" / "model.safetensors").stat().st_size
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([3, 70])
+    c, m = torch.randn(2, 5, 16), torch.ones(2, 5, dtype=torch.bool)
+    with torch.no_grad():
+        a, b = unet.eval()(x, t, c, m), back(x, t, c, m)
+    assert (a - b).abs().max() < 0.05 * a.abs().max()
+    # scales that do not fit their weight are a corrupt file, in one line
+    stored[next(k for k in stored if k.endswith(io.INT8_SCALE))] = torch.ones(3)
+    io.save_tensors(tmp_path / "i8" / "model.safetensors", stored)
+    with pytest.raises(UserError, match="int8 scales do not fit"):
+        UNet.from_pretrained(tmp_path / "i8")
+
+
+def test_eps_prediction_on_latents_at_zero_terminal_snr_is_refused(tmp_path):
+    from diffusion_lm.image.train import train_unet
+    from diffusion_lm.image.unet import eps_gain
+
+    cosine = GaussianDiffusion.from_config(DiffusionConfig("cosine", 1000))
+    linear = GaussianDiffusion.from_config(DiffusionConfig("linear", 1000))
+    assert eps_gain(cosine) == pytest.approx(1 / cosine.alpha_bar[-1].sqrt().item()) and eps_gain(cosine) > 1e4
+    assert 100 < eps_gain(linear) < 200
+    cfg, _, train = unet_train_setup(tmp_path / "a", steps=2)
+    with pytest.raises(UserError, match="unet.prediction=eps on latents .* use unet.prediction=v"):
+        train_unet(replace(cfg, prediction="eps"), DiffusionConfig("cosine", 1000), train, progress=False,
+                   dataset=captioned_scenes(8), autoencoder=tiny_autoencoder(), clip=tiny_clip())
+    assert not (tmp_path / "a").exists()
+
+
 def test_a_mismatched_autoencoder_is_refused_in_one_line():
     cfg = tiny_config()  # 4 x 8 x 8 latents
     with pytest.raises(UserError, match="expects inputs of 4 x 8 x 8 but the autoencoder's latents are 4 x 4 x 4"):
@@ -231,7 +277,8 @@ def direct(pipe, caption: str, n: int, steps: int, seed: int):
     states, mask = pipe.clip.text_states([caption])
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn((n, 4, 8, 8), generator=g)
-    z = sample(pipe.unet, pipe.diffusion.respace(steps), (n, 4, 8, 8), sampler="ddim", prediction="eps",
+    z = sample(pipe.unet, pipe.diffusion.respace(steps), (n, 4, 8, 8), sampler="ddim",
+               prediction=pipe.unet.config.prediction,
                noise=noise, generator=g, progress=False,
                model_kwargs={"context": states.expand(n, -1, -1), "context_mask": mask.expand(n, -1)})
     return pipe.autoencoder.decode(z)
@@ -241,7 +288,7 @@ def test_guidance_zero_is_the_unconditional_model_and_one_the_conditional(pipe):
     caption = "a small red circle at the top left"
     for w, as_caption in ((0, ""), (1, caption)):
         got = pipe.sample(caption, 3, guidance=w, steps=10, seed=4)
-        assert torch.allclose(got, direct(pipe, as_caption, 3, 10, 4), atol=1e-5), w
+        assert torch.equal(got, direct(pipe, as_caption, 3, 10, 4)), w  # one pass of the half it is
     w4 = pipe.sample(caption, 3, guidance=4, steps=10, seed=4)
     assert not torch.allclose(w4, pipe.sample(caption, 3, guidance=1, steps=10, seed=4), atol=1e-4)
     images = pipe([caption, "a blue square"], 2, guidance=2, steps=5)
@@ -352,7 +399,7 @@ def test_tiny_train_then_imagine_then_evaluate_through_the_cli(tmp_path, capsys,
     capsys.readouterr()
 
     grid, traj = tmp_path / "imagine" / "grid.png", tmp_path / "imagine" / "traj.png"
-    assert run(["imagine", "caption=a small red circle at the top left", "w=4", "n=3", "steps=4",
+    assert run(["imagine", "caption=a small red circle at the top left", "guidance=4", "n=3", "steps=4",
                 f"unet={unet}", *parts, f"out={grid}", f"trajectory={traj}", "trajectory_every=2"]) == 0
     printed = capsys.readouterr().out.split()
     assert printed == [str(grid), str(traj)] and Image.open(grid).size[0] >= 3 * 32 and traj.is_file()
@@ -375,6 +422,7 @@ def test_tiny_train_then_imagine_then_evaluate_through_the_cli(tmp_path, capsys,
     capsys.readouterr()
 
     assert "w must be a finite number >= 0" in one_line_error(capsys, ["imagine", "w=-1", f"unet={unet}"])
+    assert "w must be a finite number >= 0" in one_line_error(capsys, ["imagine", "guidance=-1", f"unet={unet}"])
     assert "'golden'" in one_line_error(capsys, ["imagine", "caption=a golden circle", f"unet={unet}",
                                                               *parts, "steps=2", f"out={grid}"])
     if space == "latent":

@@ -30,6 +30,21 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate-image": ("evaluate_image", "score the image UNet on test captions across guidance w: oracle, CLIP, Frechet"),
 }
 
+# keys a command also answers to: the image commands' guidance scale is `w` in their configs, since hydra
+# reads `guidance=4` as a choice in the text commands' config group conf/guidance/; `guidance=4` is w=4 there
+ALIASES: dict[str, dict[str, str]] = {"imagine": {"guidance": "w"}, "evaluate-image": {"guidance": "w"}}
+
+
+def unalias(name: str, overrides: list[str]) -> list[str]:
+    """`overrides` with the command's aliased keys (ALIASES) renamed to the keys its config holds."""
+    aliases = ALIASES.get(name, {})
+    out = []
+    for o in overrides:
+        key, sep, value = o.partition("=")
+        out.append(f"{aliases[key]}={value}" if sep and key in aliases else o)
+    return out
+
+
 USAGE = """usage: diffusion-lm <command> [key=value ...]
 
 Diffusion-LM (Li et al., 2022): continuous diffusion over learned word embeddings.
@@ -57,6 +72,7 @@ def run(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"error: unknown command {name!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
+    overrides = unalias(name, overrides)
     from omegaconf import OmegaConf
 
     from ..errors import UserError

@@ -21,6 +21,7 @@ a pixel UNet, every threshold: dynamic, static, none):
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -168,13 +169,16 @@ def evaluate(pipe, splits: dict, out_dir: str | Path, *, n: int = 8,
     rows = []
     for k, threshold in enumerate(thresholds):
         for w in guidances if k == 0 or compare_at is None else [w for w in guidances if w in compare_at]:
+            started = time.perf_counter()
             raw = pipe.sample(captions, n, guidance=w, threshold=threshold, steps=steps, sampler=sampler,
                               seed=seed, batch_size=batch_size, progress=progress)
+            rate = len(raw) / (time.perf_counter() - started)  # decoding included; w = 0 or 1 is one pass, else two
             images = tensor_to_images(raw)
             for name, (a, b) in spans.items():
                 flat = [c for c in splits[name][0] for _ in range(n)]
                 row = {"split": name, "threshold": threshold, "guidance": float(w),
-                       **score(images[a:b], flat, pipe.clip, real_features[name], raw[a:b])}
+                       **score(images[a:b], flat, pipe.clip, real_features[name], raw[a:b]),
+                       "images_per_s": round(rate, 2)}
                 shown = min(len(splits[name][0]), 8) * n
                 row["grid"] = save_grid(images[a:a + shown], out / f"grid_{name}_{threshold}_w{w:g}.png", ncol=n).name
                 rows.append(row)
@@ -182,7 +186,8 @@ def evaluate(pipe, splits: dict, out_dir: str | Path, *, n: int = 8,
                     print(f"{name} threshold={threshold} w={w:g}: caption accuracy {row['accuracy'].get('caption')}, "
                           f"Fréchet {row['frechet']}, CLIP score {row['clip_score']}", flush=True)
     result = {"meta": {**(meta or {}), "captions": {k: list(v[0]) for k, v in splits.items()}, "n": n,
-                       "steps": steps, "sampler": sampler, "seed": seed, "space": pipe.space},
+                       "steps": steps, "sampler": sampler, "seed": seed, "space": pipe.space,
+                       "threads": torch.get_num_threads(), "device": str(pipe.device)},
               "real": real, "rows": rows}
     save_json(out / "report.json", result)
     (out / "report.md").write_text(markdown(result), encoding="utf-8")
@@ -194,11 +199,12 @@ def markdown(result: dict) -> str:
     rows, real, meta = result["rows"], result["real"], result["meta"]
     keys = sorted({k for r in [*rows, *real.values()] for k in r["accuracy"]} - {"caption"})
     head = ["split", "threshold", "w", "caption acc", *keys, "CLIP score", "Fréchet (CLIP)", "saturated",
-            "out of [-1,1]"]
+            "out of [-1,1]", "images/s"]
     sizes = ", ".join(f"{len(c)} {k}" for k, c in meta["captions"].items())
     lines = [f"# Caption-to-image evaluation ({meta['space']} UNet)", "",
              f"Captions: {sizes}; {meta['n']} samples each, {meta['sampler']} {meta['steps']} steps, seed "
-             f"{meta['seed']}. Fréchet distance in the CLIP image tower's features, against the split's real "
+             f"{meta['seed']} ({meta.get('threads', '?')} threads on {meta.get('device', '?')}; images/s is the "
+             f"setting's whole sampling call, decoding included, both splits together). Fréchet distance in the CLIP image tower's features, against the split's real "
              f"images; the `real` rows score those images against their own captions (their Fréchet "
              f"distance is one half against the other: the floor at this sample size).", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -207,7 +213,8 @@ def markdown(result: dict) -> str:
         acc = r["accuracy"]
         frechet = "-" if r["frechet"] is None else f"{r['frechet']:.4f}"
         cells = [split, threshold, w, _pct(acc.get("caption")), *[_pct(acc.get(k)) for k in keys],
-                 f"{r['clip_score']:.1f}", frechet, _pct(r["saturated"]), _pct(r.get("out_of_range"))]
+                 f"{r['clip_score']:.1f}", frechet, _pct(r["saturated"]), _pct(r.get("out_of_range")),
+                 f"{r['images_per_s']:.1f}" if "images_per_s" in r else "-"]
         return "| " + " | ".join(cells) + " |"
 
     for name, r in real.items():

@@ -32,7 +32,7 @@ from .autoencoder import REC_LOSSES, AutoencoderConfig, AutoencoderKL, psnr
 from .clip import ClipConfig, ClipModel, retrieval_scores
 from .data import load_shapes, make_batch
 from .evaluate import save_grid
-from .unet import SPACES, UNet, UNetConfig, images_to_tensor, match_parts, tensor_to_images
+from .unet import MAX_EPS_GAIN, SPACES, UNet, UNetConfig, eps_gain, images_to_tensor, match_parts, tensor_to_images
 
 
 # ---- the UNet ----------------------------------------------------------------------------------
@@ -156,6 +156,12 @@ def train_unet(unet_cfg: UNetConfig, diffusion_cfg: DiffusionConfig, train: UNet
         raise UserError(f"bad diffusion config: diffusion.{e}") from None
     if unet_cfg.space not in SPACES:  # before any part loads
         raise UserError(f"unet.space must be latent or pixel, got {unet_cfg.space!r}")
+    if unet_cfg.space == "latent" and unet_cfg.prediction == "eps" and eps_gain(diffusion) > MAX_EPS_GAIN:
+        # latents have no range to clip x0 to, so nothing at sampling would catch the blown-up first step
+        raise UserError(f"unet.prediction=eps on latents with diffusion.schedule={diffusion_cfg.schedule}: "
+                        f"alpha_bar_T = {float(diffusion.alpha_bar[-1]):.1e}, so x0 from eps multiplies the model's "
+                        f"error by {eps_gain(diffusion):.0e} at the first step and samples stay noise; "
+                        f"use unet.prediction=v (or diffusion.schedule=linear)")
     if isinstance(train.caption_dropout, bool) or not 0 <= train.caption_dropout < 1:
         raise UserError(f"train.caption_dropout must be in [0, 1), got {train.caption_dropout!r}")
     loop = loop_config({"train": train})

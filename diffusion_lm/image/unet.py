@@ -61,7 +61,7 @@ class UNetConfig:
     context_dim: Optional[int] = None  # width of the caption states (the CLIP text tower's; null: the trainer's)
     dropout: float = 0.0
     groups: int = 16  # GroupNorm groups (must divide every level's width)
-    prediction: str = "eps"  # eps | v
+    prediction: str = "v"  # v | eps (eps is ill-conditioned where alpha_bar_T ~ 0: see eps_conditioning)
     # set by the trainer: fingerprints of the frozen parts it was trained with, checked wherever it is used
     autoencoder_fingerprint: Optional[str] = None
     clip_fingerprint: Optional[str] = None
@@ -249,14 +249,14 @@ class UNet(nn.Module):
 
     # ---- folders ---------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike, diffusion: GaussianDiffusion | DiffusionConfig,
-                        state_dict: dict[str, torch.Tensor] | None = None) -> Path:
-        """config.json + model.safetensors (`state_dict` overrides the weights, e.g. the EMA copy) and
-        the diffusion beside them as diffusion.json."""
+                        state_dict: dict[str, torch.Tensor] | None = None, dtype=None) -> Path:
+        """config.json + model.safetensors (`state_dict` overrides the weights, e.g. the EMA copy; `dtype`
+        as `io.save_pretrained`: a float dtype or "int8") and the diffusion beside them as diffusion.json."""
         cfg = diffusion.config if isinstance(diffusion, GaussianDiffusion) else diffusion
         if not isinstance(cfg, DiffusionConfig):
             raise TypeError("save_pretrained needs a diffusion built by GaussianDiffusion.from_config, or its config")
         save_diffusion_config(directory, cfg)
-        return io.save_pretrained(directory, asdict(self.config), state_dict or self.state_dict())
+        return io.save_pretrained(directory, asdict(self.config), state_dict or self.state_dict(), dtype=dtype)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> "UNet":
@@ -265,6 +265,15 @@ class UNet(nn.Module):
         model = cls(config)
         io.load_weights(model, state, str(directory))
         return model.to(device).eval()
+
+
+MAX_EPS_GAIN = 1000.0  # largest 1/sqrt(alpha_bar_T) an eps-model on latents is trained for
+
+
+def eps_gain(diffusion: GaussianDiffusion) -> float:
+    """1/sqrt(alpha_bar_T): what x0 = (x_T - sqrt(1 - alpha_bar_T) eps) / sqrt(alpha_bar_T) multiplies an eps-model's
+    error by at the first sampling step (2.0e4 for the cosine schedule at T = 1000, 158 for the linear)."""
+    return float(1.0 / diffusion.alpha_bar[-1].sqrt())
 
 
 def load_diffusion(directory: str | os.PathLike) -> GaussianDiffusion:
