@@ -319,7 +319,9 @@ def test_bad_guidance_fails_in_one_line(pipe, w):
 
 
 def test_bad_captions_fail_in_one_line(pipe):
-    for caption, match in (("a golden circle", "'golden'"), ("a red", "expected a shape")):
+    long = " ".join(["a red circle left of a blue square"] * 3)
+    for caption, match in (("a golden circle", "'golden'"), ("a red", "expected a shape"), ("", "empty caption"),
+                           ("   ", "empty caption"), (long, "more than the 18")):
         with pytest.raises(UserError, match=match) as e:
             pipe(caption, 1, steps=2)
         assert "\n" not in str(e.value)
@@ -425,6 +427,26 @@ def test_tiny_train_then_imagine_then_evaluate_through_the_cli(tmp_path, capsys,
     assert "w must be a finite number >= 0" in one_line_error(capsys, ["imagine", "guidance=-1", f"unet={unet}"])
     assert "'golden'" in one_line_error(capsys, ["imagine", "caption=a golden circle", f"unet={unet}",
                                                               *parts, "steps=2", f"out={grid}"])
+    # inpainting from PNGs: the kept pixels come back (pasted for latents), the mask's white box is redrawn
+    from diffusion_lm.image.editing import make_edits
+
+    e = make_edits(1, seed=2)
+    Image.fromarray(e["images"][0]).save(tmp_path / "init.png")
+    Image.fromarray(np.where(e["keep"][0], 0, 255).astype(np.uint8)).save(tmp_path / "mask.png")
+    edited = tmp_path / "edit.png"
+    assert run(["imagine", f"caption={e['captions'][0]}", "guidance=3", "n=2", "steps=3", f"unet={unet}", *parts,
+                f"init={tmp_path / 'init.png'}", f"mask={tmp_path / 'mask.png'}", f"out={edited}"]) == 0
+    capsys.readouterr()
+    grid_pixels = np.asarray(Image.open(edited).convert("RGB"))
+    assert grid_pixels.shape[1] >= 2 * 32
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "small.png")
+    for extra, match in (([f"init={tmp_path / 'init.png'}"], "needs both init"),
+                         ([f"init={tmp_path / 'init.png'}", f"mask={tmp_path / 'small.png'}"], "is 16 x 16"),
+                         ([f"init={tmp_path / 'nope.png'}", f"mask={tmp_path / 'mask.png'}"], "init image not found"),
+                         ([f"init={tmp_path / 'init.png'}", f"mask={tmp_path / 'mask.png'}", "paste=maybe"], "paste must")):
+        assert match in one_line_error(capsys, ["imagine", f"unet={unet}", *parts, "steps=2", f"out={tmp_path / 'x.png'}",
+                                                *extra])
+    assert not (tmp_path / "x.png").exists()
     if space == "latent":
         other = tmp_path / "other-ae"
         tiny_autoencoder(latent=8).save_pretrained(other)
@@ -438,3 +460,57 @@ def test_shipped_models_missing_is_one_line(capsys):
     if (assets_dir() / "models" / "image-unet-latent").is_dir():
         pytest.skip("a latent UNet is shipped")
     assert "no shipped model named 'image-unet-latent'" in one_line_error(capsys, ["imagine"])
+
+
+# ---- inpainting ---------------------------------------------------------------------------------
+def test_edits_change_one_object_and_keep_the_rest():
+    from diffusion_lm.image import oracle
+    from diffusion_lm.image.editing import make_edits
+
+    e = make_edits(12, seed=3)
+    assert e["images"].shape == (12, 32, 32, 3) and e["keep"].shape == (12, 32, 32) and e["keep"].dtype == bool
+    assert oracle.accuracy(e["images"], e["original_captions"])["caption"] == 1.0  # the originals are what they say
+    for keep, new, old in zip(e["keep"], e["captions"], e["original_captions"]):
+        assert new != old and 0.5 < keep.mean() < 1
+        changed = [(a, b) for a, b in zip(new.split(), old.split()) if a != b]
+        assert len(new.split()) == len(old.split()) and 1 <= len(changed) <= 2  # colour and shape of one object
+
+
+def test_inpainting_keeps_pixels_exactly_in_pixel_space_and_latent_cells_in_latent_space(pipe, monkeypatch):
+    from diffusion_lm.core import sampling
+    from diffusion_lm.image.editing import make_edits
+    from diffusion_lm.pipelines.image import ImagePipeline
+
+    e = make_edits(3, seed=1)
+    torch.manual_seed(0)
+    pixel = ImagePipeline(perturbed(UNet(tiny_config("pixel", attention_resolutions=[16]))),
+                          GaussianDiffusion.from_config(DiffusionConfig("cosine", 100)), tiny_clip())
+    out = pixel.inpaint(e["images"], e["keep"], e["captions"], guidance=2, steps=5)
+    got = ((out.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    assert (got[e["keep"]] == e["images"][e["keep"]]).all()
+    assert not (got[~e["keep"]] == e["images"][~e["keep"]]).all()  # the box is redrawn
+    # latent space: the sampler's result holds the encoded latents at every cell whose 4 x 4 patch is kept
+    finals = []
+    real = sampling.sample
+    monkeypatch.setattr("diffusion_lm.pipelines.image.sample", lambda *a, **kw: finals.append(real(*a, **kw)) or finals[-1])
+    pasted = pipe.inpaint(e["images"], e["keep"], e["captions"], guidance=2, steps=5, paste=True)
+    z = pipe.autoencoder.encode(((torch.as_tensor(e["images"]).permute(0, 3, 1, 2).float()) / 127.5 - 1))
+    cells = torch.as_tensor(e["keep"]).view(3, 8, 4, 8, 4).all(4).all(2)
+    assert torch.equal(finals[0].permute(0, 2, 3, 1)[cells], z.permute(0, 2, 3, 1)[cells])
+    assert torch.equal(pasted.permute(0, 2, 3, 1)[torch.as_tensor(e["keep"])],
+                       (torch.as_tensor(e["images"]).float() / 127.5 - 1)[torch.as_tensor(e["keep"])])
+
+
+def test_bad_inpainting_input_is_one_line(pipe):
+    from diffusion_lm.image.editing import make_edits
+
+    e = make_edits(2)
+    cases = [(e["images"][0], e["keep"], "uint8 images of shape"), (e["images"], e["keep"].astype(np.uint8), "boolean"),
+             (e["images"], e["keep"][:, :16], "keep mask must be"), (e["images"], np.ones((32, 32), bool), "keeps everything"),
+             (e["images"], np.zeros((2, 32, 32), bool), "keeps nothing")]
+    for images, keep, match in cases:
+        with pytest.raises(UserError, match=match) as err:
+            pipe.inpaint(images, keep, e["captions"], steps=2)
+        assert "\n" not in str(err.value)
+    with pytest.raises(UserError, match="3 captions for 2 images"):
+        pipe.inpaint(e["images"], e["keep"], ["a red circle"] * 3, steps=2)

@@ -1,11 +1,13 @@
 """diffusion-lm imagine: a PNG grid of images for a caption (or several), from ImagePipeline."""
 from __future__ import annotations
 
+import numpy as np
 from omegaconf import OmegaConf
 
 from ..config import integer
 from ..errors import UserError
 from ..image.evaluate import save_grid
+from ..image.unet import tensor_to_images
 from ..pipelines.image import ImagePipeline, ImageTrajectory, check_guidance
 
 
@@ -18,15 +20,49 @@ def captions_of(cfg) -> list[str]:
     return captions
 
 
+def read_png(path, what: str, mode: str) -> np.ndarray:
+    """A 32 x 32 PNG as uint8 (32, 32, 3) (mode RGB) or (32, 32) (mode L), or a one-line UserError."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            size, arr = im.size, np.asarray(im.convert(mode))
+    except FileNotFoundError:
+        raise UserError(f"{what} not found: {path}") from None
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise UserError(f"{what} {path} is not a readable image ({type(e).__name__})") from None
+    if size != (32, 32):
+        raise UserError(f"{what} {path} is {size[0]} x {size[1]}; the scenes are 32 x 32")
+    return arr
+
+
+def read_edit(init, mask):
+    """(image, keep mask) of an inpainting edit from init= and mask=, or None when neither is given."""
+    if init is None and mask is None:
+        return None
+    if init is None or mask is None:
+        raise UserError("inpainting needs both init=<png> (the image) and mask=<png> (white where it is redrawn)")
+    return read_png(init, "init image", "RGB"), read_png(mask, "mask", "L") <= 127
+
+
 def main(cfg, command: str = "") -> int:
     captions = captions_of(cfg)
     n, seed, steps, batch_size = (integer(cfg, k, m) for k, m in (("n", 1), ("seed", None), ("steps", 1),
                                                                    ("batch_size", 1)))
     guidance = check_guidance(cfg.w, "w")  # before any model loads
+    edit = read_edit(cfg.init, cfg.mask)
+    if not isinstance(cfg.paste, bool):
+        raise UserError(f"paste must be true or false, got {cfg.paste!r}")
     pipe = ImagePipeline.from_pretrained(cfg.unet, cfg.autoencoder, cfg.clip, device=cfg.device)
     recorder = ImageTrajectory(pipe, every=integer(cfg, "trajectory_every", 1)) if cfg.trajectory else None
-    images = pipe(captions, n, guidance=guidance, steps=steps, sampler=cfg.sampler, eta=cfg.eta,
-                  threshold=cfg.threshold, seed=seed, batch_size=batch_size, callback=recorder)
+    kw = dict(guidance=guidance, steps=steps, sampler=cfg.sampler, eta=cfg.eta, threshold=cfg.threshold, seed=seed,
+              batch_size=batch_size, callback=recorder)
+    if edit is not None:
+        init, keep = edit
+        images = tensor_to_images(pipe.inpaint(np.repeat(init[None], n * len(captions), 0), keep,
+                                               [c for c in captions for _ in range(n)], paste=bool(cfg.paste), **kw))
+    else:
+        images = pipe(captions, n, **kw)
     print(save_grid(images, cfg.out, ncol=n if len(captions) > 1 else min(n, 8)))
     if recorder is not None:
         print(recorder.write(cfg.trajectory))

@@ -15,16 +15,17 @@ import math
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+import numpy as np
 import torch
 
 from ..assets import resolve_asset
-from ..core import ClassifierFreeGuidance, DynamicThreshold, GaussianDiffusion, StaticThreshold, sample
+from ..core import ClassifierFreeGuidance, DynamicThreshold, GaussianDiffusion, Known, StaticThreshold, sample
 from ..errors import UserError
 from ..image.autoencoder import AutoencoderKL
 from ..image.clip import ClipModel
 from ..image.evaluate import save_grid
 from ..image.shapes import parse_caption
-from ..image.unet import UNet, load_diffusion, match_parts, tensor_to_images
+from ..image.unet import UNet, images_to_tensor, load_diffusion, match_parts, tensor_to_images
 from .text import pick_device
 
 THRESHOLDS = ("dynamic", "static", "none")
@@ -82,8 +83,10 @@ class ImagePipeline:
         for c in captions:
             if not isinstance(c, str):
                 raise UserError(f"a caption must be a string, got {c!r}")
-            if c.strip():  # "" is the unconditional caption; anything else must be one the scenes can draw
-                parse_caption(c)
+            if not c.strip():  # the null caption is the model's own business; a user asks with guidance=0
+                raise UserError("empty caption: write e.g. 'a small red circle at the top left' "
+                                "(for unconditional samples, give any caption and guidance=0)")
+            parse_caption(c)
         states, mask = self.clip.text_states(list(captions) + [""])
         return states.to(self.device), mask.to(self.device).bool()
 
@@ -96,8 +99,11 @@ class ImagePipeline:
     def sample(self, captions: str | Sequence[str], n: int = 1, *, guidance: float = 4.0, steps: int = 50,
                sampler: str = "ddim", eta: float = 0.0, threshold: Optional[str] = None, seed: int = 0,
                batch_size: int = 64, callback: Optional[Callable[[dict], None]] = None,
-               progress: bool = False) -> torch.Tensor:
-        """Images (len(captions) · n, 3, 32, 32) in [−1, 1] before clipping, caption by caption."""
+               progress: bool = False, known: Optional[Known] = None) -> torch.Tensor:
+        """Images (len(captions) · n, 3, 32, 32) in [−1, 1] before clipping, caption by caption.
+
+        `known` (values and mask of the UNet's input shape, one row per image drawn) holds those
+        positions to the given x_0 through the core's masked replacement (see `inpaint`)."""
         captions = [captions] if isinstance(captions, str) else list(captions)
         if not captions:
             raise UserError("no captions to draw")
@@ -121,12 +127,53 @@ class ImagePipeline:
         out = []
         for lo in range(0, len(rows), batch_size):
             r = rows[lo: lo + batch_size].to(self.device)
+            held = None if known is None else Known(known.values[lo: lo + batch_size].to(self.device),
+                                                    known.mask[lo: lo + batch_size].to(self.device), known.noised)
             x0 = sample(guided, diffusion, tuple(noise[lo: lo + batch_size].shape), sampler=sampler, eta=eta,
                         prediction=c.prediction, x0_transform=x0_transform, noise=noise[lo: lo + batch_size],
                         generator=generator, device=self.device, callback=callback, progress=progress,
-                        model_kwargs={"context": states[r], "context_mask": mask[r]})
+                        known=held, model_kwargs={"context": states[r], "context_mask": mask[r]})
             out.append(self.decode(x0).cpu())
         return torch.cat(out)
+
+    @torch.no_grad()
+    def inpaint(self, images, keep, captions: str | Sequence[str], *, paste: bool = False, **kwargs) -> torch.Tensor:
+        """Redraw what `keep` does not keep of uint8 `images` (N, 32, 32, 3) under `captions` (one, or one
+        per image); `keep` is bool (N, 32, 32) or one (32, 32) mask for all, True where the image stays.
+
+        The kept part is held through the core's masked replacement (`Known`, noised to each step's
+        level): pixels for a pixel UNet (kept exactly), the autoencoder's latent cells whose whole
+        patch is kept for a latent one (kept as well as the decoder reproduces them; `paste` copies
+        the kept pixels back after decoding). Keywords as `sample`; returns (N, 3, 32, 32) in [−1, 1]."""
+        x = torch.as_tensor(np.asarray(images))
+        if x.dim() != 4 or tuple(x.shape[1:]) != (32, 32, 3) or x.dtype != torch.uint8:
+            raise UserError(f"inpainting needs uint8 images of shape (N, 32, 32, 3), got {tuple(x.shape)} {x.dtype}")
+        m = torch.as_tensor(np.asarray(keep))
+        if m.dtype != torch.bool:
+            raise UserError(f"the keep mask must be boolean (True where the image stays), got {m.dtype}")
+        if m.dim() == 2:
+            m = m.expand(len(x), -1, -1)
+        if tuple(m.shape) != (len(x), 32, 32):
+            raise UserError(f"the keep mask must be (32, 32) or ({len(x)}, 32, 32) like the images, got {tuple(m.shape)}")
+        for i in range(len(m)):
+            if not m[i].any() or m[i].all():
+                raise UserError(f"keep mask {i} keeps {'nothing' if not m[i].any() else 'everything'}: "
+                                f"nothing to hold, or nothing to redraw")
+        captions = [captions] * len(x) if isinstance(captions, str) else list(captions)
+        if len(captions) != len(x):
+            raise UserError(f"{len(captions)} captions for {len(x)} images: give one, or one per image")
+        pixels = images_to_tensor(x)
+        if self.space == "latent":
+            values = torch.cat([self.autoencoder.encode(pixels[k: k + 256].to(self.device)).cpu()
+                                for k in range(0, len(pixels), 256)])
+            f = 32 // values.shape[-1]
+            held = m.view(len(m), 1, values.shape[-1], f, values.shape[-1], f).all(5).all(3)  # whole patch kept
+        else:
+            values, held = pixels, m[:, None]
+        out = self.sample(captions, 1, known=Known(values, held.expand_as(values).clone()), **kwargs)
+        if paste:
+            out = torch.where(m[:, None], pixels, out)
+        return out
 
     def __call__(self, captions: str | Sequence[str], n: int = 1, **kwargs):
         """uint8 images (len(captions) · n, 32, 32, 3); keywords as `sample`."""
