@@ -5,7 +5,7 @@
 
 model=unet times the caption-conditioned UNet of `diffusion-lm train-unet` instead, on its preset's
 batch of latents (4 x 8 x 8, as the shipped autoencoder makes) or pixels, with caption states as wide
-and as long as the shipped CLIP's (128 x 20): the UNet alone (forward and backward of its v- or
+and as long as the shipped CLIP's (128 x 19): the UNet alone (forward and backward of its v- or
 eps-loss) and the whole step (clipping and AdamW on top). Frozen parts are outside the step, as in
 training, where every latent and caption state is computed once before the first step.
 
@@ -53,7 +53,7 @@ def matmul_round(seconds: float, n: int = 2048) -> tuple[float, float]:
     return flop * len(times) / sum(times) / 1e9, flop / min(times) / 1e9
 
 
-CLIP_STATES = (20, 128)  # (length, width) of the shipped CLIP's caption states: 18 words + start and end
+CLIP_STATES = (19, 128)  # (length, width) of the shipped CLIP's caption states (its max_len, 128 wide)
 
 
 def unet_workloads(overrides: list[str]):

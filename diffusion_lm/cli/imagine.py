@@ -51,12 +51,19 @@ def main(cfg, command: str = "") -> int:
                                                                    ("batch_size", 1)))
     guidance = check_guidance(cfg.w, "w")  # before any model loads
     edit = read_edit(cfg.init, cfg.mask)
+    if (cfg.control is None) != (cfg.controlnet is None):
+        raise UserError("a control map needs both controlnet=<folder> and control=<png> (white where the objects are)")
+    hint = None if cfg.control is None else (read_png(cfg.control, "control map", "L") > 127)[None].astype(np.float32)
+    strength = cfg.control_strength
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not np.isfinite(strength) or strength < 0:
+        raise UserError(f"control_strength must be a finite number >= 0, got {strength!r}")
     if not isinstance(cfg.paste, bool):
         raise UserError(f"paste must be true or false, got {cfg.paste!r}")
-    pipe = ImagePipeline.from_pretrained(cfg.unet, cfg.autoencoder, cfg.clip, device=cfg.device)
+    pipe = ImagePipeline.from_pretrained(cfg.unet, cfg.autoencoder, cfg.clip, device=cfg.device,
+                                         controlnet_dir=cfg.controlnet)
     recorder = ImageTrajectory(pipe, every=integer(cfg, "trajectory_every", 1)) if cfg.trajectory else None
     kw = dict(guidance=guidance, steps=steps, sampler=cfg.sampler, eta=cfg.eta, threshold=cfg.threshold, seed=seed,
-              batch_size=batch_size, callback=recorder)
+              batch_size=batch_size, callback=recorder, control=hint, control_scale=float(strength))
     if edit is not None:
         init, keep = edit
         images = tensor_to_images(pipe.inpaint(np.repeat(init[None], n * len(captions), 0), keep,

@@ -101,8 +101,9 @@ class UNetBatches:
     (seed, step)."""
 
     def __init__(self, x0: torch.Tensor, captions: list[str], clip, num_timesteps: int, batch_size: int,
-                 seed: int, caption_dropout: float):
+                 seed: int, caption_dropout: float, per_row: dict[str, torch.Tensor] | None = None):
         self.x0, self.T, self.batch_size, self.seed, self.p = x0, num_timesteps, batch_size, seed, caption_dropout
+        self.per_row = per_row or {}  # more inputs, one row per image (a ControlNet's hints)
         distinct = list(dict.fromkeys([*captions, ""]))
         self.states, self.mask = encode_captions(clip, distinct)
         where = {c: k for k, c in enumerate(distinct)}
@@ -118,15 +119,18 @@ class UNetBatches:
         dropped = torch.rand(len(rows), generator=g) < self.p
         caption = torch.where(dropped, torch.full_like(rows, self.null), self.caption_index[rows])
         return {"x0": x0, "t": t, "noise": noise, "context": self.states[caption],
-                "context_mask": self.mask[caption], "dropped": dropped}
+                "context_mask": self.mask[caption], "dropped": dropped,
+                **{k: v[rows] for k, v in self.per_row.items()}}
 
 
 def unet_loss(unet: UNet, diffusion: GaussianDiffusion, batch: dict) -> torch.Tensor:
-    """|ε − ε_θ(x_t, t, c)|² (or the same with v for v-prediction), averaged over every element."""
+    """|ε − ε_θ(x_t, t, c)|² (or the same with v for v-prediction), averaged over every element. A batch
+    with a `control` (hints) trains a ControlledUNet."""
     x0, t, noise = batch["x0"], batch["t"], batch["noise"]
     x_t = diffusion.q_sample(x0, t, noise)
     target = noise if unet.config.prediction == "eps" else diffusion.v_from_x0_eps(x0, noise, t)
-    return F.mse_loss(unet(x_t, t, context=batch["context"], context_mask=batch["context_mask"]), target)
+    extra = {"control": batch["control"]} if "control" in batch else {}
+    return F.mse_loss(unet(x_t, t, context=batch["context"], context_mask=batch["context_mask"], **extra), target)
 
 
 def _check_same_run(out: Path, config: UNetConfig, diffusion: DiffusionConfig) -> None:
@@ -214,6 +218,113 @@ def train_unet(unet_cfg: UNetConfig, diffusion_cfg: DiffusionConfig, train: UNet
                "input": [unet_cfg.in_channels, unet_cfg.image_size, unet_cfg.image_size],
                "train_images": len(captions), "distinct_captions": len(set(captions)),
                "autoencoder": train.autoencoder if unet_cfg.space == "latent" else None, "clip": train.clip}
+    save_json(out / "summary.json", summary)
+    return summary
+
+
+# ---- ControlNet --------------------------------------------------------------------------------
+@dataclass
+class ControlNetTrainConfig:
+    """train_controlnet's settings. Folder layout of a run (`out_dir`):
+        config.json, model.safetensors   the EMA ControlNet (ControlNet.from_pretrained, with its base UNet)
+        checkpoint/, train_config.json, train_log.jsonl, loss_curve.png, summary.json
+    """
+    out_dir: str = "runs/image-controlnet"
+    unet: str = "shipped"  # the frozen base UNet (a train-unet folder, or shipped)
+    autoencoder: str = "shipped"
+    clip: str = "shipped"
+    train_size: int = 20000
+    data_seed: int = 0
+    caption_dropout: float = 0.1
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup: int = 100
+    schedule: str = "cosine"
+    min_lr_ratio: float = 0.1
+    grad_clip: float | None = 1.0
+    ema_decay: float | None = 0.999
+    seed: int = 0
+    threads: int = 0
+    device: str = "auto"
+    max_minutes: float | None = None
+    anneal_by_time: bool = False
+    log_every: int = 25
+    checkpoint_every: int = 250
+
+
+def train_controlnet(cn_cfg, train: ControlNetTrainConfig, *, full_config: dict | None = None, progress: bool = True,
+                     dataset=None, unet=None, diffusion=None, autoencoder=None, clip=None) -> dict:
+    """Train (or resume) a ControlNet on the frozen base UNet, with the object masks of the training images
+    as hints; returns a summary. `dataset`, `unet` (with `diffusion`), `autoencoder`, `clip` default to the
+    shapes train split and the folders in `train`; tests pass small ones."""
+    from .controlnet import ControlledUNet, ControlNet, check_base, object_mask
+    from .unet import fingerprint, load_diffusion
+
+    if isinstance(train.caption_dropout, bool) or not 0 <= train.caption_dropout < 1:
+        raise UserError(f"train.caption_dropout must be in [0, 1), got {train.caption_dropout!r}")
+    cn_cfg.validate()
+    loop = loop_config({"train": train})
+    device = _device(train.device)
+    if train.threads:
+        torch.set_num_threads(train.threads)
+    if unet is None:
+        path = resolve_asset(train.unet, "model", "image-unet-latent")
+        unet, diffusion = UNet.from_pretrained(path), load_diffusion(path)
+    if unet.config.space == "latent" and autoencoder is None:
+        autoencoder = AutoencoderKL.from_pretrained(resolve_asset(train.autoencoder, "model", "image-autoencoder"))
+    if unet.config.space != "latent":
+        autoencoder = None
+    if clip is None:
+        clip = ClipModel.from_pretrained(resolve_asset(train.clip, "model", "image-clip"))
+    for part in (unet, autoencoder, clip):
+        if isinstance(part, torch.nn.Module):
+            part.eval().requires_grad_(False)
+    match_parts(unet.config, autoencoder, clip, where="the base UNet")
+    cn_cfg.base, cn_cfg.base_fingerprint = asdict(unet.config), fingerprint(unet)
+
+    out = Path(train.out_dir)
+    resuming = has_checkpoint(out)
+    if resuming:
+        from .controlnet import ControlNetConfig
+
+        saved = load_json(out / "config.json")
+        check_base(ControlNetConfig(**{k: saved.get(k) for k in ("hint_channels", "hint_width", "base",
+                                                                  "base_fingerprint")}), unet, str(out))
+        _check_same_model(out, "controlnet", {"hint_channels": cn_cfg.hint_channels, "hint_width": cn_cfg.hint_width})
+    if dataset is None:
+        dataset = load_shapes("train", train.train_size, train.data_seed)
+    data = dataset.with_format("numpy")
+    images, captions = np.asarray(data["image"], dtype=np.uint8), [str(c) for c in dataset["caption"]]
+    batches = UNetBatches(encode_images(images, autoencoder), captions, clip, diffusion.num_timesteps,
+                          train.batch_size, train.seed, train.caption_dropout,
+                          per_row={"control": torch.from_numpy(object_mask(images))})
+    del images
+
+    torch.manual_seed(train.seed)
+    unet = unet.to(device)
+    controlnet = ControlNet(unet, cn_cfg).to(device)
+    controlled = ControlledUNet(unet, controlnet)
+    if not resuming:
+        out.mkdir(parents=True, exist_ok=True)
+        controlnet.save_pretrained(out)
+        if full_config is not None:
+            save_json(out / "train_config.json", full_config)
+
+    def loss_at(step: int):
+        batch = {k: v.to(device) for k, v in batches(step).items()}
+        return unet_loss(controlled, diffusion, batch)
+
+    def write_model(state) -> None:
+        controlnet.save_pretrained(out, state_dict=state.ema)
+
+    unet.eval()
+    result = fit(controlnet, loss_at, loop, out, name="ControlNet", progress=progress, on_checkpoint=write_model)
+    summary = {"steps": result.step, "stopped": result.stopped, "train_minutes": round(result.elapsed_s / 60, 2),
+               "seconds_per_step": round(result.elapsed_s / max(1, result.step), 4), "final_terms": result.last,
+               "parameters": controlnet.num_parameters(), "base_parameters": unet.num_parameters(),
+               "space": unet.config.space, "unet": train.unet, "train_images": len(captions)}
     save_json(out / "summary.json", summary)
     return summary
 

@@ -230,19 +230,44 @@ class UNet(nn.Module):
         self.out = nn.Sequential(nn.GroupNorm(c.groups, ch), nn.SiLU(), zero(nn.Conv2d(ch, c.in_channels, 3, padding=1)))
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, context: Optional[torch.Tensor] = None,
-                context_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+                context_mask: Optional[torch.Tensor] = None, residuals: Optional[list[torch.Tensor]] = None
+                ) -> torch.Tensor:
         """ε̂ or v̂ (as `config.prediction`) for x_t (B, C, S, S) at training steps t (B,), given the
-        caption's token states `context` (B, L, context_dim) and `context_mask` (B, L), True at real tokens."""
+        caption's token states `context` (B, L, context_dim) and `context_mask` (B, L), True at real tokens.
+        `residuals` (a ControlNet's, one per skip and, last, one for the middle) are added to the skips
+        and the middle block's output."""
+        h, hs, temb = self.encode(x_t, t, context, context_mask)
+        if residuals is not None:
+            if len(residuals) != len(hs) + 1:
+                raise ValueError(f"expected {len(hs) + 1} residuals (one per skip and the middle), got {len(residuals)}")
+            hs = [a + b for a, b in zip(hs, residuals)]
+            h = h + residuals[-1]
+        for stage in self.up:
+            h = stage(torch.cat([h, hs.pop()], dim=1), temb, context, context_mask)
+        return self.out(h)
+
+    def encode(self, x_t: torch.Tensor, t: torch.Tensor, context=None, context_mask=None, added=None):
+        """The down path and the middle: (middle output, the skips, the timestep embedding). `added` (B, C, S, S)
+        joins conv_in's output (a ControlNet's hint)."""
         temb = self.time_mlp(timestep_embedding(t, self.config.channels))
         h = self.conv_in(x_t)
+        if added is not None:
+            h = h + added
         hs = [h]
         for stage in self.down:
             h = stage(h, temb, context, context_mask)
             hs.append(h)
-        h = self.middle(h, temb, context, context_mask)
-        for stage in self.up:
-            h = stage(torch.cat([h, hs.pop()], dim=1), temb, context, context_mask)
-        return self.out(h)
+        return self.middle(h, temb, context, context_mask), hs, temb
+
+    def skip_widths(self) -> list[int]:
+        """Channels of each skip the down path keeps (conv_in's first), then the middle's."""
+        widths, ch = [self.config.channels], self.config.channels
+        for stage in self.down:
+            for layer in stage:
+                if isinstance(layer, ResBlock):
+                    ch = layer.conv2.out_channels
+            widths.append(ch)
+        return widths + [ch]
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

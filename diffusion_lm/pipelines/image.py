@@ -22,6 +22,7 @@ from ..assets import resolve_asset
 from ..core import ClassifierFreeGuidance, DynamicThreshold, GaussianDiffusion, Known, StaticThreshold, sample
 from ..errors import UserError
 from ..image.autoencoder import AutoencoderKL
+from ..image.controlnet import ControlledUNet, ControlNet
 from ..image.clip import ClipModel
 from ..image.evaluate import save_grid
 from ..image.shapes import parse_caption
@@ -39,16 +40,21 @@ def check_guidance(w, key: str = "guidance") -> float:
 
 
 class ImagePipeline:
-    def __init__(self, unet: UNet, diffusion: GaussianDiffusion, clip, autoencoder=None, device: str = "cpu"):
+    def __init__(self, unet: UNet, diffusion: GaussianDiffusion, clip, autoencoder=None, device: str = "cpu",
+                 controlnet: Optional[ControlNet] = None):
         match_parts(unet.config, autoencoder, clip)  # refuses an autoencoder or CLIP the UNet was not trained with
         self.unet, self.diffusion, self.clip, self.autoencoder, self.device = unet, diffusion, clip, autoencoder, device
-        for part in (unet, clip, autoencoder):
+        self.controlnet = controlnet
+        # what the sampler calls: the UNet, or the UNet steered by the ControlNet's residuals (hint in model_kwargs)
+        self.model = unet if controlnet is None else ControlledUNet(unet, controlnet)
+        for part in (unet, clip, autoencoder, controlnet):
             if isinstance(part, torch.nn.Module):
                 part.eval().requires_grad_(False)
 
     @classmethod
     def from_pretrained(cls, unet_dir: str = "shipped", autoencoder_dir: Optional[str] = "shipped",
-                        clip_dir: str = "shipped", device: str = "auto") -> "ImagePipeline":
+                        clip_dir: str = "shipped", device: str = "auto",
+                        controlnet_dir: Optional[str] = None) -> "ImagePipeline":
         """Folders from `diffusion-lm train-unet` (and the autoencoder / CLIP trainers), or `shipped`
         (`image-unet-latent`, `image-autoencoder`, `image-clip`) / `shipped:<name>` (`image-unet-pixel`).
         A pixel UNet loads no autoencoder."""
@@ -63,7 +69,11 @@ class ImagePipeline:
             autoencoder = AutoencoderKL.from_pretrained(resolve_asset(autoencoder_dir, "model", "image-autoencoder"))
             autoencoder = autoencoder.to(device)
         clip = ClipModel.from_pretrained(resolve_asset(clip_dir, "model", "image-clip")).to(device)
-        return cls(unet, diffusion, clip, autoencoder, device)
+        controlnet = None
+        if controlnet_dir is not None:
+            controlnet = ControlNet.from_pretrained(resolve_asset(controlnet_dir, "model", "image-controlnet"), unet,
+                                                    device=device)
+        return cls(unet, diffusion, clip, autoencoder, device, controlnet=controlnet)
 
     # ---- parts -----------------------------------------------------------------------------
     @property
@@ -99,11 +109,14 @@ class ImagePipeline:
     def sample(self, captions: str | Sequence[str], n: int = 1, *, guidance: float = 4.0, steps: int = 50,
                sampler: str = "ddim", eta: float = 0.0, threshold: Optional[str] = None, seed: int = 0,
                batch_size: int = 64, callback: Optional[Callable[[dict], None]] = None,
-               progress: bool = False, known: Optional[Known] = None) -> torch.Tensor:
+               progress: bool = False, known: Optional[Known] = None, control=None,
+               control_scale: float = 1.0) -> torch.Tensor:
         """Images (len(captions) · n, 3, 32, 32) in [−1, 1] before clipping, caption by caption.
 
         `known` (values and mask of the UNet's input shape, one row per image drawn) holds those
-        positions to the given x_0 through the core's masked replacement (see `inpaint`)."""
+        positions to the given x_0 through the core's masked replacement (see `inpaint`). `control`
+        (a ControlNet's hint: (1, 32, 32) for every image, or one per image drawn) steers a pipeline
+        built with a ControlNet, its residuals scaled by `control_scale` (0: the base model)."""
         captions = [captions] if isinstance(captions, str) else list(captions)
         if not captions:
             raise UserError("no captions to draw")
@@ -117,8 +130,9 @@ class ImagePipeline:
             raise UserError(f"steps: {e}") from None
         x0_transform = self.threshold(threshold)
         states, mask = self.caption_states(captions)
-        guided = ClassifierFreeGuidance(self.unet, w, {"context": states[-1:], "context_mask": mask[-1:]})
+        guided = ClassifierFreeGuidance(self.model, w, {"context": states[-1:], "context_mask": mask[-1:]})
         rows = torch.arange(len(captions)).repeat_interleave(n)
+        hints = self.hints(control, len(rows), control_scale)
         c = self.unet.config
         generator = torch.Generator(device=self.device).manual_seed(seed)
         # every x_T first, so a sample does not depend on the batch it was drawn in (exactly so for DDIM)
@@ -132,9 +146,28 @@ class ImagePipeline:
             x0 = sample(guided, diffusion, tuple(noise[lo: lo + batch_size].shape), sampler=sampler, eta=eta,
                         prediction=c.prediction, x0_transform=x0_transform, noise=noise[lo: lo + batch_size],
                         generator=generator, device=self.device, callback=callback, progress=progress,
-                        known=held, model_kwargs={"context": states[r], "context_mask": mask[r]})
+                        known=held, model_kwargs={"context": states[r], "context_mask": mask[r],
+                                                  **({} if hints is None else {"control": hints[lo: lo + batch_size],
+                                                                                "control_scale": float(control_scale)})})
             out.append(self.decode(x0).cpu())
         return torch.cat(out)
+
+    def hints(self, control, rows: int, scale: float) -> Optional[torch.Tensor]:
+        """The ControlNet hint as (rows, C, 32, 32) on the device, or None without one."""
+        if control is None:
+            return None
+        if self.controlnet is None:
+            raise UserError("a control map needs a ControlNet (controlnet=<folder from train-controlnet>)")
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
+            raise UserError(f"control_strength must be a finite number >= 0, got {scale!r}")
+        hint = torch.as_tensor(np.asarray(control) if not torch.is_tensor(control) else control).float()
+        want = (self.controlnet.config.hint_channels, 32, 32)
+        if hint.dim() == 3:
+            hint = hint[None]
+        if hint.dim() != 4 or tuple(hint.shape[1:]) != want or len(hint) not in (1, rows):
+            raise UserError(f"the control map must be {want[0]} x 32 x 32 (one for all images or one per image), "
+                            f"got {tuple(hint.shape)}")
+        return hint.expand(rows, *want).to(self.device)
 
     @torch.no_grad()
     def inpaint(self, images, keep, captions: str | Sequence[str], *, paste: bool = False, **kwargs) -> torch.Tensor:
