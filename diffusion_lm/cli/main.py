@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-clip": ("train_clip", "train the image CLIP pair on captioned shapes: InfoNCE, zero-shot retrieval (clip_preset=tiny|cpu)"),
     "train-unet": ("train_unet", "train the caption-conditioned image UNet (unet_preset=tiny|cpu|cpu_pixel) on latents or pixels"),
     "train-controlnet": ("train_controlnet", "train a ControlNet on a frozen image UNet, steered by object masks (controlnet_preset=tiny|cpu)"),
+    "train-image-classifier": ("train_image_classifier", "train a noisy CLIP (kind=clip) or attribute classifier (kind=attributes) on x_t, for image guidance"),
     "imagine": ("imagine", "draw images for a caption with the image UNet and classifier-free guidance: a PNG grid"),
     "evaluate-image": ("evaluate_image", "score the image UNet on test captions across guidance w: oracle, CLIP, Frechet"),
 }

@@ -29,7 +29,7 @@ from ..io import load_json, save_json
 from ..training import batch_indices, fit, has_checkpoint, loop_config
 from . import oracle
 from .autoencoder import REC_LOSSES, AutoencoderConfig, AutoencoderKL, psnr
-from .clip import ClipConfig, ClipModel, retrieval_scores
+from .clip import ClipConfig, ClipModel, info_nce, retrieval_scores
 from .data import load_shapes, make_batch
 from .evaluate import save_grid
 from .unet import MAX_EPS_GAIN, SPACES, UNet, UNetConfig, eps_gain, images_to_tensor, match_parts, tensor_to_images
@@ -327,6 +327,166 @@ def train_controlnet(cn_cfg, train: ControlNetTrainConfig, *, full_config: dict 
                "space": unet.config.space, "unet": train.unet, "train_images": len(captions)}
     save_json(out / "summary.json", summary)
     return summary
+
+
+# ---- noisy classifiers (CLIP guidance, attribute guidance) ----------------------------------------
+@dataclass
+class NoisyTrainConfig:
+    """train_noisy's settings. Folder layout of a run (`out_dir`):
+        config.json, model.safetensors   the EMA model (NoisyImageModel.from_pretrained)
+        checkpoint/, train_config.json, train_log.jsonl, loss_curve.png, metrics.json
+    """
+    out_dir: str = "runs/image-noisy-clip"
+    autoencoder: str = "shipped"  # the latents it reads (space latent)
+    clip: str = "shipped"  # kind clip: the frozen text tower it is aligned to
+    diffusion_schedule: str = "cosine"  # the noise it is trained on: the UNet's process
+    diffusion_steps: int = 1000
+    train_size: int = 20000
+    data_seed: int = 0
+    steps: int = 2000
+    batch_size: int = 128
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    warmup: int = 100
+    schedule: str = "cosine"
+    min_lr_ratio: float = 0.1
+    grad_clip: float | None = 1.0
+    ema_decay: float | None = 0.999
+    seed: int = 0
+    threads: int = 0
+    device: str = "auto"
+    max_minutes: float | None = None
+    anneal_by_time: bool = False
+    log_every: int = 25
+    checkpoint_every: int = 250
+    test_size: int = 1000
+
+
+T_BUCKETS = ((0, 250), (250, 500), (500, 750), (750, 1000))  # as fractions of T x 1000
+
+
+def train_noisy(cfg, train: NoisyTrainConfig, *, full_config: dict | None = None, progress: bool = True,
+                dataset=None, autoencoder=None, clip=None, test=None) -> dict:
+    """Train (or resume) a model of noisy images (image/noisy.py): kind clip aligns x_t with the frozen CLIP
+    text tower's caption embeddings (InfoNCE); kind attributes classifies a one-object scene's colour,
+    shape, size and position from x_t. Returns metrics on the test split by noise level."""
+    from .noisy import ATTRIBUTES, NoisyImageModel
+    from .shapes import parse_caption
+    from .unet import fingerprint
+
+    if cfg.space not in SPACES:
+        raise UserError(f"classifier.space must be latent or pixel, got {cfg.space!r}")
+    try:
+        diffusion = GaussianDiffusion.from_config(DiffusionConfig(train.diffusion_schedule, train.diffusion_steps))
+    except ValueError as e:
+        raise UserError(f"bad diffusion: train.diffusion_{e}") from None
+    loop = loop_config({"train": train})
+    device = _device(train.device)
+    if train.threads:
+        torch.set_num_threads(train.threads)
+    if cfg.space == "latent" and autoencoder is None:
+        autoencoder = AutoencoderKL.from_pretrained(resolve_asset(train.autoencoder, "model", "image-autoencoder"))
+    if cfg.space != "latent":
+        autoencoder = None
+    if clip is None:
+        clip = ClipModel.from_pretrained(resolve_asset(train.clip, "model", "image-clip"))
+    for part in (autoencoder, clip):
+        if isinstance(part, torch.nn.Module):
+            part.eval().requires_grad_(False)
+    from .unet import latent_shape
+
+    cfg.in_channels, cfg.image_size = latent_shape(autoencoder) if autoencoder is not None else (3, 32)
+    cfg.autoencoder_fingerprint = fingerprint(autoencoder) if autoencoder is not None else None
+    if cfg.kind == "clip":
+        cfg.embed_dim, cfg.clip_fingerprint = int(clip.encode_text([""]).shape[-1]), fingerprint(clip)
+    out = Path(train.out_dir)
+    resuming = has_checkpoint(out)
+    if resuming:
+        _check_same_model(out, "classifier", asdict(cfg))
+
+    def prepare(data):
+        arr = data.with_format("numpy")
+        images, captions = np.asarray(arr["image"], dtype=np.uint8), [str(c) for c in data["caption"]]
+        if cfg.kind == "attributes":  # one-object captions state every attribute of their object
+            keep = [i for i, c in enumerate(captions) if len(parse_caption(c).objects) == 1]
+            images, captions = images[keep], [captions[i] for i in keep]
+        return encode_images(images, autoencoder), captions
+
+    x0, captions = prepare(dataset if dataset is not None else load_shapes("train", train.train_size, train.data_seed))
+    if len(x0) < 2:
+        raise UserError(f"{len(x0)} usable training scenes; give a larger train.train_size")
+    distinct = list(dict.fromkeys(captions))
+    where = {c: k for k, c in enumerate(distinct)}
+    group = torch.tensor([where[c] for c in captions])
+    with torch.no_grad():
+        text = torch.cat([clip.encode_text(distinct[k: k + 256]).float().cpu() for k in range(0, len(distinct), 256)]) \
+            if cfg.kind == "clip" else None
+
+    def labels_of(caps):
+        objs = [parse_caption(c).objects[0] for c in caps]
+        return {k: torch.tensor([v.index(getattr(o, k)) for o in objs]) for k, v in ATTRIBUTES.items()}
+
+    labels = labels_of(captions) if cfg.kind == "attributes" else None
+    torch.manual_seed(train.seed)
+    model = NoisyImageModel(cfg).to(device)
+    if not resuming:
+        out.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(out)
+        if full_config is not None:
+            save_json(out / "train_config.json", full_config)
+
+    def loss_on(m, rows, t, noise):
+        x_t = diffusion.q_sample(x0[rows].to(device), t.to(device), noise.to(device))
+        if cfg.kind == "clip":
+            img = m(x_t, t.to(device))
+            logits = m.logit_scale.exp().clamp(max=100) * img @ text[group[rows]].to(device).t()
+            loss = info_nce(logits, group[rows].to(device))
+            acc = (group[rows].to(device)[logits.argmax(1)] == group[rows].to(device)).float().mean()
+            return loss, {"loss": loss, "acc": acc.detach()}
+        logits = m.logits(x_t, t.to(device))
+        loss = sum(F.cross_entropy(logits[k], labels[k][rows].to(device)) for k in ATTRIBUTES)
+        acc = torch.stack([(logits[k].argmax(1) == labels[k][rows].to(device)).float().mean() for k in ATTRIBUTES]).mean()
+        return loss, {"loss": loss, "acc": acc.detach()}
+
+    def loss_at(step: int):
+        rows = batch_indices(step, train.batch_size, len(x0), train.seed)
+        g = torch.Generator().manual_seed(train.seed * 1_000_003 + step)
+        t = torch.randint(0, diffusion.num_timesteps, (len(rows),), generator=g)
+        return loss_on(model, rows, t, torch.randn(x0[rows].shape, generator=g))
+
+    def write_model(state) -> None:
+        _exported(model, state.ema).save_pretrained(out)
+
+    result = fit(model, loss_at, loop, out, name=f"noisy {cfg.kind} classifier", progress=progress,
+                 on_checkpoint=write_model)
+    final = _exported(model, result.ema).eval()
+    # metrics by noise level on the test split (one-object scenes for attributes)
+    tx0, tcaps = prepare(test if test is not None else load_shapes("test", train.test_size, train.data_seed))
+    by_t = {}
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(12345)
+        for lo, hi in T_BUCKETS:
+            a, b = lo * diffusion.num_timesteps // 1000, hi * diffusion.num_timesteps // 1000
+            t = torch.randint(a, max(a + 1, b), (len(tx0),), generator=g)
+            x_t = diffusion.q_sample(tx0, t, torch.randn(tx0.shape, generator=g)).to(device)
+            if cfg.kind == "clip":
+                emb = torch.cat([final(x_t[k: k + 256], t[k: k + 256].to(device)).cpu() for k in range(0, len(x_t), 256)])
+                txt = torch.cat([clip.encode_text(tcaps[k: k + 256]).float().cpu() for k in range(0, len(tcaps), 256)])
+                sets = [retrieval_scores(emb[k: k + 100] @ txt[k: k + 100].t(), tcaps[k: k + 100])["image_to_text_top1"]
+                        for k in range(0, len(tcaps) - 99, 100)]
+                by_t[f"t {a}-{b}"] = {"image_to_text_top1_among_100": round(float(np.mean(sets)), 4) if sets else None}
+            else:
+                logits = final.logits(x_t, t.to(device))
+                truth = labels_of(tcaps)
+                by_t[f"t {a}-{b}"] = {k: round(float((logits[k].argmax(1).cpu() == truth[k]).float().mean()), 4)
+                                      for k in ATTRIBUTES}
+    metrics = {"kind": cfg.kind, "steps": result.step, "stopped": result.stopped,
+               "train_minutes": round(result.elapsed_s / 60, 2), "final_terms": result.last,
+               "parameters": final.num_parameters(), "train_scenes": len(x0), "test_scenes": len(tx0), "test_by_t": by_t}
+    final.save_pretrained(out, manifest={"kind": f"image-noisy-{cfg.kind}", "command": (full_config or {}).get("command"),
+                                         "metrics": metrics})
+    save_json(out / "metrics.json", metrics)
+    return metrics
 
 
 # ---- shared by the autoencoder and CLIP trainers ------------------------------------------------

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from ..assets import resolve_asset
-from ..core import ClassifierFreeGuidance, DynamicThreshold, GaussianDiffusion, Known, StaticThreshold, sample
+from ..core import (ClassifierFreeGuidance, Control, ControlGuidance, DynamicThreshold, GaussianDiffusion, GuidanceConfig,
+                    Known, StaticThreshold, sample)
 from ..errors import UserError
 from ..image.autoencoder import AutoencoderKL
 from ..image.controlnet import ControlledUNet, ControlNet
@@ -110,13 +111,19 @@ class ImagePipeline:
                sampler: str = "ddim", eta: float = 0.0, threshold: Optional[str] = None, seed: int = 0,
                batch_size: int = 64, callback: Optional[Callable[[dict], None]] = None,
                progress: bool = False, known: Optional[Known] = None, control=None,
-               control_scale: float = 1.0) -> torch.Tensor:
+               control_scale: float = 1.0, controls: Optional[Sequence[Control]] = None,
+               control_config: Optional[GuidanceConfig] = None) -> torch.Tensor:
         """Images (len(captions) · n, 3, 32, 32) in [−1, 1] before clipping, caption by caption.
 
         `known` (values and mask of the UNet's input shape, one row per image drawn) holds those
         positions to the given x_0 through the core's masked replacement (see `inpaint`). `control`
         (a ControlNet's hint: (1, 32, 32) for every image, or one per image drawn) steers a pipeline
-        built with a ControlNet, its residuals scaled by `control_scale` (0: the base model)."""
+        built with a ControlNet, its residuals scaled by `control_scale` (0: the base model).
+
+        `controls` (core.Control: a model of noisy images with `log_prob(x_t, t, target)`, its target and
+        weight) steer every step through the core's step hook with `control_config` (λ = strength, K
+        updates), as the text classifiers steer Diffusion-LM: CLIP guidance, attribute guidance. A
+        target that is a tensor or list with one entry per image drawn is split with the batches."""
         captions = [captions] if isinstance(captions, str) else list(captions)
         if not captions:
             raise UserError("no captions to draw")
@@ -133,6 +140,8 @@ class ImagePipeline:
         guided = ClassifierFreeGuidance(self.model, w, {"context": states[-1:], "context_mask": mask[-1:]})
         rows = torch.arange(len(captions)).repeat_interleave(n)
         hints = self.hints(control, len(rows), control_scale)
+        if controls and sampler == "ddim" and eta == 0:
+            raise UserError("guidance controls steer a stochastic step: use sampler=ddpm, or ddim with eta > 0")
         c = self.unet.config
         generator = torch.Generator(device=self.device).manual_seed(seed)
         # every x_T first, so a sample does not depend on the batch it was drawn in (exactly so for DDIM)
@@ -141,16 +150,27 @@ class ImagePipeline:
         out = []
         for lo in range(0, len(rows), batch_size):
             r = rows[lo: lo + batch_size].to(self.device)
+            hook = None if not controls else ControlGuidance(
+                [Control(c.classifier, _rows(c.target, lo, lo + batch_size, len(rows)), c.weight) for c in controls],
+                control_config or GuidanceConfig())
             held = None if known is None else Known(known.values[lo: lo + batch_size].to(self.device),
                                                     known.mask[lo: lo + batch_size].to(self.device), known.noised)
             x0 = sample(guided, diffusion, tuple(noise[lo: lo + batch_size].shape), sampler=sampler, eta=eta,
                         prediction=c.prediction, x0_transform=x0_transform, noise=noise[lo: lo + batch_size],
                         generator=generator, device=self.device, callback=callback, progress=progress,
-                        known=held, model_kwargs={"context": states[r], "context_mask": mask[r],
+                        known=held, step_hook=hook, model_kwargs={"context": states[r], "context_mask": mask[r],
                                                   **({} if hints is None else {"control": hints[lo: lo + batch_size],
                                                                                 "control_scale": float(control_scale)})})
             out.append(self.decode(x0).cpu())
         return torch.cat(out)
+
+    @torch.no_grad()
+    def caption_embeddings(self, captions: Sequence[str], n: int = 1) -> torch.Tensor:
+        """The CLIP text tower's unit embeddings of `captions`, each repeated n times: a noised-CLIP
+        control's target, one row per image `sample(captions, n)` draws."""
+        for c in captions:
+            parse_caption(c)
+        return self.clip.encode_text(list(captions)).repeat_interleave(n, 0).to(self.device)
 
     def hints(self, control, rows: int, scale: float) -> Optional[torch.Tensor]:
         """The ControlNet hint as (rows, C, 32, 32) on the device, or None without one."""
@@ -211,6 +231,13 @@ class ImagePipeline:
     def __call__(self, captions: str | Sequence[str], n: int = 1, **kwargs):
         """uint8 images (len(captions) · n, 32, 32, 3); keywords as `sample`."""
         return tensor_to_images(self.sample(captions, n, **kwargs))
+
+
+def _rows(target, lo: int, hi: int, rows: int):
+    """A control's target for images lo:hi: sliced when it has one entry per image drawn."""
+    if (torch.is_tensor(target) and target.dim() > 1 or isinstance(target, list)) and len(target) == rows:
+        return target[lo:hi]
+    return target
 
 
 class ImageTrajectory:
