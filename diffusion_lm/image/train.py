@@ -147,6 +147,21 @@ def _check_same_run(out: Path, config: UNetConfig, diffusion: DiffusionConfig) -
                         f"choose another out_dir or delete it")
 
 
+def frozen_parts(space: str, train, autoencoder=None, clip=None):
+    """The frozen autoencoder (None in pixel space) and CLIP pair a trainer reads, in eval mode without
+    gradients: the ones given, else the folders (or `shipped`) named by train.autoencoder and train.clip."""
+    if space == "latent" and autoencoder is None:
+        autoencoder = AutoencoderKL.from_pretrained(resolve_asset(train.autoencoder, "model", "image-autoencoder"))
+    if space != "latent":
+        autoencoder = None
+    if clip is None:
+        clip = ClipModel.from_pretrained(resolve_asset(train.clip, "model", "image-clip"))
+    for part in (autoencoder, clip):
+        if isinstance(part, torch.nn.Module):
+            part.eval().requires_grad_(False)
+    return autoencoder, clip
+
+
 def train_unet(unet_cfg: UNetConfig, diffusion_cfg: DiffusionConfig, train: UNetTrainConfig, *,
                full_config: dict | None = None, progress: bool = True, dataset=None, autoencoder=None,
                clip=None) -> dict:
@@ -172,15 +187,7 @@ def train_unet(unet_cfg: UNetConfig, diffusion_cfg: DiffusionConfig, train: UNet
     device = _device(train.device)
     if train.threads:
         torch.set_num_threads(train.threads)
-    if unet_cfg.space == "latent" and autoencoder is None:
-        autoencoder = AutoencoderKL.from_pretrained(resolve_asset(train.autoencoder, "model", "image-autoencoder"))
-    if unet_cfg.space != "latent":
-        autoencoder = None
-    if clip is None:
-        clip = ClipModel.from_pretrained(resolve_asset(train.clip, "model", "image-clip"))
-    for part in (autoencoder, clip):
-        if isinstance(part, torch.nn.Module):
-            part.eval().requires_grad_(False)
+    autoencoder, clip = frozen_parts(unet_cfg.space, train, autoencoder, clip)
     match_parts(unet_cfg, autoencoder, clip, where=f"unet (space={unet_cfg.space})")
 
     out = Path(train.out_dir)
@@ -272,15 +279,8 @@ def train_controlnet(cn_cfg, train: ControlNetTrainConfig, *, full_config: dict 
     if unet is None:
         path = resolve_asset(train.unet, "model", "image-unet-latent")
         unet, diffusion = UNet.from_pretrained(path), load_diffusion(path)
-    if unet.config.space == "latent" and autoencoder is None:
-        autoencoder = AutoencoderKL.from_pretrained(resolve_asset(train.autoencoder, "model", "image-autoencoder"))
-    if unet.config.space != "latent":
-        autoencoder = None
-    if clip is None:
-        clip = ClipModel.from_pretrained(resolve_asset(train.clip, "model", "image-clip"))
-    for part in (unet, autoencoder, clip):
-        if isinstance(part, torch.nn.Module):
-            part.eval().requires_grad_(False)
+    unet.eval().requires_grad_(False)
+    autoencoder, clip = frozen_parts(unet.config.space, train, autoencoder, clip)
     match_parts(unet.config, autoencoder, clip, where="the base UNet")
     cn_cfg.base, cn_cfg.base_fingerprint = asdict(unet.config), fingerprint(unet)
 
@@ -384,15 +384,7 @@ def train_noisy(cfg, train: NoisyTrainConfig, *, full_config: dict | None = None
     device = _device(train.device)
     if train.threads:
         torch.set_num_threads(train.threads)
-    if cfg.space == "latent" and autoencoder is None:
-        autoencoder = AutoencoderKL.from_pretrained(resolve_asset(train.autoencoder, "model", "image-autoencoder"))
-    if cfg.space != "latent":
-        autoencoder = None
-    if clip is None:
-        clip = ClipModel.from_pretrained(resolve_asset(train.clip, "model", "image-clip"))
-    for part in (autoencoder, clip):
-        if isinstance(part, torch.nn.Module):
-            part.eval().requires_grad_(False)
+    autoencoder, clip = frozen_parts(cfg.space, train, autoencoder, clip)
     from .unet import latent_shape
 
     cfg.in_channels, cfg.image_size = latent_shape(autoencoder) if autoencoder is not None else (3, 32)
