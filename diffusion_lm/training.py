@@ -33,6 +33,7 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .errors import UserError
 from .io import (load_json, load_tensors, load_weights, read_jsonl, remove_stale_temps, save_json, save_tensors,
                  write_jsonl)
@@ -316,11 +317,14 @@ def fit(model: torch.nn.Module, loss_fn: Callable, cfg: LoopConfig, out, *, name
     on_checkpoint(state) runs after each checkpoint (to write the model a user loads).
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    # a kill while a checkpoint was written leaves checkpoint.tmp/ (never read: the old one is whole) and
-    # atomic_write's .<name>.<random>.tmp files; neither is kept
-    shutil.rmtree(out / "checkpoint.tmp", ignore_errors=True)
-    remove_stale_temps(out)
+    main = distributed.is_main()  # under torchrun, rank 0 alone writes (see diffusion_lm.distributed)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        # a kill while a checkpoint was written leaves checkpoint.tmp/ (never read: the old one is whole) and
+        # atomic_write's .<name>.<random>.tmp files; neither is kept
+        shutil.rmtree(out / "checkpoint.tmp", ignore_errors=True)
+        remove_stale_temps(out)
+    distributed.barrier()
     for n in extra or {}:
         if n in _RESERVED or "." in n:
             raise ValueError(f"extra state name {n!r} is reserved or has a dot")
@@ -330,7 +334,9 @@ def fit(model: torch.nn.Module, loss_fn: Callable, cfg: LoopConfig, out, *, name
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()} if cfg.ema_decay is not None else None
     step, elapsed = load_checkpoint(out, model, optimizer, ema, extra) if has_checkpoint(out) else (0, 0.0)
     log_path = out / "train_log.jsonl"
-    _truncate_log(log_path, step)  # rows a killed run wrote after its last checkpoint are redone
+    if main:
+        _truncate_log(log_path, step)  # rows a killed run wrote after its last checkpoint are redone
+    distributed.barrier()  # every rank has read the checkpoint before rank 0 writes the next
 
     if ema is not None:  # pairs built once: state_dict tensors share storage with the parameters
         now = model.state_dict()
@@ -341,15 +347,20 @@ def fit(model: torch.nn.Module, loss_fn: Callable, cfg: LoopConfig, out, *, name
     state = LoopState(step=step, started=time.time() - elapsed, ema=ema)
 
     def checkpoint():
-        save_checkpoint(out, state.step, state.elapsed_s, model, optimizer, ema, extra)
-        if on_checkpoint is not None:
-            on_checkpoint(state)
+        if main:
+            save_checkpoint(out, state.step, state.elapsed_s, model, optimizer, ema, extra)
+            if on_checkpoint is not None:
+                on_checkpoint(state)
 
     stopped = "steps"
-    bar = tqdm(total=cfg.steps, initial=step, desc=f"train {name}", disable=not progress, dynamic_ncols=True)
+    parallel = distributed.world()[1] > 1
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"train {name}", disable=not progress or not main,
+               dynamic_ncols=True)
     try:
         while state.step < cfg.steps:
             minutes = state.elapsed_s / 60
+            if parallel:  # every rank stops at the same step: rank 0's clock decides
+                minutes = distributed.mean({"m": minutes if main else 0.0})["m"] * distributed.world()[1]
             if cfg.max_minutes is not None and minutes > cfg.max_minutes:
                 stopped = "time"
                 break
@@ -358,13 +369,16 @@ def fit(model: torch.nn.Module, loss_fn: Callable, cfg: LoopConfig, out, *, name
                 g["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
             loss, terms = _loss_and_terms(loss_fn(state.step))
-            if not torch.isfinite(loss):
+            # the ranks' mean: the global batch's loss terms (one all-reduce; each rank's own without torchrun)
+            logged = distributed.mean({k: float(v.item() if torch.is_tensor(v) else v) for k, v in terms.items()})
+            if not math.isfinite(logged["loss"]):
                 kept = (f"the last good checkpoint is kept in {out}" if has_checkpoint(out)
                         else "no checkpoint was written yet")
-                raise UserError(f"{name} loss became {loss.item()} at step {state.step}; {kept} "
+                raise UserError(f"{name} loss became {logged['loss']} at step {state.step}; {kept} "
                                 f"(try a lower {cfg.key('lr')})")
             if backward:
                 loss.backward()
+            distributed.average_gradients(params)
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
@@ -376,14 +390,16 @@ def fit(model: torch.nn.Module, loss_fn: Callable, cfg: LoopConfig, out, *, name
                         e.copy_(v)
             state.step += 1
             bar.update(1)
-            state.last = {k: round(float(v.item() if torch.is_tensor(v) else v), 5) for k, v in terms.items()}
+            state.last = {k: round(v, 5) for k, v in logged.items()}
             state.lr = lr
-            if state.step % cfg.log_every == 0 or state.step == cfg.steps:
+            if main and (state.step % cfg.log_every == 0 or state.step == cfg.steps):
                 bar.set_postfix(loss=f"{state.last['loss']:.3f}", lr=f"{lr:.1e}")
                 with open(log_path, "a") as f:
                     f.write(json.dumps({"step": state.step, "elapsed_s": round(state.elapsed_s, 1), "lr": lr,
                                         **state.last}) + "\n")
             stop = on_step is not None and bool(on_step(state))  # before the checkpoint, which keeps its effects
+            if parallel:  # any rank's stop stops them all, at the same step
+                stop = distributed.mean({"stop": float(stop)})["stop"] > 0
             if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
                 checkpoint()
             if stop:
@@ -394,7 +410,9 @@ def fit(model: torch.nn.Module, loss_fn: Callable, cfg: LoopConfig, out, *, name
     if state.step % cfg.checkpoint_every and state.step != cfg.steps:  # stopped early: keep where it got to
         checkpoint()
     result = FitResult(step=state.step, elapsed_s=state.elapsed_s, last=state.last, ema=ema, stopped=stopped)
-    plot_losses(log_path, out / "loss_curve.png", f"{name} training")
+    if main:
+        plot_losses(log_path, out / "loss_curve.png", f"{name} training")
+    distributed.barrier()  # every rank leaves with rank 0's files written
     return result
 
 

@@ -94,6 +94,9 @@ def run(argv: list[str] | None = None) -> int:
         from ..runtime import keep_freed_memory
 
         keep_freed_memory()  # every command trains or samples: reuse freed activations, no page faults
+        from .. import distributed
+
+        distributed.setup()  # under torchrun: join the process group (a no-op in one process)
         return handler(cfg, command) or 0
     except KeyboardInterrupt:
         print("interrupted; the last checkpoint is kept", file=sys.stderr)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import distributed
 from ..assets import resolve_asset
 from ..core import DiffusionConfig, GaussianDiffusion
 from ..errors import UserError
@@ -184,6 +185,7 @@ def train_unet(unet_cfg: UNetConfig, diffusion_cfg: DiffusionConfig, train: UNet
     if isinstance(train.caption_dropout, bool) or not 0 <= train.caption_dropout < 1:
         raise UserError(f"train.caption_dropout must be in [0, 1), got {train.caption_dropout!r}")
     loop = loop_config({"train": train})
+    distributed.check_batch(train.batch_size)
     device = _device(train.device)
     if train.threads:
         torch.set_num_threads(train.threads)
@@ -204,14 +206,14 @@ def train_unet(unet_cfg: UNetConfig, diffusion_cfg: DiffusionConfig, train: UNet
 
     torch.manual_seed(train.seed)
     unet = UNet(unet_cfg).to(device)
-    if not resuming:
+    if not resuming and distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)
         unet.save_pretrained(out, diffusion)  # config and process first, for a resume to check against
         if full_config is not None:
             save_json(out / "train_config.json", full_config)
 
-    def loss_at(step: int):
-        batch = {k: v.to(device) for k, v in batches(step).items()}
+    def loss_at(step: int):  # the step's global batch, this process's slice of it (all of it without torchrun)
+        batch = {k: v.to(device) for k, v in distributed.shard(batches(step)).items()}
         return unet_loss(unet, diffusion, batch)
 
     def write_model(state) -> None:  # the EMA UNet beside each checkpoint, loadable by from_pretrained
@@ -224,8 +226,10 @@ def train_unet(unet_cfg: UNetConfig, diffusion_cfg: DiffusionConfig, train: UNet
                "parameters": unet.num_parameters(), "space": unet_cfg.space,
                "input": [unet_cfg.in_channels, unet_cfg.image_size, unet_cfg.image_size],
                "train_images": len(captions), "distinct_captions": len(set(captions)),
-               "autoencoder": train.autoencoder if unet_cfg.space == "latent" else None, "clip": train.clip}
-    save_json(out / "summary.json", summary)
+               "autoencoder": train.autoencoder if unet_cfg.space == "latent" else None, "clip": train.clip,
+               "processes": distributed.world()[1]}
+    if distributed.is_main():
+        save_json(out / "summary.json", summary)
     return summary
 
 
@@ -273,6 +277,7 @@ def train_controlnet(cn_cfg, train: ControlNetTrainConfig, *, full_config: dict 
         raise UserError(f"train.caption_dropout must be in [0, 1), got {train.caption_dropout!r}")
     cn_cfg.validate()
     loop = loop_config({"train": train})
+    distributed.check_batch(train.batch_size)
     device = _device(train.device)
     if train.threads:
         torch.set_num_threads(train.threads)
@@ -306,14 +311,14 @@ def train_controlnet(cn_cfg, train: ControlNetTrainConfig, *, full_config: dict 
     unet = unet.to(device)
     controlnet = ControlNet(unet, cn_cfg).to(device)
     controlled = ControlledUNet(unet, controlnet)
-    if not resuming:
+    if not resuming and distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)
         controlnet.save_pretrained(out)
         if full_config is not None:
             save_json(out / "train_config.json", full_config)
 
     def loss_at(step: int):
-        batch = {k: v.to(device) for k, v in batches(step).items()}
+        batch = {k: v.to(device) for k, v in distributed.shard(batches(step)).items()}
         return unet_loss(controlled, diffusion, batch)
 
     def write_model(state) -> None:
@@ -324,8 +329,10 @@ def train_controlnet(cn_cfg, train: ControlNetTrainConfig, *, full_config: dict 
     summary = {"steps": result.step, "stopped": result.stopped, "train_minutes": round(result.elapsed_s / 60, 2),
                "seconds_per_step": round(result.elapsed_s / max(1, result.step), 4), "final_terms": result.last,
                "parameters": controlnet.num_parameters(), "base_parameters": unet.num_parameters(),
-               "space": unet.config.space, "unet": train.unet, "train_images": len(captions)}
-    save_json(out / "summary.json", summary)
+               "space": unet.config.space, "unet": train.unet, "train_images": len(captions),
+               "processes": distributed.world()[1]}
+    if distributed.is_main():
+        save_json(out / "summary.json", summary)
     return summary
 
 
@@ -376,6 +383,10 @@ def train_noisy(cfg, train: NoisyTrainConfig, *, full_config: dict | None = None
 
     if cfg.space not in SPACES:
         raise UserError(f"classifier.space must be latent or pixel, got {cfg.space!r}")
+    if cfg.kind == "clip" and distributed.world()[1] > 1:
+        raise UserError("a noised CLIP trains in one process: its InfoNCE contrasts the whole batch, which a "
+                        "slice per process would change")
+    distributed.check_batch(train.batch_size)
     try:
         diffusion = GaussianDiffusion.from_config(DiffusionConfig(train.diffusion_schedule, train.diffusion_steps))
     except ValueError as e:
@@ -421,7 +432,7 @@ def train_noisy(cfg, train: NoisyTrainConfig, *, full_config: dict | None = None
     labels = labels_of(captions) if cfg.kind == "attributes" else None
     torch.manual_seed(train.seed)
     model = NoisyImageModel(cfg).to(device)
-    if not resuming:
+    if not resuming and distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(out)
         if full_config is not None:
@@ -440,11 +451,12 @@ def train_noisy(cfg, train: NoisyTrainConfig, *, full_config: dict | None = None
         acc = torch.stack([(logits[k].argmax(1) == labels[k][rows].to(device)).float().mean() for k in ATTRIBUTES]).mean()
         return loss, {"loss": loss, "acc": acc.detach()}
 
-    def loss_at(step: int):
+    def loss_at(step: int):  # the step's global batch, this process's slice of it (kind attributes)
         rows = batch_indices(step, train.batch_size, len(x0), train.seed)
         g = torch.Generator().manual_seed(train.seed * 1_000_003 + step)
         t = torch.randint(0, diffusion.num_timesteps, (len(rows),), generator=g)
-        return loss_on(model, rows, t, torch.randn(x0[rows].shape, generator=g))
+        noise = torch.randn(x0[rows].shape, generator=g)
+        return loss_on(model, *(distributed.shard(v) for v in (rows, t, noise)))
 
     def write_model(state) -> None:
         _exported(model, state.ema).save_pretrained(out)
@@ -475,9 +487,10 @@ def train_noisy(cfg, train: NoisyTrainConfig, *, full_config: dict | None = None
     metrics = {"kind": cfg.kind, "steps": result.step, "stopped": result.stopped,
                "train_minutes": round(result.elapsed_s / 60, 2), "final_terms": result.last,
                "parameters": final.num_parameters(), "train_scenes": len(x0), "test_scenes": len(tx0), "test_by_t": by_t}
-    final.save_pretrained(out, manifest={"kind": f"image-noisy-{cfg.kind}", "command": (full_config or {}).get("command"),
-                                         "metrics": metrics})
-    save_json(out / "metrics.json", metrics)
+    if distributed.is_main():
+        final.save_pretrained(out, manifest={"kind": f"image-noisy-{cfg.kind}",
+                                             "command": (full_config or {}).get("command"), "metrics": metrics})
+        save_json(out / "metrics.json", metrics)
     return metrics
 
 
@@ -587,6 +600,7 @@ def train_autoencoder(model_cfg: AutoencoderConfig, train: AutoencoderTrainConfi
     for key in ("calibration_size", "test_size", "grid"):
         _check_positive(getattr(train, key), f"train.{key}")
     loop = loop_config({"train": train})
+    distributed.check_batch(train.batch_size)
     device = _device(train.device)
     if train.threads:
         torch.set_num_threads(train.threads)
@@ -596,7 +610,7 @@ def train_autoencoder(model_cfg: AutoencoderConfig, train: AutoencoderTrainConfi
     resuming = has_checkpoint(out)
     if resuming:
         _check_same_model(out, "autoencoder", asdict(model_cfg))
-    else:
+    elif distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)
         ae.save_pretrained(out)  # config first, for a resume to check against (scale 1 until calibrated)
         if full_config is not None:
@@ -607,6 +621,7 @@ def train_autoencoder(model_cfg: AutoencoderConfig, train: AutoencoderTrainConfi
         x, _ = step_batch(step, train.batch_size, train.data_seed)
         noise = torch.randn((len(x), model_cfg.latent_channels, *(s // model_cfg.factor for s in x.shape[2:])),
                             generator=torch.Generator().manual_seed(train.seed * STEP_STREAMS + step))
+        x, noise = distributed.shard(x), distributed.shard(noise)  # this process's slice of the global batch
         return ae.loss(x.to(device), noise.to(device), kl_weight=train.kl_weight, rec_loss=train.rec_loss)
 
     def export(state) -> AutoencoderKL:
@@ -618,6 +633,8 @@ def train_autoencoder(model_cfg: AutoencoderConfig, train: AutoencoderTrainConfi
         export(state).save_pretrained(out)
 
     result = fit(ae, loss_at, loop, out, name="autoencoder", progress=progress, on_checkpoint=write_model)
+    if not distributed.is_main():  # rank 0 measures and writes the model
+        return {"steps": result.step, "stopped": result.stopped}
     final = export(result)
     images, captions = held_images("test", train.test_size, train.data_seed)
     metrics, rec_images = autoencoder_metrics(final, images, captions)
@@ -702,6 +719,9 @@ def train_clip(model_cfg: ClipConfig, train: ClipTrainConfig, *, full_config: di
     loop = loop_config({"train": train})
     if train.batch_size < 2:
         raise UserError("train.batch_size must be at least 2 (InfoNCE contrasts the pairs of a batch)")
+    if distributed.world()[1] > 1:
+        raise UserError("train-clip runs in one process: its InfoNCE contrasts the whole batch, which a slice "
+                        "per process would change")
     device = _device(train.device)
     if train.threads:
         torch.set_num_threads(train.threads)
