@@ -76,6 +76,15 @@ def test_strength_zero_is_plain_sampling_and_a_control_moves_the_samples(pipe):
     assert not torch.allclose(guided, pipe.sample([caption, "a blue square"], 2, **kw), atol=1e-4)
     with pytest.raises(UserError, match="stochastic step"):
         pipe.sample(caption, 1, steps=3, controls=control)
+    # a classifier of another space, or of another autoencoder's latents, is refused in one line
+    pixel = NoisyImageModel(NoisyConfig(kind="attributes", space="pixel", in_channels=3, image_size=32, channels=8,
+                                        groups=4))
+    with pytest.raises(UserError, match="reads pixel inputs of 3 x 32 x 32"):
+        pipe.sample(caption, 1, steps=3, sampler="ddpm", controls=[Control(pixel, {"colour": "red"})])
+    other = tiny_noisy("attributes")
+    other.config.autoencoder_fingerprint = "0123456789abcdef"  # the UNet's is its tiny autoencoder's
+    with pytest.raises(UserError, match="another autoencoder's latents"):
+        pipe.sample(caption, 1, steps=3, sampler="ddpm", controls=[Control(other, {"colour": "red"})])
 
 
 def test_train_both_kinds_then_resume(tmp_path):

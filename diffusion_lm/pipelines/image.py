@@ -142,6 +142,8 @@ class ImagePipeline:
         hints = self.hints(control, len(rows), control_scale)
         if controls and sampler == "ddim" and eta == 0:
             raise UserError("guidance controls steer a stochastic step: use sampler=ddpm, or ddim with eta > 0")
+        for c in controls or []:
+            self.check_control(c.classifier)
         c = self.unet.config
         generator = torch.Generator(device=self.device).manual_seed(seed)
         # every x_T first, so a sample does not depend on the batch it was drawn in (exactly so for DDIM)
@@ -163,6 +165,21 @@ class ImagePipeline:
                                                                                 "control_scale": float(control_scale)})})
             out.append(self.decode(x0).cpu())
         return torch.cat(out)
+
+    def check_control(self, classifier) -> None:
+        """A model of noisy images must read what this UNet samples: its space and shape, and for latents
+        the same autoencoder (by fingerprint); a one-line UserError otherwise."""
+        cfg, mine = getattr(classifier, "config", None), self.unet.config
+        if cfg is None or not hasattr(cfg, "in_channels"):
+            return  # a plain callable with log_prob: the caller vouches for it
+        if (cfg.space, cfg.in_channels, cfg.image_size) != (mine.space, mine.in_channels, mine.image_size):
+            raise UserError(f"the {cfg.kind} classifier reads {cfg.space} inputs of {cfg.in_channels} x {cfg.image_size} "
+                            f"x {cfg.image_size}, the UNet samples {mine.space} {mine.in_channels} x {mine.image_size} "
+                            f"x {mine.image_size}; use one trained for this UNet's space")
+        if cfg.space == "latent" and cfg.autoencoder_fingerprint is not None:
+            if cfg.autoencoder_fingerprint != mine.autoencoder_fingerprint:
+                raise UserError(f"the {cfg.kind} classifier was trained on another autoencoder's latents (fingerprint "
+                                f"{cfg.autoencoder_fingerprint}, the UNet's {mine.autoencoder_fingerprint})")
 
     @torch.no_grad()
     def caption_embeddings(self, captions: Sequence[str], n: int = 1) -> torch.Tensor:
