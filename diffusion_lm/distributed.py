@@ -101,6 +101,17 @@ def mean(values: dict[str, float]) -> dict[str, float]:
     return {k: float(v) / size for k, v in zip(values, t.tolist())}
 
 
+def gather(x: torch.Tensor) -> torch.Tensor:
+    """Every rank's equal-sized `x` concatenated in rank order (the global batch's rows); `x` itself in
+    one process."""
+    rank, size = world()
+    if size == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(size)]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
 def barrier() -> None:
     if world()[1] > 1:
         dist.barrier()

@@ -63,6 +63,44 @@ def test_two_processes_train_the_weights_one_process_trains_and_resume_after_a_k
     assert max(float((a[k].float() - d[k].float()).abs().max()) for k in model_keys) <= 1e-5
 
 
+def launch_text(out: Path, procs: int, *extra: str) -> subprocess.CompletedProcess:
+    """diffusion-lm train preset=tiny (warped timesteps, so the sampler's state must agree across ranks)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = ["train", "preset=tiny", f"run.out_dir={out}", "optim.steps=12", "optim.batch_size=8",
+            "optim.t_sampling=warped", "optim.step_seeded_noise=true", "run.final_samples=0",
+            "run.checkpoint_every=4", *extra]
+    if procs == 1:
+        cmd = [sys.executable, "-m", "diffusion_lm", *args]
+    else:
+        cmd = [str(TORCHRUN), "--standalone", f"--nproc_per_node={procs}", "-m", "diffusion_lm", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside this python")
+def test_diffusion_lm_under_two_processes_trains_what_one_process_trains(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    r = launch_text(one, 1)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = launch_text(two, 2)
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, b = weights(one), weights(two)
+    keys = [k for k in a if k.startswith(("model.", "ema.", "tsampler."))]
+    assert any(k.startswith("tsampler.") for k in keys)
+
+    def effective(k, v):
+        # the attention's key bias has no effect (softmax is invariant to it): its true gradient is 0, and AdamW
+        # turns the ~1e-10 rounding left in it into lr-sized steps of either sign, so it is left out
+        if k.endswith("qkv.bias"):
+            third = v.shape[0] // 3
+            return torch.cat([v[:third], v[2 * third:]])
+        return v
+
+    worst = max(float((effective(k, a[k]).float() - effective(k, b[k]).float()).abs().max()) for k in keys)
+    assert worst <= 1e-5, worst
+    logs = [[json.loads(x)["loss"] for x in (d / "train_log.jsonl").read_text().splitlines()] for d in (one, two)]
+    assert logs[0] == logs[1]
+
+
 def test_one_process_is_untouched_and_uneven_batches_are_refused(monkeypatch):
     from diffusion_lm.errors import UserError
 

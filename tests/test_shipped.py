@@ -1,4 +1,8 @@
 """The models and targets shipped in the package load offline and behave."""
+import json
+
+import torch
+
 from diffusion_lm.assets import resolve_asset, resolve_checkpoint
 from diffusion_lm.eval.oracles import ConstituencyParser
 from diffusion_lm.eval.targets import load_targets
@@ -80,3 +84,32 @@ def test_shipped_baselines_steer_the_base_lm():
     out = fudge_generate(base.model, base.tokenizer, disc, [target] * 4, FudgeConfig(strength=3.0, max_words=30),
                          torch.Generator().manual_seed(0))
     assert sum(states(s.split(), value_key("Italian")) for s in out) >= 3
+
+
+# ---- the image side -----------------------------------------------------------------------------
+def test_shipped_image_models_fit_together_and_stay_under_12_mb():
+    from diffusion_lm.assets import assets_dir
+
+    names = ("image-autoencoder", "image-clip", "image-unet-latent", "image-unet-pixel")
+    sizes = {n: sum(f.stat().st_size for f in (assets_dir() / "models" / n).iterdir()) for n in names}
+    assert sum(sizes.values()) <= 12e6, sizes
+    from diffusion_lm.pipelines.image import ImagePipeline
+
+    latent = ImagePipeline.from_pretrained()  # refuses parts the UNet was not trained with (fingerprints)
+    pixel = ImagePipeline.from_pretrained("shipped:image-unet-pixel")
+    assert latent.space == "latent" and pixel.space == "pixel" and pixel.autoencoder is None
+    for name in ("image-unet-latent", "image-unet-pixel"):
+        manifest = json.loads((assets_dir() / "models" / name / "manifest.json").read_text())
+        assert manifest["command"].startswith("diffusion-lm train-unet") and manifest["commit"]
+
+
+def test_shipped_latent_unet_draws_what_it_is_asked():
+    from diffusion_lm.image import oracle
+    from diffusion_lm.pipelines.image import ImagePipeline
+
+    torch.set_num_threads(2)
+    pipe = ImagePipeline.from_pretrained()
+    captions = ["a small red circle at the top left", "a large blue square at the bottom right",
+                "a small green triangle at the centre", "a large yellow diamond at the top"]
+    images = pipe(captions, 2, guidance=4, steps=20, seed=0)
+    assert oracle.accuracy(images, [c for c in captions for _ in range(2)])["caption"] >= 0.5

@@ -45,12 +45,16 @@ class TimestepSampler:
             return uniform
         return (1 - self.mix) * rise / rise.sum() + self.mix * uniform
 
-    def sample(self, batch: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    def sample(self, batch: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None
+               ) -> torch.Tensor:
+        """`batch` timesteps; from `generator` when given (else the global RNG, on `device` for uniform)."""
         if self.mode == "uniform":  # the plain draw (the same random stream as before this class existed)
+            if generator is not None:
+                return torch.randint(0, self.T, (batch,), generator=generator).to(device)
             return torch.randint(0, self.T, (batch,), device=device)
-        b = torch.multinomial(self.probabilities(), batch, replacement=True)
+        b = torch.multinomial(self.probabilities(), batch, replacement=True, generator=generator)
         lo, hi = self.edges[b], self.edges[b + 1]
-        t = lo + (torch.rand(batch) * (hi - lo).float()).long().clamp_max(hi - lo - 1)
+        t = lo + (torch.rand(batch, generator=generator) * (hi - lo).float()).long().clamp_max(hi - lo - 1)
         return t.to(device)
 
     @torch.no_grad()

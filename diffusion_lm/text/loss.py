@@ -24,28 +24,43 @@ def _mean_flat(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(1).mean(1)
 
 
+def loss_draws(batch: int, L: int, d: int, num_timesteps: int, generator: torch.Generator,
+               self_condition_prob: float = 0.5) -> dict[str, torch.Tensor]:
+    """Every random draw of `diffusion_lm_loss` for a batch, from one generator: the x_0 noise, the x_t
+    noise, the self-conditioning coin flips (and t, when the caller does not choose it). A step's draws
+    for the global batch, sliced per process, make a data-parallel run the one-process run."""
+    return {"x0_noise": torch.randn(batch, L, d, generator=generator),
+            "xt_noise": torch.randn(batch, L, d, generator=generator),
+            "self_condition": torch.rand(batch, generator=generator) < self_condition_prob,
+            "t": torch.randint(0, num_timesteps, (batch,), generator=generator)}
+
+
 def diffusion_lm_loss(model: DiffusionLM, diffusion: GaussianDiffusion, ids: torch.Tensor,
                       anchor_weight: float = 0.0, self_condition_prob: float = 0.5, t: torch.Tensor | None = None,
-                      per_example: bool = False) -> dict[str, torch.Tensor]:
+                      per_example: bool = False, draws: dict[str, torch.Tensor] | None = None
+                      ) -> dict[str, torch.Tensor]:
     """Per-term means over the batch; `loss` is what to minimise.
 
     With `per_example`, also `t` and `signal`: each example's timestep and its denoising loss (the anchor
-    cross-entropy when it is on, else the x_0 error), for a time-warping timestep sampler.
+    cross-entropy when it is on, else the x_0 error), for a time-warping timestep sampler. `draws`
+    (`loss_draws`) replaces the global RNG's draws; `t`, when given, wins over draws["t"].
     """
     if not isinstance(diffusion, GaussianDiffusion):
         raise TypeError(f"diffusion_lm_loss(model, diffusion, ids, ...): got {type(diffusion).__name__} for diffusion")
     B = ids.shape[0]
     emb = model.embed(ids)
-    x0 = emb + float(diffusion.sqrt_one_minus_alpha_bar[0]) * torch.randn_like(emb)
+    dev = ids.device
+    x0_noise = torch.randn_like(emb) if draws is None else draws["x0_noise"].to(dev, emb.dtype)
+    x0 = emb + float(diffusion.sqrt_one_minus_alpha_bar[0]) * x0_noise
     if t is None:
-        t = torch.randint(0, diffusion.num_timesteps, (B,), device=ids.device)
-    x_t = diffusion.q_sample(x0, t)
+        t = torch.randint(0, diffusion.num_timesteps, (B,), device=dev) if draws is None else draws["t"].to(dev)
+    x_t = diffusion.q_sample(x0, t, None if draws is None else draws["xt_noise"].to(dev, emb.dtype))
 
     x0_prev = None
     if model.config.self_condition:
         # Half the batch learns to use its own earlier estimate, as at sampling time.
         x0_prev = torch.zeros_like(x_t)
-        use = torch.rand(B, device=ids.device) < self_condition_prob
+        use = torch.rand(B, device=dev) < self_condition_prob if draws is None else draws["self_condition"].to(dev)
         if use.any():
             with torch.no_grad():
                 x0_prev[use] = model(x_t[use], t[use]).detach()

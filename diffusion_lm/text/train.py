@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from .. import distributed
 from ..core import DiffusionConfig, GaussianDiffusion
 from ..errors import UserError
 from ..data import DataConfig, load_e2e
@@ -23,7 +24,7 @@ from ..io import check_output_dir, load_json, save_json
 from .io import load_diffusion, save_pretrained
 from ..core.timesteps import TimestepSampler
 from ..training import batch_indices, fit, has_checkpoint, loop_config
-from .loss import diffusion_lm_loss
+from .loss import diffusion_lm_loss, loss_draws
 from .model import DiffusionLM, DiffusionLMConfig, diffusion_config
 from .tokenizer import WordTokenizer
 
@@ -50,6 +51,9 @@ class OptimConfig:
     # Off by default: on runs cut to a fifth and to 72% of their schedule, annealing to the clock
     # made the samples less fluent, not more (README, "A slow day").
     anneal_by_time: bool = False
+    # draw each step's noise and timesteps from a generator seeded by the step (on by itself under torchrun,
+    # where each process takes a slice of them); off, the global RNG draws them, as for the shipped models
+    step_seeded_noise: bool = False
 
 
 @dataclass
@@ -146,24 +150,40 @@ def train(data: DataConfig, model_cfg: DiffusionLMConfig, optim: OptimConfig, ru
         tsampler = TimestepSampler(diffusion.num_timesteps, optim.t_sampling)
     except ValueError as e:
         raise UserError(f"optim.t_sampling: {e}") from None
-    if not resuming:
+    distributed.check_batch(optim.batch_size, "optim.batch_size")
+    if not resuming and distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)
         save_pretrained(model, tokenizer, out, diffusion=diffusion)  # config + tokenizer first, for resume to check
         if full_config is not None:
             save_json(out / "train_config.json", full_config)
 
+    seeded = optim.step_seeded_noise or distributed.world()[1] > 1
+
     def loss_at(step: int):
-        batch = ids[batch_indices(step, optim.batch_size, len(ids), optim.seed)].to(device)
-        terms = diffusion_lm_loss(model, diffusion, batch, anchor_weight=optim.anchor_weight, per_example=True,
-                                  t=tsampler.sample(len(batch), device))
-        tsampler.update(terms.pop("t"), terms.pop("signal"))
+        batch = ids[batch_indices(step, optim.batch_size, len(ids), optim.seed)]
+        if not seeded:  # one process, the global RNG (the stream the shipped models were trained with)
+            batch = batch.to(device)
+            terms = diffusion_lm_loss(model, diffusion, batch, anchor_weight=optim.anchor_weight, per_example=True,
+                                      t=tsampler.sample(len(batch), device))
+            tsampler.update(terms.pop("t"), terms.pop("signal"))
+            return terms["loss"], terms
+        # every draw of the step's global batch from a generator seeded by the step, then this process's
+        # slice: N processes train what one process trains with step_seeded_noise
+        g = torch.Generator().manual_seed(optim.seed * 1_000_003 + step)
+        t = tsampler.sample(len(batch), "cpu", generator=g)
+        draws = loss_draws(len(batch), batch.shape[1], model.config.emb_dim, diffusion.num_timesteps, g)
+        local = distributed.shard({"ids": batch, "t": t, **draws})
+        terms = diffusion_lm_loss(model, diffusion, local["ids"].to(device), anchor_weight=optim.anchor_weight,
+                                  per_example=True, t=local["t"].to(device), draws=local)
+        # the timestep sampler sees the global batch's losses, so it stays the same on every rank
+        tsampler.update(distributed.gather(terms.pop("t").cpu()), distributed.gather(terms.pop("signal").cpu()))
         return terms["loss"], terms
 
     def write_model(state) -> None:  # the EMA model beside each checkpoint, loadable by from_pretrained
         save_pretrained(model, tokenizer, out, state_dict=state.ema, diffusion=diffusion)
 
     def snapshot(state) -> None:
-        if run.snapshot_every and state.step % run.snapshot_every == 0:
+        if run.snapshot_every and state.step % run.snapshot_every == 0 and distributed.is_main():
             snap = out / "snapshots" / f"step{state.step:07d}"
             save_pretrained(model, tokenizer, snap, state_dict=state.ema, diffusion=diffusion)
             save_json(snap / "progress.json", {"step": state.step, "elapsed_s": round(state.elapsed_s, 1)})
@@ -175,6 +195,8 @@ def train(data: DataConfig, model_cfg: DiffusionLMConfig, optim: OptimConfig, ru
                # the running denoising loss of each slice of timesteps (what t_sampling=warped draws by)
                "loss_by_t": [[int(lo), int(hi), round(float(v), 4)] for lo, hi, v, seen in
                              zip(tsampler.edges[:-1], tsampler.edges[1:], tsampler.loss, tsampler.seen) if seen]}
+    if not distributed.is_main():  # rank 0 samples and writes
+        return summary
     if run.final_samples:
         model.load_state_dict(result.ema)
         sents = generate(model, tokenizer, diffusion, run.final_samples, run.sample, progress=progress)
