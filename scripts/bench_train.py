@@ -2,6 +2,10 @@
 
     python scripts/bench_train.py [preset=cpu] [steps=10] [rounds=5] [profile=0] [key=value ...]
     python scripts/bench_train.py model=unet [unet_preset=cpu|cpu_pixel] [steps=10] [rounds=5] [key=value ...]
+    python scripts/bench_train.py [model=...] procs=2 ...   also the whole step under torchrun, 2 processes
+
+procs=N times the same global batch's whole step again under `torchrun --nproc_per_node=N` (each process
+a slice, gradients all-reduced over gloo) and prints it beside the one-process figure of the same run.
 
 model=unet times the caption-conditioned UNet of `diffusion-lm train-unet` instead, on its preset's
 batch of latents (4 x 8 x 8, as the shipped autoencoder makes) or pixels, with caption states as wide
@@ -31,6 +35,7 @@ import time
 
 import torch
 
+from diffusion_lm import distributed
 from diffusion_lm.config import build
 from diffusion_lm.core import GaussianDiffusion
 from diffusion_lm.config import compose
@@ -85,15 +90,16 @@ def unet_workloads(overrides: list[str]):
         loss.backward()
 
     def step():  # what `diffusion-lm train-unet` does a step, but for the EMA and the lr schedule
-        loss = unet_loss(model, diffusion, batch)
+        loss = unet_loss(model, diffusion, distributed.shard(batch))  # under torchrun: this process's slice
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(list(model.parameters()))
         if train.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
         opt.step()
 
     header = {"model": "unet", "preset": cfg.preset_name, "space": unet_cfg.space, "parameters": model.num_parameters(),
-              "batch": B, "input": [C, S, S], "context": list(CLIP_STATES)}
+              "batch": B, "input": [C, S, S], "context": list(CLIP_STATES), "malloc_keeps_freed_memory": keep_freed_memory()}
     what = (f"image UNet `{cfg.preset_name}` ({header['parameters']:,} params, {unet_cfg.space}, batch {B} x {C} x {S} x {S}, "
             f"caption states {CLIP_STATES[0]} x {CLIP_STATES[1]}")
     names = {"denoiser": "UNet, forward + backward", "step": "whole training step (+ clipping, AdamW)"}
@@ -113,12 +119,19 @@ def main(argv: list[str]) -> None:
     which = args.pop("model", "diffusion-lm")
     if which not in ("diffusion-lm", "unet"):
         fail(f"model must be diffusion-lm or unet, got {which!r}")
+    procs = number({"procs": args.pop("procs", "1")}, "procs", minimum=1)
+    worker = args.pop("_worker", "0") == "1"
     overrides = [f"{k}={v}" for k, v in args.items()]
-    if which == "unet":
-        what, header, runs, names, per_step, unit = unet_workloads(overrides)
-        kept = keep_freed_memory()
-        header["malloc_keeps_freed_memory"] = kept
-        return report(what, header, runs, names, per_step, unit, steps, rounds, top)
+    if worker:  # one of `procs` processes under torchrun: time the whole step on a slice of the global batch
+        distributed.setup()
+        return time_workers(which, overrides, steps, rounds)
+    what, header, runs, names, per_step, unit = (unet_workloads if which == "unet" else text_workloads)(overrides)
+    result = report(what, header, runs, names, per_step, unit, steps, rounds, top)
+    side_by_side(result, argv, procs, unit)
+
+
+def text_workloads(overrides: list[str]):
+    """(description, result header, runs, names, tokens per step, unit) of the Diffusion-LM on its preset's batch."""
     if not any(o.startswith("preset=") for o in overrides):
         overrides.append("preset=cpu")
     cfg = compose("train", overrides)
@@ -135,9 +148,10 @@ def main(argv: list[str]) -> None:
     ids = torch.randint(4, model_cfg.vocab_size, (B, L))
 
     def step():  # what `diffusion-lm train` does a step, but for the EMA and the lr schedule
-        loss = diffusion_lm_loss(model, diffusion, ids, anchor_weight=optim.anchor_weight)["loss"]
+        loss = diffusion_lm_loss(model, diffusion, distributed.shard(ids), anchor_weight=optim.anchor_weight)["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(list(model.parameters()))
         if optim.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
         opt.step()
@@ -159,7 +173,60 @@ def main(argv: list[str]) -> None:
     what = f"Diffusion-LM `{cfg.preset_name}` ({header['parameters']:,} params, batch {B} x {L} tokens"
     names = {"denoiser": "denoiser f_θ, forward + backward",
              "step": "whole training step (+ rounding and anchor losses, self-conditioning pass, clipping, AdamW)"}
-    report(what, header, runs, names, B * L, "tokens", steps, rounds, top)
+    return what, header, runs, names, B * L, "tokens"
+
+
+def workloads(which: str, overrides: list[str]):
+    """(runs, examples per step, unit) of `which`, as the one-process benchmark builds them."""
+    _, _, runs, _, per_step, unit = (unet_workloads if which == "unet" else text_workloads)(list(overrides))
+    return runs, per_step, unit
+
+
+def time_workers(which: str, overrides: list[str], steps: int, rounds: int) -> None:
+    """Under torchrun: the whole training step on this process's slice, gradients averaged; rank 0 prints
+    the best round's seconds per global step as JSON."""
+    runs, per_step, unit = workloads(which, overrides)
+    step = runs["step"]
+    for _ in range(3):
+        step()
+    best = float("inf")
+    for _ in range(rounds):
+        distributed.barrier()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        distributed.barrier()
+        best = min(best, (time.perf_counter() - t0) / steps)
+    if distributed.is_main():
+        print(json.dumps({"procs": distributed.world()[1], "s": round(best, 4),
+                          f"{unit}_per_s": round(per_step / best, 1),
+                          "threads_per_process": torch.get_num_threads()}))
+
+
+def side_by_side(result: dict, argv: list[str], procs: int, unit: str) -> None:
+    """With procs > 1: the same global batch's whole step under torchrun with `procs` processes, printed
+    beside the one-process figure measured just before (same run, so the VM's drift is shared)."""
+    if procs == 1:
+        return
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    keep = [a for a in argv if not a.startswith(("procs=", "profile="))]
+    cmd = [str(torchrun), "--standalone", f"--nproc_per_node={procs}", __file__, *keep, "_worker=1"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        from diffusion_lm.scripting import fail
+
+        fail(f"the {procs}-process run failed: {(done.stderr.strip().splitlines() or ['no output'])[-1]}")
+    multi = json.loads(lines[-1])
+    one = result["step"]
+    print(f"  processes: 1 x {result['threads']} threads {one[f'{unit}_per_s']:,.0f} {unit}/s;  {procs} x "
+          f"{multi['threads_per_process']} threads {multi[f'{unit}_per_s']:,.0f} {unit}/s  "
+          f"(ratio {multi[f'{unit}_per_s'] / one[f'{unit}_per_s']:.2f}; the same global batch, gloo all-reduce)")
+    print(json.dumps({"procs_side_by_side": {"1": one[f"{unit}_per_s"], str(procs): multi[f"{unit}_per_s"]}}))
 
 
 def report(what: str, header: dict, runs: dict, names: dict, per_step: int, unit: str, steps: int, rounds: int,
@@ -209,6 +276,10 @@ def report(what: str, header: dict, runs: dict, names: dict, per_step: int, unit
     print(f"  ratio: denoiser {result['denoiser']['ratio']:.3f}, whole step {result['step']['ratio']:.3f}"
           + (" (target >= 0.5)" if unit == "tokens" else ""))
     print(json.dumps(result))
+    return result if not top else _profile(step, steps, top, result)
+
+
+def _profile(step, steps: int, top: int, result: dict) -> dict:
     if top:
         from torch.profiler import ProfilerActivity, profile
 
@@ -216,6 +287,7 @@ def report(what: str, header: dict, runs: dict, names: dict, per_step: int, unit
             for _ in range(steps):
                 step()
         print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=top))
+    return result
 
 
 if __name__ == "__main__":
