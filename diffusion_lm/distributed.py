@@ -47,7 +47,8 @@ def setup() -> None:
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group("nccl" if cuda else "gloo")
+    # gloo for the small CPU tensors the loop all-reduces (logged terms, the clock), NCCL for CUDA gradients
+    dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo")
     if dist.get_rank() != 0:
         sys.stdout = open(os.devnull, "w")
 
@@ -75,19 +76,23 @@ def shard(batch):
 
 
 def average_gradients(params: list[torch.nn.Parameter]) -> None:
-    """Replace every parameter's gradient by its mean over the ranks (one flat all-reduce; a parameter
-    without a gradient on a rank counts as zero there)."""
+    """Replace every trainable parameter's gradient by its mean over the ranks (one flat all-reduce). A
+    parameter no rank has a gradient for keeps none, as in one process (so AdamW skips it); one that some
+    rank lacks counts as zero there."""
     rank, size = world()
+    params = [p for p in params if p.requires_grad]
     if size == 1 or not params:
         return
+    has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=params[0].device)
+    dist.all_reduce(has)
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat)
     flat /= size
     offset = 0
-    for p, g in zip(params, grads):
+    for p, g, any_rank in zip(params, grads, has.tolist()):
         n = g.numel()
-        p.grad = flat[offset: offset + n].view_as(g).clone()
+        p.grad = flat[offset: offset + n].view_as(g).clone() if any_rank > 0 else None
         offset += n
 
 

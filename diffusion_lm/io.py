@@ -279,6 +279,8 @@ def dequantize_int8(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
         if k.endswith(INT8_SCALE):
             continue
         scale = tensors.get(k + INT8_SCALE)
+        if scale is None and v.dtype == torch.int8:
+            raise UserError(f"weight {k} is int8 without its scales (the file is corrupt)")
         if scale is not None:
             if v.dtype != torch.int8 or scale.dim() != 1 or v.dim() < 1 or scale.numel() != v.shape[0]:
                 raise UserError(f"weight {k}: its int8 scales do not fit it (the file is corrupt)")

@@ -213,14 +213,21 @@ def side_by_side(result: dict, argv: list[str], procs: int, unit: str) -> None:
     from pathlib import Path
 
     torchrun = Path(sys.executable).with_name("torchrun")
+    from diffusion_lm.scripting import fail
+
+    if not torchrun.exists():
+        fail(f"procs={procs} needs torchrun beside {sys.executable}")
+    if result["batch"] % procs:
+        fail(f"the batch of {result['batch']} does not split evenly over procs={procs}")
     keep = [a for a in argv if not a.startswith(("procs=", "profile="))]
     cmd = [str(torchrun), "--standalone", f"--nproc_per_node={procs}", __file__, *keep, "_worker=1"]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    # each process gets the threads the one-process figure had, split evenly (torchrun would give it 1)
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": str(max(1, result["threads"] // procs))}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
-        from diffusion_lm.scripting import fail
-
-        fail(f"the {procs}-process run failed: {(done.stderr.strip().splitlines() or ['no output'])[-1]}")
+        errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+        fail(f"the {procs}-process run failed: {(errors or done.stderr.strip().splitlines() or ['no output'])[0]}")
     multi = json.loads(lines[-1])
     one = result["step"]
     print(f"  processes: 1 x {result['threads']} threads {one[f'{unit}_per_s']:,.0f} {unit}/s;  {procs} x "

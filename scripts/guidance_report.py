@@ -75,12 +75,16 @@ def main(argv: list[str]) -> None:
         run("classifier-free (w)", w, guidance=w)
     if args["clip_model"]:
         noisy = NoisyImageModel.from_pretrained(args["clip_model"])
+        if noisy.config.kind != "clip":
+            scripting.fail(f"clip_model={args['clip_model']} is a {noisy.config.kind} classifier, not a noised CLIP")
         targets = pipe.caption_embeddings(captions, n)
         for s in strengths:
             run("CLIP guidance (λ), w = 0", s, guidance=0.0, controls=[Control(noisy, targets)],
                 control_config=GuidanceConfig(strength=s, updates=1, step_size=0.1, skip_last=1))
     if args["attributes"]:
         attrs = NoisyImageModel.from_pretrained(args["attributes"])
+        if attrs.config.kind != "attributes":
+            scripting.fail(f"attributes={args['attributes']} is a {attrs.config.kind} model, not an attribute classifier")
         wanted = []
         for c in captions:
             o = parse_caption(c).objects[0]

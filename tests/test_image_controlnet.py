@@ -57,7 +57,7 @@ def test_a_fresh_controlnet_samples_what_the_base_pipeline_samples():
     assert torch.equal(steered.sample(caption, 2, guidance=3, steps=4, control=hint),
                        plain.sample(caption, 2, guidance=3, steps=4))
     for control, scale, match in ((torch.zeros(2, 16, 16), 1.0, "control map must be 1 x 32 x 32"),
-                                  (hint, -1.0, "control_strength must be"), (torch.zeros(3, 1, 32, 32), 1.0, "one per image")):
+                                  (hint, -1.0, "control_scale .control_strength. must be"), (torch.zeros(3, 1, 32, 32), 1.0, "one per image")):
         with pytest.raises(UserError, match=match):
             steered.sample(caption, 2, steps=2, control=control, control_scale=scale)
     with pytest.raises(UserError, match="needs a ControlNet"):

@@ -6,6 +6,7 @@ in one line on stderr and exit code 2.
 """
 from __future__ import annotations
 
+import os
 import sys
 from typing import Callable
 
@@ -31,6 +32,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "imagine": ("imagine", "draw images for a caption with the image UNet and classifier-free guidance: a PNG grid"),
     "evaluate-image": ("evaluate_image", "score the image UNet on test captions across guidance w: oracle, CLIP, Frechet"),
 }
+
+# the commands whose trainer splits each step's batch over torchrun's processes (diffusion_lm.distributed)
+PARALLEL = frozenset({"train", "train-unet", "train-controlnet", "train-autoencoder", "train-image-classifier"})
 
 # keys a command also answers to: the image commands' guidance scale is `w` in their configs, since hydra
 # reads `guidance=4` as a choice in the text commands' config group conf/guidance/; `guidance=4` is w=4 there
@@ -96,6 +100,8 @@ def run(argv: list[str] | None = None) -> int:
         keep_freed_memory()  # every command trains or samples: reuse freed activations, no page faults
         from .. import distributed
 
+        if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and name not in PARALLEL:
+            raise UserError(f"{name} runs in one process; under torchrun: {', '.join(sorted(PARALLEL))}")
         distributed.setup()  # under torchrun: join the process group (a no-op in one process)
         return handler(cfg, command) or 0
     except KeyboardInterrupt:

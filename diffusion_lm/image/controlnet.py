@@ -126,8 +126,12 @@ class ControlNet(nn.Module):
 
 
 def check_base(config: ControlNetConfig, base: UNet, where: str) -> None:
+    if config.base is not None and not isinstance(config.base, dict):
+        raise UserError(f"{where}: its base UNet config must be a JSON object, got {type(config.base).__name__}")
     if config.base is not None and config.base != asdict(base.config):
-        diff = next(k for k in config.base if config.base.get(k) != asdict(base.config).get(k))
+        here = asdict(base.config)
+        keys = [*config.base, *sorted(set(here) - set(config.base))]  # the config's own order: shapes first
+        diff = next((k for k in keys if config.base.get(k) != here.get(k)), "config")
         raise UserError(f"{where} was trained for another UNet (unet.{diff} {config.base.get(diff)!r} there, "
                         f"{asdict(base.config).get(diff)!r} here); use the UNet it was trained with")
     if config.base_fingerprint is not None and config.base_fingerprint != fingerprint(base):

@@ -47,6 +47,9 @@ class NoisyConfig:
     blocks: int = 1
     groups: int = 16
     embed_dim: Optional[int] = None  # kind clip: the CLIP pair's joint width (set by the trainer)
+    # set by the trainer: the noise it learned to read (the UNet's process) and the frozen parts it read
+    diffusion_schedule: Optional[str] = None
+    diffusion_steps: Optional[int] = None
     autoencoder_fingerprint: Optional[str] = None
     clip_fingerprint: Optional[str] = None
 
@@ -103,6 +106,10 @@ class NoisyImageModel(nn.Module):
         out = self.head(F.silu(self.norm(h)).mean((2, 3)))
         return F.normalize(out, dim=-1) if c.kind == "clip" else out
 
+    def scale(self) -> torch.Tensor:
+        """Kind clip: the logit scale s (learned, capped at 100 as in training)."""
+        return self.logit_scale.exp().clamp(max=100)
+
     def logits(self, x_t: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
         """Kind attributes: {attribute: (B, classes)}."""
         out, lo = {}, 0
@@ -116,13 +123,17 @@ class NoisyImageModel(nn.Module):
         the value s · cos; for kind attributes, a dict {attribute: value} (or a list of them, one per sample)
         and the sum of the attributes' log-probabilities."""
         if self.config.kind == "clip":
-            target = torch.as_tensor(target, device=x_t.device, dtype=x_t.dtype)
-            return self.logit_scale.exp() * (self(x_t, t) * target.reshape(-1, target.shape[-1])).sum(-1)
+            target = torch.as_tensor(target, device=x_t.device, dtype=x_t.dtype).reshape(-1, self.config.embed_dim)
+            if len(target) not in (1, len(x_t)):
+                raise UserError(f"a CLIP-guidance target is one caption embedding or one per image, got {len(target)} "
+                                f"for {len(x_t)} images")
+            return self.scale() * (self(x_t, t) * target).sum(-1)
         targets = target if isinstance(target, (list, tuple)) else [target] * len(x_t)
         index = attribute_index(targets)
         logp = {k: F.log_softmax(v, dim=-1) for k, v in self.logits(x_t, t).items()}
         total = torch.zeros(len(x_t), device=x_t.device, dtype=x_t.dtype)
         for name, rows in index.items():
+            rows = rows.to(x_t.device)
             total = total + torch.where(rows >= 0, logp[name].gather(1, rows.clamp_min(0)[:, None].to(x_t.device))[:, 0],
                                         torch.zeros_like(total))
         return total

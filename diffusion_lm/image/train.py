@@ -295,6 +295,8 @@ def train_controlnet(cn_cfg, train: ControlNetTrainConfig, *, full_config: dict 
         from .controlnet import ControlNetConfig
 
         saved = load_json(out / "config.json")
+        if not isinstance(saved, dict):
+            raise UserError(f"{out / 'config.json'} must hold a JSON object, not {type(saved).__name__}")
         check_base(ControlNetConfig(**{k: saved.get(k) for k in ("hint_channels", "hint_width", "base",
                                                                   "base_fingerprint")}), unet, str(out))
         _check_same_model(out, "controlnet", {"hint_channels": cn_cfg.hint_channels, "hint_width": cn_cfg.hint_width})
@@ -399,6 +401,7 @@ def train_noisy(cfg, train: NoisyTrainConfig, *, full_config: dict | None = None
     from .unet import latent_shape
 
     cfg.in_channels, cfg.image_size = latent_shape(autoencoder) if autoencoder is not None else (3, 32)
+    cfg.diffusion_schedule, cfg.diffusion_steps = train.diffusion_schedule, train.diffusion_steps
     cfg.autoencoder_fingerprint = fingerprint(autoencoder) if autoencoder is not None else None
     if cfg.kind == "clip":
         cfg.embed_dim, cfg.clip_fingerprint = int(clip.encode_text([""]).shape[-1]), fingerprint(clip)
@@ -442,7 +445,7 @@ def train_noisy(cfg, train: NoisyTrainConfig, *, full_config: dict | None = None
         x_t = diffusion.q_sample(x0[rows].to(device), t.to(device), noise.to(device))
         if cfg.kind == "clip":
             img = m(x_t, t.to(device))
-            logits = m.logit_scale.exp().clamp(max=100) * img @ text[group[rows]].to(device).t()
+            logits = m.scale() * img @ text[group[rows]].to(device).t()
             loss = info_nce(logits, group[rows].to(device))
             acc = (group[rows].to(device)[logits.argmax(1)] == group[rows].to(device)).float().mean()
             return loss, {"loss": loss, "acc": acc.detach()}
@@ -463,6 +466,8 @@ def train_noisy(cfg, train: NoisyTrainConfig, *, full_config: dict | None = None
 
     result = fit(model, loss_at, loop, out, name=f"noisy {cfg.kind} classifier", progress=progress,
                  on_checkpoint=write_model)
+    if not distributed.is_main():  # rank 0 measures and writes
+        return {"kind": cfg.kind, "steps": result.step, "stopped": result.stopped}
     final = _exported(model, result.ema).eval()
     # metrics by noise level on the test split (one-object scenes for attributes)
     tx0, tcaps = prepare(test if test is not None else load_shapes("test", train.test_size, train.data_seed))

@@ -23,7 +23,7 @@ from ..core import (ClassifierFreeGuidance, Control, ControlGuidance, DynamicThr
                     Known, StaticThreshold, sample)
 from ..errors import UserError
 from ..image.autoencoder import AutoencoderKL
-from ..image.controlnet import ControlledUNet, ControlNet
+from ..image.controlnet import ControlledUNet, ControlNet, check_base
 from ..image.clip import ClipModel
 from ..image.evaluate import save_grid
 from ..image.shapes import parse_caption
@@ -46,6 +46,8 @@ class ImagePipeline:
         match_parts(unet.config, autoencoder, clip)  # refuses an autoencoder or CLIP the UNet was not trained with
         self.unet, self.diffusion, self.clip, self.autoencoder, self.device = unet, diffusion, clip, autoencoder, device
         self.controlnet = controlnet
+        if controlnet is not None:
+            check_base(controlnet.config, unet, "the ControlNet")
         # what the sampler calls: the UNet, or the UNet steered by the ControlNet's residuals (hint in model_kwargs)
         self.model = unet if controlnet is None else ControlledUNet(unet, controlnet)
         for part in (unet, clip, autoencoder, controlnet):
@@ -176,6 +178,16 @@ class ImagePipeline:
             raise UserError(f"the {cfg.kind} classifier reads {cfg.space} inputs of {cfg.in_channels} x {cfg.image_size} "
                             f"x {cfg.image_size}, the UNet samples {mine.space} {mine.in_channels} x {mine.image_size} "
                             f"x {mine.image_size}; use one trained for this UNet's space")
+        trained_on = (getattr(cfg, "diffusion_schedule", None), getattr(cfg, "diffusion_steps", None))
+        mine_process = self.diffusion.config
+        if trained_on[0] is not None and mine_process is not None and \
+                trained_on != (mine_process.schedule, mine_process.steps):
+            raise UserError(f"the {cfg.kind} classifier learned the noise of a {trained_on[0]} schedule with "
+                            f"{trained_on[1]} steps, the UNet's process is {mine_process.schedule} with "
+                            f"{mine_process.steps}; train it with train.diffusion_schedule / train.diffusion_steps")
+        if cfg.kind == "clip" and cfg.clip_fingerprint is not None and cfg.clip_fingerprint != mine.clip_fingerprint:
+            raise UserError(f"the noised CLIP was aligned to another CLIP pair (fingerprint {cfg.clip_fingerprint}, "
+                            f"the UNet's {mine.clip_fingerprint}); the targets come from the pipeline's CLIP")
         if cfg.space == "latent" and cfg.autoencoder_fingerprint is not None:
             if cfg.autoencoder_fingerprint != mine.autoencoder_fingerprint:
                 raise UserError(f"the {cfg.kind} classifier was trained on another autoencoder's latents (fingerprint "
@@ -196,7 +208,7 @@ class ImagePipeline:
         if self.controlnet is None:
             raise UserError("a control map needs a ControlNet (controlnet=<folder from train-controlnet>)")
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
-            raise UserError(f"control_strength must be a finite number >= 0, got {scale!r}")
+            raise UserError(f"control_scale (control_strength) must be a finite number >= 0, got {scale!r}")
         hint = torch.as_tensor(np.asarray(control) if not torch.is_tensor(control) else control).float()
         want = (self.controlnet.config.hint_channels, 32, 32)
         if hint.dim() == 3:
@@ -252,7 +264,7 @@ class ImagePipeline:
 
 def _rows(target, lo: int, hi: int, rows: int):
     """A control's target for images lo:hi: sliced when it has one entry per image drawn."""
-    if (torch.is_tensor(target) and target.dim() > 1 or isinstance(target, list)) and len(target) == rows:
+    if (torch.is_tensor(target) and target.dim() > 1 or isinstance(target, (list, tuple))) and len(target) == rows:
         return target[lo:hi]
     return target
 

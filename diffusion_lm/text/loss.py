@@ -43,7 +43,8 @@ def diffusion_lm_loss(model: DiffusionLM, diffusion: GaussianDiffusion, ids: tor
 
     With `per_example`, also `t` and `signal`: each example's timestep and its denoising loss (the anchor
     cross-entropy when it is on, else the x_0 error), for a time-warping timestep sampler. `draws`
-    (`loss_draws`) replaces the global RNG's draws; `t`, when given, wins over draws["t"].
+    (`loss_draws`) replaces the global RNG's draws (its coin flips carry their own probability, so
+    `self_condition_prob` is then unused); `t`, when given, wins over draws["t"].
     """
     if not isinstance(diffusion, GaussianDiffusion):
         raise TypeError(f"diffusion_lm_loss(model, diffusion, ids, ...): got {type(diffusion).__name__} for diffusion")

@@ -134,6 +134,7 @@ def train(data: DataConfig, model_cfg: DiffusionLMConfig, optim: OptimConfig, ru
     if run.final_samples:
         check_sample_config(run.sample, diffusion, data.max_len, "run.sample")
     check_output_dir(run.out_dir, "run.out_dir")  # before any work: a file there, or a read-only folder
+    distributed.barrier()  # every rank has checked (and cleared stale temporaries) before rank 0 writes
     resuming = has_checkpoint(out)
     if optim.threads:
         torch.set_num_threads(optim.threads)
@@ -151,13 +152,19 @@ def train(data: DataConfig, model_cfg: DiffusionLMConfig, optim: OptimConfig, ru
     except ValueError as e:
         raise UserError(f"optim.t_sampling: {e}") from None
     distributed.check_batch(optim.batch_size, "optim.batch_size")
+    # the noise stream belongs to the run: chosen when it starts, kept by every resume, under any number of processes
+    seeded = bool(optim.step_seeded_noise or distributed.world()[1] > 1)
+    if resuming:
+        saved = load_json(out / "train_config.json") if (out / "train_config.json").exists() else {}
+        was = bool(saved.get("noise_stream", {}).get("step_seeded", False)) if isinstance(saved, dict) else False
+        if seeded and not was:
+            raise UserError(f"{out} was started with the global RNG's noise, so it resumes in one process without "
+                            f"optim.step_seeded_noise (runs meant for torchrun start with optim.step_seeded_noise=true)")
+        seeded = was
     if not resuming and distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)
         save_pretrained(model, tokenizer, out, diffusion=diffusion)  # config + tokenizer first, for resume to check
-        if full_config is not None:
-            save_json(out / "train_config.json", full_config)
-
-    seeded = optim.step_seeded_noise or distributed.world()[1] > 1
+        save_json(out / "train_config.json", {**(full_config or {}), "noise_stream": {"step_seeded": seeded}})
 
     def loss_at(step: int):
         batch = ids[batch_indices(step, optim.batch_size, len(ids), optim.seed)]
@@ -172,7 +179,7 @@ def train(data: DataConfig, model_cfg: DiffusionLMConfig, optim: OptimConfig, ru
         g = torch.Generator().manual_seed(optim.seed * 1_000_003 + step)
         t = tsampler.sample(len(batch), "cpu", generator=g)
         draws = loss_draws(len(batch), batch.shape[1], model.config.emb_dim, diffusion.num_timesteps, g)
-        local = distributed.shard({"ids": batch, "t": t, **draws})
+        local = distributed.shard({**draws, "ids": batch, "t": t})  # t: the timestep sampler's, not draws' uniform one
         terms = diffusion_lm_loss(model, diffusion, local["ids"].to(device), anchor_weight=optim.anchor_weight,
                                   per_example=True, t=local["t"].to(device), draws=local)
         # the timestep sampler sees the global batch's losses, so it stays the same on every rank
