@@ -9,7 +9,7 @@ a slice, gradients all-reduced over gloo) and prints it beside the one-process f
 
 model=unet times the caption-conditioned UNet of `diffusion-lm train-unet` instead, on its preset's
 batch of latents (4 x 8 x 8, as the shipped autoencoder makes) or pixels, with caption states as wide
-and as long as the shipped CLIP's (128 x 19): the UNet alone (forward and backward of its v- or
+and as long as the shipped CLIP's: the UNet alone (forward and backward of its v- or
 eps-loss) and the whole step (clipping and AdamW on top). Frozen parts are outside the step, as in
 training, where every latent and caption state is computed once before the first step.
 
@@ -58,7 +58,15 @@ def matmul_round(seconds: float, n: int = 2048) -> tuple[float, float]:
     return flop * len(times) / sum(times) / 1e9, flop / min(times) / 1e9
 
 
-CLIP_STATES = (19, 128)  # (length, width) of the shipped CLIP's caption states (its max_len, 128 wide)
+def clip_states() -> tuple[int, int]:
+    """(length, width) of the shipped CLIP's caption states: its max_len and text width."""
+    import json
+    from pathlib import Path
+
+    from diffusion_lm.assets import resolve_asset
+
+    cfg = json.loads((Path(resolve_asset("shipped", "model", "image-clip")) / "config.json").read_text())
+    return int(cfg["max_len"]), int(cfg["width"])
 
 
 def unet_workloads(overrides: list[str]):
@@ -74,6 +82,7 @@ def unet_workloads(overrides: list[str]):
     if train.threads:
         torch.set_num_threads(train.threads)
     unet_cfg.in_channels, unet_cfg.image_size = (4, 8) if unet_cfg.space == "latent" else (3, 32)
+    CLIP_STATES = clip_states()
     unet_cfg.context_dim = CLIP_STATES[1]
     torch.manual_seed(0)
     model = UNet(unet_cfg)

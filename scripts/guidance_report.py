@@ -3,7 +3,7 @@ UNet's own conditioning), CLIP guidance (a noised CLIP's gradient through the co
 unconditional model) and attribute guidance (noisy colour / shape / size / position classifiers, summed,
 on the unconditional model).
 
-    python scripts/guidance_report.py clip_model=runs/image-noisy-clip attributes=runs/image-noisy-attributes
+    python scripts/guidance_report.py clip_model=shipped attributes=shipped   (or train-image-classifier folders)
         [unet=shipped] [autoencoder=shipped] [clip=shipped] [captions=40] [n=4] [cfg=0,1,2,4]
         [strengths=0,1,3,10,30] [steps=50] [seed=0] [threads=2] [out_dir=runs/guidance]
 
@@ -39,6 +39,7 @@ def floats(args: dict, key: str) -> list[float]:
 
 
 def main(argv: list[str]) -> None:
+    from diffusion_lm.assets import resolve_asset
     from diffusion_lm.core import Control, GuidanceConfig
     from diffusion_lm.image.data import load_shapes
     from diffusion_lm.image.noisy import NoisyImageModel
@@ -74,7 +75,7 @@ def main(argv: list[str]) -> None:
     for w in ws:
         run("classifier-free (w)", w, guidance=w)
     if args["clip_model"]:
-        noisy = NoisyImageModel.from_pretrained(args["clip_model"])
+        noisy = NoisyImageModel.from_pretrained(resolve_asset(args["clip_model"], "model", "image-noisy-clip"))
         if noisy.config.kind != "clip":
             scripting.fail(f"clip_model={args['clip_model']} is a {noisy.config.kind} classifier, not a noised CLIP")
         targets = pipe.caption_embeddings(captions, n)
@@ -82,7 +83,7 @@ def main(argv: list[str]) -> None:
             run("CLIP guidance (λ), w = 0", s, guidance=0.0, controls=[Control(noisy, targets)],
                 control_config=GuidanceConfig(strength=s, updates=1, step_size=0.1, skip_last=1))
     if args["attributes"]:
-        attrs = NoisyImageModel.from_pretrained(args["attributes"])
+        attrs = NoisyImageModel.from_pretrained(resolve_asset(args["attributes"], "model", "image-noisy-attributes"))
         if attrs.config.kind != "attributes":
             scripting.fail(f"attributes={args['attributes']} is a {attrs.config.kind} model, not an attribute classifier")
         wanted = []

@@ -4,7 +4,8 @@
         [guidance=4] [steps=50] [seed=0] [threads=2] [out_dir=runs/inpaint]
 
 Each edit (diffusion_lm/image/editing.py) takes a test scene and gives one object another colour and
-shape at the same place and size; its bounding box (grown by a pixel) is redrawn by
+shape at the same place and size; its bounding box (grown by a pixel, and for a latent UNet out to
+whole latent cells) is redrawn by
 ImagePipeline.inpaint and the rest is kept through the core's masked replacement. Reported: the
 oracle's whole-caption accuracy on the new captions (and on the old ones: how often the edit did not
 take), the PSNR of the kept pixels against the original (as decoded, and after pasting the kept
@@ -44,7 +45,9 @@ def main(argv: list[str]) -> None:
     w = check_guidance(scripting.number(args, "guidance", float), "guidance")
     torch.set_num_threads(scripting.number(args, "threads", minimum=1))
     pipe = ImagePipeline.from_pretrained(args["unet"], args["autoencoder"], args["clip"], device="cpu")
-    edits = make_edits(n, seed)
+    # a latent UNet redraws whole latent cells: the boxes are grown to them, so the kept pixels are whole cells
+    align = 32 // pipe.unet.config.image_size if pipe.space == "latent" else 1
+    edits = make_edits(n, seed, align=align)
     started = time.perf_counter()
     raw = pipe.inpaint(edits["images"], edits["keep"], edits["captions"], guidance=w, steps=steps, seed=seed,
                        progress=True)
@@ -52,7 +55,7 @@ def main(argv: list[str]) -> None:
     result = tensor_to_images(raw)
     pasted = np.where(edits["keep"][..., None], edits["images"], result)
     new, old = oracle.accuracy(pasted, edits["captions"]), oracle.accuracy(pasted, edits["original_captions"])
-    report = {"unet": args["unet"], "space": pipe.space, "edits": n, "guidance": w, "steps": steps, "seed": seed,
+    report = {"unet": args["unet"], "space": pipe.space, "edits": n, "box_aligned_to": align, "guidance": w, "steps": steps, "seed": seed,
               "threads": torch.get_num_threads(), "images_per_s": round(rate, 2),
               "kept_share": round(float(edits["keep"].mean()), 4),
               "kept_psnr_decoded": kept_psnr(result, edits["images"], edits["keep"]),  # None: exact

@@ -11,7 +11,9 @@
     kind=pplm       run=runs/pplm     name=pplm-discriminator   (diffusion-lm train-baseline method=pplm)
     kind=unet-latent run=runs/image-unet-latent name=image-unet-latent (diffusion-lm train-unet unet_preset=cpu)
     kind=unet-pixel  run=runs/image-unet-pixel  name=image-unet-pixel  (diffusion-lm train-unet unet_preset=cpu_pixel)
-    (a UNet kind also takes report=<evaluate-image out_dir>/report.json, whose figures join the manifest)
+    kind=controlnet  run=runs/image-controlnet  name=image-controlnet  (diffusion-lm train-controlnet controlnet_preset=cpu)
+    kind=noisy-clip / noisy-attributes  run=runs/image-noisy-<kind>  (diffusion-lm train-image-classifier classifier.kind=...)
+    (a UNet or the ControlNet also takes report=<its report.json>, whose figures join the manifest)
 
 Writes diffusion_lm/assets/models/<name>/ with the run's JSON files and
 model.safetensors (weights stored in fp16, the latent UNet's in per-channel int8 to keep the image
@@ -43,8 +45,11 @@ KINDS = {
     "pplm": ("runs/pplm", "pplm-discriminator", ("config.json",)),
     "unet-latent": ("runs/image-unet-latent", "image-unet-latent", ("config.json", "diffusion.json")),
     "unet-pixel": ("runs/image-unet-pixel", "image-unet-pixel", ("config.json", "diffusion.json")),
+    "controlnet": ("runs/image-controlnet", "image-controlnet", ("config.json",)),
+    "noisy-clip": ("runs/image-noisy-clip", "image-noisy-clip", ("config.json",)),
+    "noisy-attributes": ("runs/image-noisy-attributes", "image-noisy-attributes", ("config.json",)),
 }
-INT8 = ("unet-latent",)  # stored as per-channel int8 (diffusion_lm.io.quantize_int8); the rest as fp16
+INT8 = ("unet-latent", "controlnet")  # stored as per-channel int8 (diffusion_lm.io.quantize_int8); the rest as fp16
 # smaller than the teacher (4 x 256, seed 1234) and another seed, so the judge is not the contestant
 BASE_LM_ARGS = "model.layers=3 model.hidden=192 train.seed=7 train.out_dir=runs/base-lm"
 
@@ -54,7 +59,10 @@ def _json(path: Path):
 
 
 def manifest_for(kind: str, run: Path, report: Path | None = None) -> dict:
-    if kind.startswith("unet-"):
+    if kind.startswith("noisy-"):
+        trained = _json(run / "manifest.json") or {}
+        return {"command": trained.get("command"), "metrics": trained.get("metrics")}
+    if kind.startswith("unet-") or kind == "controlnet":
         train_cfg = _json(run / "train_config.json") or {}
         return {"command": train_cfg.get("command"), "summary": _json(run / "summary.json"),
                 "evaluation": _json(report) if report is not None else None}

@@ -474,6 +474,12 @@ def test_edits_change_one_object_and_keep_the_rest():
         assert new != old and 0.5 < keep.mean() < 1
         changed = [(a, b) for a, b in zip(new.split(), old.split()) if a != b]
         assert len(new.split()) == len(old.split()) and 1 <= len(changed) <= 2  # colour and shape of one object
+    # aligned to 4 x 4 cells, each redrawn box is whole cells and holds the unaligned one
+    e4 = make_edits(12, seed=3, align=4)
+    assert e4["captions"] == e["captions"]
+    for keep, keep4 in zip(e["keep"], e4["keep"]):
+        cells = (~keep4).reshape(8, 4, 8, 4)
+        assert (cells.all((1, 3)) == cells.any((1, 3))).all() and not (~keep & keep4).any()
 
 
 def test_inpainting_keeps_pixels_exactly_in_pixel_space_and_latent_cells_in_latent_space(pipe, monkeypatch):
