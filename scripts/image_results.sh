@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Every figure of docs/image/results.md from the shipped image models, in one command: the oracle's
 # honesty rows, the latent UNet's guidance sweep and its large run at the chosen w, the pixel UNet's
-# thresholds at w = 8, inpainting edits, and the UNet's training throughput against the matmul.
-#   bash scripts/image_results.sh [out_dir] [best_w]      (defaults runs/image-results, 4)
-# A report that already exists is kept (delete its folder to redo it). About 40 minutes on the 2-core CPU.
+# thresholds at w = 8, inpainting edits, the ControlNet's maps, classifier-free vs CLIP vs attribute
+# guidance, and the UNet's training throughput against the matmul.
+#   bash scripts/image_results.sh [out_dir] [best_w]      (defaults runs/image-results, 2)
+# A report that already exists is kept (delete its folder to redo it). About an hour on the 2-core CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
 OUT=${1:-runs/image-results}
-BEST=${2:-4}
+BEST=${2:-2}
 mkdir -p "$OUT"
 step() {  # step <folder> <command...>: run the command unless <folder>/report.json exists
   local dir=$1; shift
@@ -26,5 +27,9 @@ step "$OUT/latent-best" $BIN/diffusion-lm evaluate-image w="[$BEST]" limit=200 n
 step "$OUT/pixel" $BIN/diffusion-lm evaluate-image unet=shipped:image-unet-pixel w="[0,1,2,4,8]" compare_at="[8]" \
   limit=25 n=4 out_dir="$OUT/pixel"
 step "$OUT/inpaint" $BIN/python scripts/inpaint_report.py edits=200 guidance="$BEST" out_dir="$OUT/inpaint"
-$BIN/python scripts/bench_train.py model=unet unet_preset=cpu train.threads=1 > "$OUT/bench_unet.txt"
+step "$OUT/controlnet" $BIN/python scripts/controlnet_report.py controlnet=shipped maps=200 guidance="$BEST" \
+  out_dir="$OUT/controlnet"
+step "$OUT/guidance" $BIN/python scripts/guidance_report.py clip_model=shipped attributes=shipped captions=40 n=4 \
+  out_dir="$OUT/guidance"
+$BIN/python scripts/bench_train.py model=unet unet_preset=cpu train.threads=1 steps=5 rounds=3 > "$OUT/bench_unet.txt"
 echo "done: $OUT"
