@@ -112,3 +112,35 @@ def test_one_process_is_untouched_and_uneven_batches_are_refused(monkeypatch):
     assert distributed.shard({"a": x, "s": 3.0})["s"] == 3.0
     with pytest.raises(UserError, match="does not split evenly over 2 processes"):
         distributed.check_batch(7)
+
+
+def test_step_seeded_noise_uses_the_timestep_samplers_t(tmp_path, monkeypatch):
+    """Under step_seeded_noise the loss gets the (warped) timestep sampler's t, drawn from the step's generator,
+    not the uniform t that loss_draws also makes."""
+    from diffusion_lm.cli.main import run
+    from diffusion_lm.core.timesteps import TimestepSampler
+    from diffusion_lm.text import train as text_train
+
+    seen = []
+    real = text_train.diffusion_lm_loss
+
+    def spy(*args, **kw):
+        seen.append(kw["t"].clone())
+        return real(*args, **kw)
+
+    monkeypatch.setattr(text_train, "diffusion_lm_loss", spy)
+    assert run(["train", "preset=tiny", f"run.out_dir={tmp_path}", "optim.steps=1", "optim.batch_size=8",
+                "optim.t_sampling=warped", "optim.step_seeded_noise=true", "run.final_samples=0"]) == 0
+    expect = TimestepSampler(100, "warped").sample(8, "cpu", generator=torch.Generator().manual_seed(0))
+    assert torch.equal(seen[0], expect)  # (before the fix, loss_draws' uniform t from the same stream won)
+    saved = json.loads((tmp_path / "train_config.json").read_text())
+    assert saved["noise_stream"] == {"step_seeded": True}
+    # the run's stream is kept: resuming without the flag stays step-seeded; a global-RNG run refuses the flag
+    assert run(["train", "preset=tiny", f"run.out_dir={tmp_path}", "optim.steps=2", "optim.batch_size=8",
+                "optim.t_sampling=warped", "run.final_samples=0"]) == 0
+    assert len(seen) == 2
+    other = tmp_path / "global"
+    assert run(["train", "preset=tiny", f"run.out_dir={other}", "optim.steps=1", "optim.batch_size=8",
+                "run.final_samples=0"]) == 0
+    assert run(["train", "preset=tiny", f"run.out_dir={other}", "optim.steps=2", "optim.batch_size=8",
+                "optim.step_seeded_noise=true", "run.final_samples=0"]) == 2
