@@ -80,8 +80,10 @@ def average_gradients(params: list[torch.nn.Parameter]) -> None:
     parameter no rank has a gradient for keeps none, as in one process (so AdamW skips it); one that some
     rank lacks counts as zero there."""
     rank, size = world()
+    if size == 1:  # every step of every one-process run comes through here: nothing to do, not even a list
+        return
     params = [p for p in params if p.requires_grad]
-    if size == 1 or not params:
+    if not params:
         return
     has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=params[0].device)
     dist.all_reduce(has)

@@ -325,6 +325,15 @@ def load_pretrained(directory: str | os.PathLike, what: str = "model") -> tuple[
     return config, tensors
 
 
+def load_model(model_cls, config_cls, directory: str | os.PathLike, what: str, device="cpu"):
+    """A model whose folder is its config dataclass's fields + weights: model_cls(config) with them loaded,
+    on `device`, in eval mode; every defect (missing folder, unknown key, wrong shape) a one-line UserError."""
+    raw, state = load_pretrained(directory, what)
+    model = model_cls(config_from_dict(config_cls, raw, str(Path(directory) / "config.json")))
+    load_weights(model, state, str(directory))
+    return model.to(device).eval()
+
+
 def config_from_dict(cls, d: dict, where: str):
     """The dataclass `cls` from a dict read off disk: unknown keys and wrong types are one-line UserErrors."""
     if not isinstance(d, dict):

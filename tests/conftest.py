@@ -2,6 +2,22 @@ import pytest
 import torch
 
 
+def kill_at(monkeypatch, k):
+    """Simulate a kill during step k (the loop asks for step k's lr and gets KeyboardInterrupt); returns a
+    function that undoes it."""
+    from diffusion_lm import training
+
+    real = training.lr_at
+
+    def lr_at(step, *a, **kw):
+        if step == k:
+            raise KeyboardInterrupt
+        return real(step, *a, **kw)
+
+    monkeypatch.setattr(training, "lr_at", lr_at)
+    return lambda: monkeypatch.setattr(training, "lr_at", real)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffusion_lm import training
+from conftest import kill_at
 from diffusion_lm.core import DiffusionConfig, GaussianDiffusion
 from diffusion_lm.errors import UserError
 from diffusion_lm.image.controlnet import ControlledUNet, ControlNet, ControlNetConfig, mask_iou, object_mask
@@ -102,17 +102,10 @@ def test_train_controlnet_keeps_the_base_frozen_and_resumes_exactly(tmp_path, mo
     a = run("a")
     assert a["steps"] == 6 and a["parameters"] > 0
     assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())  # the base never moves
-    real = training.lr_at
-
-    def killed(step, *args, **kw):
-        if step == 3:
-            raise KeyboardInterrupt
-        return real(step, *args, **kw)
-
-    monkeypatch.setattr(training, "lr_at", killed)
+    restore = kill_at(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         run("b")
-    monkeypatch.setattr(training, "lr_at", real)
+    restore()
     assert run("b")["steps"] == 6
     sa, sb = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from diffusion_lm import training
+from conftest import kill_at
 from diffusion_lm.cli.main import run
 from diffusion_lm.errors import UserError
 from diffusion_lm.image.autoencoder import AutoencoderConfig, AutoencoderKL, kl_divergence, psnr
@@ -222,16 +222,9 @@ def test_tiny_training_writes_the_folder_and_resumes_exactly_after_a_kill(kind, 
         ClipModel.from_pretrained(a)
         assert metrics["test"]["sets"] == 2 and "image_to_text_top1" in metrics["test"] and "heldout" in metrics
 
-    real = training.lr_at
-
-    def killed(step, *args, **kw):
-        if step == 4:  # a kill during step 4, one step after the checkpoint at step 3
-            raise KeyboardInterrupt
-        return real(step, *args, **kw)
-
-    monkeypatch.setattr(training, "lr_at", killed)
+    restore = kill_at(monkeypatch, 4)
     assert train_tiny(kind, b) == 130  # the CLI's answer to an interrupt
-    monkeypatch.setattr(training, "lr_at", real)
+    restore()
     assert json.loads((b / "checkpoint" / "state.json").read_text())["step"] == 3
     assert train_tiny(kind, b) == 0
     for f in ("checkpoint/state.safetensors", "model.safetensors"):

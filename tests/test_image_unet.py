@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import kill_at
 from diffusion_lm import training
 from diffusion_lm.core import ClassifierFreeGuidance, DiffusionConfig, GaussianDiffusion, sample
 from diffusion_lm.errors import UserError
@@ -218,17 +219,10 @@ def test_train_unet_resumes_exactly_after_a_kill(tmp_path, monkeypatch):
 
     a = run("a")
     assert a["steps"] == 6 and a["input"] == [4, 8, 8]
-    real = training.lr_at
-
-    def killed(step, *args, **kw):
-        if step == 3:  # a kill during step 3, one step after the checkpoint at step 2
-            raise KeyboardInterrupt
-        return real(step, *args, **kw)
-
-    monkeypatch.setattr(training, "lr_at", killed)
+    restore = kill_at(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         run("b")
-    monkeypatch.setattr(training, "lr_at", real)
+    restore()
     assert json.loads((tmp_path / "b" / "checkpoint" / "state.json").read_text())["step"] == 2
     b = run("b")
     assert b["steps"] == 6

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from diffusion_lm import training
 from diffusion_lm.errors import UserError
 from diffusion_lm.text.train import OptimConfig, RunConfig
+from conftest import kill_at
 from diffusion_lm.training import Extra, LoopConfig, fit, generator_state, loop_config, lr_at
 
 
@@ -136,18 +137,6 @@ def toy_fit(out, steps=12, cfg=None, sleep=0.0, **kw):
              "counter": Extra(lambda: {"n": seen["n"], "t": seen["t"].clone()}, lambda s: seen.update(s))}
     result = fit(model, loss_at, loop, out, name="toy", progress=False, extra=extra, **kw)
     return model, result, seen
-
-
-def kill_at(monkeypatch, k):
-    real = training.lr_at
-
-    def lr_at(step, *a, **kw):
-        if step == k:
-            raise KeyboardInterrupt
-        return real(step, *a, **kw)
-
-    monkeypatch.setattr(training, "lr_at", lr_at)
-    return lambda: monkeypatch.setattr(training, "lr_at", real)
 
 
 def assert_same_run(a: Path, b: Path, model_file: str | None = "model.safetensors", ignore_extra=()):

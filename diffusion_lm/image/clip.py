@@ -247,11 +247,7 @@ class ClipModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> "ClipModel":
-        raw, state = io.load_pretrained(directory, "CLIP model")
-        config = io.config_from_dict(ClipConfig, raw, str(Path(directory) / "config.json"))
-        model = cls(config)
-        io.load_weights(model, state, str(directory))
-        return model.to(device).eval()
+        return io.load_model(cls, ClipConfig, directory, "CLIP model", device)
 
 
 # ---- metrics -------------------------------------------------------------------------------------

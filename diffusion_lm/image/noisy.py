@@ -147,11 +147,7 @@ class NoisyImageModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> "NoisyImageModel":
-        raw, state = io.load_pretrained(directory, "noisy image classifier")
-        config = io.config_from_dict(NoisyConfig, raw, str(Path(directory) / "config.json"))
-        model = cls(config)
-        io.load_weights(model, state, str(directory))
-        return model.to(device).eval()
+        return io.load_model(cls, NoisyConfig, directory, "noisy image classifier", device)
 
 
 def attribute_index(targets: list[dict]) -> dict[str, torch.Tensor]:

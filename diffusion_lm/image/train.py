@@ -36,31 +36,36 @@ from .evaluate import save_grid
 from .unet import MAX_EPS_GAIN, SPACES, UNet, UNetConfig, eps_gain, images_to_tensor, match_parts, tensor_to_images
 
 
+# ---- the keys every image trainer shares (each adds its own and its own defaults) ------------------
+@dataclass
+class LoopKeys:
+    data_seed: int = 0
+    weight_decay: float = 0.0
+    schedule: str = "cosine"  # cosine | linear | constant, after warm-up
+    grad_clip: float | None = 1.0
+    seed: int = 0
+    threads: int = 0  # torch threads; 0 keeps torch's default
+    device: str = "auto"  # auto | cpu | cuda
+    max_minutes: float | None = None  # stop (and checkpoint) after this much wall time
+    anneal_by_time: bool = False  # with max_minutes: the lr schedule follows steps or minutes, whichever is further
+    log_every: int = 25
+    checkpoint_every: int = 250
+
+
 # ---- the UNet ----------------------------------------------------------------------------------
 @dataclass
-class UNetTrainConfig:
+class UNetTrainConfig(LoopKeys):
     out_dir: str = "runs/image-unet"
     autoencoder: str = "shipped"  # the frozen first stage (latent space only): a folder or shipped
     clip: str = "shipped"  # the frozen CLIP whose text tower's token states condition the UNet
     train_size: int = 20000  # scenes of the train split
-    data_seed: int = 0
     caption_dropout: float = 0.1  # share of captions replaced by "" (∅), so one model is also unconditional
     steps: int = 4000
     batch_size: int = 64
     lr: float = 2e-4
-    weight_decay: float = 0.0
     warmup: int = 200
-    schedule: str = "cosine"  # cosine | linear | constant, after warm-up
     min_lr_ratio: float = 0.1
-    grad_clip: float | None = 1.0
     ema_decay: float | None = 0.999
-    seed: int = 0
-    threads: int = 0  # torch threads; 0 keeps torch's default
-    device: str = "auto"  # auto | cpu | cuda
-    max_minutes: float | None = None
-    anneal_by_time: bool = False
-    log_every: int = 25
-    checkpoint_every: int = 250
 
 
 def _device(name: str) -> torch.device:
@@ -235,7 +240,7 @@ def train_unet(unet_cfg: UNetConfig, diffusion_cfg: DiffusionConfig, train: UNet
 
 # ---- ControlNet --------------------------------------------------------------------------------
 @dataclass
-class ControlNetTrainConfig:
+class ControlNetTrainConfig(LoopKeys):
     """train_controlnet's settings. Folder layout of a run (`out_dir`):
         config.json, model.safetensors   the EMA ControlNet (ControlNet.from_pretrained, with its base UNet)
         checkpoint/, train_config.json, train_log.jsonl, loss_curve.png, summary.json
@@ -245,24 +250,13 @@ class ControlNetTrainConfig:
     autoencoder: str = "shipped"
     clip: str = "shipped"
     train_size: int = 20000
-    data_seed: int = 0
     caption_dropout: float = 0.1
     steps: int = 2000
     batch_size: int = 64
     lr: float = 1e-4
-    weight_decay: float = 0.0
     warmup: int = 100
-    schedule: str = "cosine"
     min_lr_ratio: float = 0.1
-    grad_clip: float | None = 1.0
     ema_decay: float | None = 0.999
-    seed: int = 0
-    threads: int = 0
-    device: str = "auto"
-    max_minutes: float | None = None
-    anneal_by_time: bool = False
-    log_every: int = 25
-    checkpoint_every: int = 250
 
 
 def train_controlnet(cn_cfg, train: ControlNetTrainConfig, *, full_config: dict | None = None, progress: bool = True,
@@ -340,7 +334,7 @@ def train_controlnet(cn_cfg, train: ControlNetTrainConfig, *, full_config: dict 
 
 # ---- noisy classifiers (CLIP guidance, attribute guidance) ----------------------------------------
 @dataclass
-class NoisyTrainConfig:
+class NoisyTrainConfig(LoopKeys):
     """train_noisy's settings. Folder layout of a run (`out_dir`):
         config.json, model.safetensors   the EMA model (NoisyImageModel.from_pretrained)
         checkpoint/, train_config.json, train_log.jsonl, loss_curve.png, metrics.json
@@ -351,23 +345,12 @@ class NoisyTrainConfig:
     diffusion_schedule: str = "cosine"  # the noise it is trained on: the UNet's process
     diffusion_steps: int = 1000
     train_size: int = 20000
-    data_seed: int = 0
     steps: int = 2000
     batch_size: int = 128
     lr: float = 5e-4
-    weight_decay: float = 0.0
     warmup: int = 100
-    schedule: str = "cosine"
     min_lr_ratio: float = 0.1
-    grad_clip: float | None = 1.0
     ema_decay: float | None = 0.999
-    seed: int = 0
-    threads: int = 0
-    device: str = "auto"
-    max_minutes: float | None = None
-    anneal_by_time: bool = False
-    log_every: int = 25
-    checkpoint_every: int = 250
     test_size: int = 1000
 
 
@@ -545,31 +528,20 @@ def _batched(fn, x: torch.Tensor, device, batch_size: int = 250) -> torch.Tensor
 
 # ---- the autoencoder (LDM's first stage) --------------------------------------------------------
 @dataclass
-class AutoencoderTrainConfig:
+class AutoencoderTrainConfig(LoopKeys):
     """train_autoencoder's settings. Folder layout of a run (`out_dir`):
         config.json (+ scale_factor), model.safetensors, manifest.json   AutoencoderKL.from_pretrained
         checkpoint/, train_config.json, train_log.jsonl, loss_curve.png, metrics.json, reconstructions.png
     """
     out_dir: str = "runs/image-autoencoder"
-    data_seed: int = 0  # step s trains on make_batch("train", batch_size, data_seed * 1000003 + s)
     kl_weight: float = 1.0e-6  # on KL / (3·H·W), as LDM's (whose losses are sums over the image)
     rec_loss: str = "mse"  # mse | l1 (with l1 the sparse shapes stayed blurs far longer)
     steps: int = 3000
     batch_size: int = 32
     lr: float = 1e-3
-    weight_decay: float = 0.0
     warmup: int = 100
-    schedule: str = "cosine"  # cosine | linear | constant, after warm-up
     min_lr_ratio: float = 0.05
-    grad_clip: float | None = 1.0
     ema_decay: float | None = None  # None: the model is the raw weights
-    seed: int = 0
-    threads: int = 0  # torch threads; 0 keeps torch's default
-    device: str = "auto"  # auto | cpu | cuda
-    max_minutes: float | None = None
-    anneal_by_time: bool = False
-    log_every: int = 25
-    checkpoint_every: int = 250
     calibration_size: int = 1024  # train images (a stream no step draws) the latent scale is measured on
     test_size: int = 1000  # test images for PSNR and the oracle's accuracy
     grid: int = 16  # pairs of originals and reconstructions in reconstructions.png
@@ -660,29 +632,18 @@ def train_autoencoder(model_cfg: AutoencoderConfig, train: AutoencoderTrainConfi
 
 # ---- CLIP ---------------------------------------------------------------------------------------
 @dataclass
-class ClipTrainConfig:
+class ClipTrainConfig(LoopKeys):
     """train_clip's settings. Folder layout of a run (`out_dir`):
         config.json, model.safetensors, manifest.json   ClipModel.from_pretrained
         checkpoint/, train_config.json, train_log.jsonl, loss_curve.png, metrics.json
     """
     out_dir: str = "runs/image-clip"
-    data_seed: int = 0  # step s trains on make_batch("train", batch_size, data_seed * 1000003 + s)
     steps: int = 2000
     batch_size: int = 128
     lr: float = 1e-3
-    weight_decay: float = 0.0  # on every weight, the temperature included
     warmup: int = 100
-    schedule: str = "cosine"  # cosine | linear | constant, after warm-up
     min_lr_ratio: float = 0.05
-    grad_clip: float | None = 1.0
     ema_decay: float | None = None
-    seed: int = 0
-    threads: int = 0
-    device: str = "auto"  # auto | cpu | cuda
-    max_minutes: float | None = None
-    anneal_by_time: bool = False
-    log_every: int = 25
-    checkpoint_every: int = 250
     test_size: int = 1000  # test pairs, scored in sets of retrieval_set
     retrieval_set: int = 100  # retrieval is among this many captions (the bar: top-1 among 100)
 

@@ -285,11 +285,7 @@ class UNet(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> "UNet":
-        raw, state = io.load_pretrained(directory, "UNet")
-        config = io.config_from_dict(UNetConfig, raw, str(Path(directory) / "config.json"))
-        model = cls(config)
-        io.load_weights(model, state, str(directory))
-        return model.to(device).eval()
+        return io.load_model(cls, UNetConfig, directory, "UNet", device)
 
 
 MAX_EPS_GAIN = 1000.0  # largest 1/sqrt(alpha_bar_T) an eps-model on latents is trained for
