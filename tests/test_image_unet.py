@@ -157,7 +157,7 @@ def test_a_mismatched_autoencoder_is_refused_in_one_line():
         match_parts(cfg, tiny_autoencoder(levels=4), tiny_clip())
     with pytest.raises(UserError, match="are 3 x 8 x 8"):
         match_parts(tiny_config(), tiny_autoencoder(latent=3), tiny_clip())
-    with pytest.raises(UserError, match="width 16 .* gives 32"):
+    with pytest.raises(UserError, match="width 16 .* text tower.s states have width 32"):
         match_parts(tiny_config(), tiny_autoencoder(), tiny_clip(width=32))
     ae, clip = tiny_autoencoder(), tiny_clip()
     filled = match_parts(UNetConfig(), ae, clip)  # unset values come from the parts

@@ -59,6 +59,10 @@ def main(cfg, command: str = "") -> int:
         raise UserError(f"control_strength must be a finite number >= 0, got {strength!r}")
     if not isinstance(cfg.paste, bool):
         raise UserError(f"paste must be true or false, got {cfg.paste!r}")
+    if cfg.prior is not None or cfg.variation is not None:
+        return unclip(cfg, captions, n, guidance, dict(steps=steps, sampler=cfg.sampler, eta=cfg.eta,
+                                                       threshold=cfg.threshold, seed=seed, batch_size=batch_size),
+                      edit is not None or hint is not None)
     pipe = ImagePipeline.from_pretrained(cfg.unet, cfg.autoencoder, cfg.clip, device=cfg.device,
                                          controlnet_dir=cfg.controlnet)
     recorder = ImageTrajectory(pipe, every=integer(cfg, "trajectory_every", 1)) if cfg.trajectory else None
@@ -73,4 +77,25 @@ def main(cfg, command: str = "") -> int:
     print(save_grid(images, cfg.out, ncol=n if len(captions) > 1 else min(n, 8)))
     if recorder is not None:
         print(recorder.write(cfg.trajectory))
+    return 0
+
+
+def unclip(cfg, captions: list[str], n: int, guidance: float, kw: dict, other_control: bool) -> int:
+    """imagine through unCLIP: captions via the prior, or variations of one image, decoded by its decoder."""
+    from ..pipelines.unclip import UnCLIPPipeline
+
+    if other_control:
+        raise UserError("unCLIP (prior= or variation=) does not combine with inpainting or a ControlNet here")
+    if cfg.trajectory:
+        raise UserError("trajectory= is for the caption UNet; unCLIP draws do not record one")
+    prior_w = check_guidance(cfg.prior_w, "prior_w")
+    image = None if cfg.variation is None else read_png(cfg.variation, "variation image", "RGB")
+    pipe = UnCLIPPipeline.from_pretrained(cfg.prior, cfg.unet, cfg.autoencoder, cfg.clip, device=cfg.device)
+    if image is not None:
+        images = tensor_to_images(pipe.variations(image[None], n, guidance=guidance, **kw))
+        images = np.concatenate([image[None], images])  # the source first
+        print(save_grid(images, cfg.out, ncol=min(n + 1, 9)))
+        return 0
+    images = tensor_to_images(pipe.sample(captions, n, guidance=guidance, prior_guidance=prior_w, **kw))
+    print(save_grid(images, cfg.out, ncol=n if len(captions) > 1 else min(n, 8)))
     return 0

@@ -24,17 +24,19 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "build-parser": ("build_parser", "train the constituency-parser oracle (benepar, char LSTM) on the WSJ sample"),
     "build-targets": ("build_targets", "derive 200 control targets a task from E2E valid with the oracles"),
     "evaluate": ("evaluate", "score generations (JSONL) into the paper's Table 2: ctrl and lm per task and system"),
-    "train-autoencoder": ("train_autoencoder", "train the image KL autoencoder, 32x32x3 <-> 4x8x8 unit-variance latents (autoencoder_preset=tiny|cpu)"),
+    "train-autoencoder": ("train_autoencoder", "train the image KL or VQ autoencoder, 32x32x3 <-> 4x8x8 unit-variance latents (autoencoder_preset=tiny|cpu|vq_cpu)"),
     "train-clip": ("train_clip", "train the image CLIP pair on captioned shapes: InfoNCE, zero-shot retrieval (clip_preset=tiny|cpu)"),
     "train-unet": ("train_unet", "train the caption-conditioned image UNet (unet_preset=tiny|cpu|cpu_pixel) on latents or pixels"),
     "train-controlnet": ("train_controlnet", "train a ControlNet on a frozen image UNet, steered by object masks (controlnet_preset=tiny|cpu)"),
     "train-image-classifier": ("train_image_classifier", "train a noisy CLIP (kind=clip) or attribute classifier (kind=attributes) on x_t, for image guidance"),
+    "train-prior": ("train_prior", "train unCLIP's diffusion prior: CLIP text embedding -> image embedding (prior_preset=tiny|cpu)"),
     "imagine": ("imagine", "draw images for a caption with the image UNet and classifier-free guidance: a PNG grid"),
     "evaluate-image": ("evaluate_image", "score the image UNet on test captions across guidance w: oracle, CLIP, Frechet"),
 }
 
 # the commands whose trainer splits each step's batch over torchrun's processes (diffusion_lm.distributed)
-PARALLEL = frozenset({"train", "train-unet", "train-controlnet", "train-autoencoder", "train-image-classifier"})
+PARALLEL = frozenset({"train", "train-unet", "train-controlnet", "train-autoencoder", "train-image-classifier",
+                      "train-prior"})
 
 # keys a command also answers to: the image commands' guidance scale is `w` in their configs, since hydra
 # reads `guidance=4` as a choice in the text commands' config group conf/guidance/; `guidance=4` is w=4 there

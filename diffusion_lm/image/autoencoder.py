@@ -1,4 +1,5 @@
-"""The first stage of latent diffusion: a KL-regularised convolutional autoencoder (Rombach et al., 2022).
+"""The first stage of latent diffusion: a KL-regularised convolutional autoencoder (Rombach et al., 2022),
+and its VQ-regularised twin (VQ-VAE, van den Oord et al., 2017; VQGAN, Esser et al., 2021).
 
     x (B, 3, 32, 32) in [−1, 1] ─ encoder ─ (μ, log σ²) (B, 4, 8, 8) ─ z = μ (+ σ ε) ─ decoder ─ x̂
 
@@ -13,7 +14,14 @@
   images, so that `encode` returns latents of unit variance, the scale the diffusion's noise assumes;
   `decode` divides it out again.
 
-A folder is config.json (AutoencoderConfig's fields plus `scale_factor`) and model.safetensors.
+* The VQ model (`AutoencoderVQ`, `VQConfig`) has the same encoder and decoder with a codebook between:
+  the encoder's h (B, 4, 8, 8) is snapped to the nearest of K code vectors, gradients pass straight
+  through, and the loss adds the codebook term |sg[h] − e|² and β times the commitment |h − sg[e]|².
+  Codes that fall out of use can be restarted on encoder outputs; a patch discriminator (hinge loss) can
+  join after a warm-up (`PatchDiscriminator`, `adversarial_terms`).
+
+A folder is config.json (the config's fields plus `scale_factor`) and model.safetensors;
+`load_autoencoder` opens either kind.
 """
 from __future__ import annotations
 
@@ -78,7 +86,7 @@ class ResBlock(nn.Module):
 
 
 class Encoder(nn.Module):
-    def __init__(self, c: AutoencoderConfig):
+    def __init__(self, c: AutoencoderConfig, out_channels: Optional[int] = None):
         super().__init__()
         widths = [c.channels * m for m in c.channel_mult]
         self.conv_in = nn.Conv2d(c.in_channels, widths[0], 3, padding=1)
@@ -92,7 +100,7 @@ class Encoder(nn.Module):
         self.down = nn.Sequential(*layers)
         self.middle = nn.Sequential(ResBlock(ch, ch, c.groups), ResBlock(ch, ch, c.groups))
         self.norm_out = nn.GroupNorm(c.groups, ch)
-        self.conv_out = nn.Conv2d(ch, 2 * c.latent_channels, 3, padding=1)
+        self.conv_out = nn.Conv2d(ch, out_channels or 2 * c.latent_channels, 3, padding=1)
 
     def forward(self, x):
         h = self.middle(self.down(self.conv_in(x)))
@@ -127,66 +135,28 @@ def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).flatten(1).sum(1)
 
 
-class AutoencoderKL(nn.Module):
+class _Autoencoder(nn.Module):
+    """What both first stages share: the latent scale, the input check, and the folder format."""
+
+    config_class = AutoencoderConfig
+
     def __init__(self, config: AutoencoderConfig, scale_factor: float = 1.0):
         super().__init__()
         config.validate()
         self.config = config
         self.scale_factor = float(scale_factor)  # set by `calibrate`; saved in config.json, not a weight
-        self.encoder, self.decoder = Encoder(config), Decoder(config)
 
-    # ---- the two directions ---------------------------------------------------------------------
-    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Unscaled (mean, log-variance) of q(z | x), each (B, latent_channels, H/f, W/f)."""
-        self._check_image(x)
-        mean, logvar = self.encoder(x).chunk(2, dim=1)
-        return mean, logvar.clamp(*LOGVAR_RANGE)
-
-    def encode(self, x: torch.Tensor, sample: bool = False, generator: Optional[torch.Generator] = None
-               ) -> torch.Tensor:
-        """Latents of images x in [−1, 1] (B, 3, H, W), times scale_factor: the posterior mean, or a draw
-        μ + σ ε with sample=True; (B, latent_channels, H/f, W/f)."""
-        mean, logvar = self.posterior(x)
-        z = mean
-        if sample:
-            z = mean + (0.5 * logvar).exp() * torch.randn(mean.shape, generator=generator, device=mean.device,
-                                                           dtype=mean.dtype)
-        return z * self.scale_factor
-
-    def decode(self, z: torch.Tensor, clamp: bool = False) -> torch.Tensor:
-        """Images in [−1, 1] (B, 3, H, W) of scaled latents z, unclipped unless clamp=True (the decoder is
-        trained toward [−1, 1]; values a little outside are clipped when made uint8)."""
-        if z.dim() != 4 or z.shape[1] != self.config.latent_channels:
-            raise UserError(f"the autoencoder decodes latents of shape (B, {self.config.latent_channels}, h, w), "
-                            f"got {tuple(z.shape)}")
-        x = self.decoder(z / self.scale_factor)
-        return x.clamp(-1, 1) if clamp else x
-
-    def forward(self, x: torch.Tensor, noise: Optional[torch.Tensor] = None):
-        """(reconstruction, mean, logvar): x̂ from z = μ + σ·noise (μ alone when noise is None)."""
-        mean, logvar = self.posterior(x)
-        z = mean if noise is None else mean + (0.5 * logvar).exp() * noise
-        return self.decoder(z), mean, logvar
-
-    def loss(self, x: torch.Tensor, noise: Optional[torch.Tensor] = None, kl_weight: float = 1e-6,
-             rec_loss: str = "mse") -> tuple[torch.Tensor, dict]:
-        """(loss, {loss, rec, kl}): reconstruction per pixel value + kl_weight · KL / (C·H·W), batch means."""
-        if rec_loss not in REC_LOSSES:
-            raise UserError(f"unknown rec_loss {rec_loss!r}; choose l1 or mse")
-        recon, mean, logvar = self(x, noise)
-        rec = (recon - x).abs().mean() if rec_loss == "l1" else (recon - x).pow(2).mean()
-        kl = kl_divergence(mean, logvar).mean()
-        loss = rec + kl_weight * kl / x[0].numel()
-        return loss, {"loss": loss, "rec": rec, "kl": kl}
+    def latent(self, x: torch.Tensor) -> torch.Tensor:  # the unscaled latent `encode` scales
+        raise NotImplementedError
 
     # ---- latent scale ---------------------------------------------------------------------------
     @torch.no_grad()
     def calibrate(self, x: torch.Tensor, batch_size: int = 256) -> float:
-        """Set scale_factor = 1 / std of the posterior means of images x (every latent value pooled, as
+        """Set scale_factor = 1 / std of the unscaled latents of images x (every latent value pooled, as
         LDM's `scale_factor`), so that encode(x) has unit variance; returns it."""
         was = self.training
         self.eval()
-        means = torch.cat([self.posterior(x[k: k + batch_size])[0].float() for k in range(0, len(x), batch_size)])
+        means = torch.cat([self.latent(x[k: k + batch_size]).float() for k in range(0, len(x), batch_size)])
         self.train(was)
         std = float(means.std())
         if not math.isfinite(std) or std <= 0:
@@ -199,6 +169,11 @@ class AutoencoderKL(nn.Module):
         if x.dim() != 4 or x.shape[1] != c.in_channels or x.shape[2] % f or x.shape[3] % f:
             raise UserError(f"the autoencoder encodes images of shape (B, {c.in_channels}, H, W) with H and W "
                             f"divisible by {f}, got {tuple(x.shape)}")
+
+    def _check_latent(self, z: torch.Tensor) -> None:
+        if z.dim() != 4 or z.shape[1] != self.config.latent_channels:
+            raise UserError(f"the autoencoder decodes latents of shape (B, {self.config.latent_channels}, h, w), "
+                            f"got {tuple(z.shape)}")
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -214,7 +189,7 @@ class AutoencoderKL(nn.Module):
         return io.save_pretrained(directory, self.config_dict(), state_dict or self.state_dict(), manifest=manifest)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> "AutoencoderKL":
+    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu"):
         raw, state = io.load_pretrained(directory, "autoencoder")
         where = str(Path(directory) / "config.json")
         raw = dict(raw)
@@ -223,10 +198,228 @@ class AutoencoderKL(nn.Module):
         scale = raw.pop("scale_factor")
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
             raise UserError(f"{where}: scale_factor must be a positive number, got {scale!r}")
-        config = io.config_from_dict(AutoencoderConfig, raw, where)
+        config = io.config_from_dict(cls.config_class, raw, where)
         model = cls(config, scale)
         io.load_weights(model, state, str(directory))
         return model.to(device).eval()
+
+
+class AutoencoderKL(_Autoencoder):
+    def __init__(self, config: AutoencoderConfig, scale_factor: float = 1.0):
+        super().__init__(config, scale_factor)
+        self.encoder, self.decoder = Encoder(config), Decoder(config)
+
+    # ---- the two directions ---------------------------------------------------------------------
+    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unscaled (mean, log-variance) of q(z | x), each (B, latent_channels, H/f, W/f)."""
+        self._check_image(x)
+        mean, logvar = self.encoder(x).chunk(2, dim=1)
+        return mean, logvar.clamp(*LOGVAR_RANGE)
+
+    def latent(self, x: torch.Tensor) -> torch.Tensor:
+        return self.posterior(x)[0]
+
+    def encode(self, x: torch.Tensor, sample: bool = False, generator: Optional[torch.Generator] = None
+               ) -> torch.Tensor:
+        """Latents of images x in [−1, 1] (B, 3, H, W), times scale_factor: the posterior mean, or a draw
+        μ + σ ε with sample=True; (B, latent_channels, H/f, W/f)."""
+        mean, logvar = self.posterior(x)
+        z = mean
+        if sample:
+            z = mean + (0.5 * logvar).exp() * torch.randn(mean.shape, generator=generator, device=mean.device,
+                                                           dtype=mean.dtype)
+        return z * self.scale_factor
+
+    def decode(self, z: torch.Tensor, clamp: bool = False) -> torch.Tensor:
+        """Images in [−1, 1] (B, 3, H, W) of scaled latents z, unclipped unless clamp=True (the decoder is
+        trained toward [−1, 1]; values a little outside are clipped when made uint8)."""
+        self._check_latent(z)
+        x = self.decoder(z / self.scale_factor)
+        return x.clamp(-1, 1) if clamp else x
+
+    def forward(self, x: torch.Tensor, noise: Optional[torch.Tensor] = None):
+        """(reconstruction, mean, logvar): x̂ from z = μ + σ·noise (μ alone when noise is None)."""
+        mean, logvar = self.posterior(x)
+        z = mean if noise is None else mean + (0.5 * logvar).exp() * noise
+        return self.decoder(z), mean, logvar
+
+    def loss(self, x: torch.Tensor, noise: Optional[torch.Tensor] = None, kl_weight: float = 1e-6,
+             rec_loss: str = "mse") -> tuple[torch.Tensor, dict]:
+        """(loss, {loss, rec, kl}): reconstruction per pixel value + kl_weight · KL / (C·H·W), batch means."""
+        recon, mean, logvar = self(x, noise)
+        rec = reconstruction_loss(recon, x, rec_loss)
+        kl = kl_divergence(mean, logvar).mean()
+        loss = rec + kl_weight * kl / x[0].numel()
+        return loss, {"loss": loss, "rec": rec, "kl": kl}
+
+
+def reconstruction_loss(recon: torch.Tensor, x: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind not in REC_LOSSES:
+        raise UserError(f"unknown rec_loss {kind!r}; choose l1 or mse")
+    return (recon - x).abs().mean() if kind == "l1" else (recon - x).pow(2).mean()
+
+
+# ---- the VQ first stage (VQ-VAE / VQGAN) ----------------------------------------------------------
+@dataclass
+class VQConfig(AutoencoderConfig):
+    codebook_size: int = 512  # K code vectors of latent_channels values each
+    beta: float = 0.25  # weight of the commitment loss |h − sg[e]|² (VQ-VAE's β)
+
+    def validate(self) -> None:
+        super().validate()
+        if isinstance(self.codebook_size, bool) or not isinstance(self.codebook_size, int) or self.codebook_size < 2:
+            raise UserError(f"autoencoder.codebook_size must be an integer >= 2, got {self.codebook_size!r}")
+        if isinstance(self.beta, bool) or not isinstance(self.beta, (int, float)) or not self.beta >= 0:
+            raise UserError(f"autoencoder.beta must be a number >= 0, got {self.beta!r}")
+
+
+class VectorQuantizer(nn.Module):
+    """Nearest-neighbour quantization of (B, C, h, w) maps to a codebook of K vectors in R^C, with the
+    straight-through estimator: the forward value is the code e, the gradient to h is the identity.
+
+    `usage` is an exponential moving average of each code's share of the assignments (a buffer, so it is
+    checkpointed): `restart_dead` moves the codes that fell out of use onto encoder outputs."""
+
+    def __init__(self, size: int, dim: int, usage_decay: float = 0.99):
+        super().__init__()
+        self.codebook = nn.Embedding(size, dim)
+        nn.init.uniform_(self.codebook.weight, -1.0 / size, 1.0 / size)  # VQ-VAE's initialisation
+        self.usage_decay = usage_decay
+        self.register_buffer("usage", torch.full((size,), 1.0 / size))
+
+    def codes(self, h: torch.Tensor) -> torch.Tensor:
+        """Index of the nearest code at every position: (B, h, w) long."""
+        flat = h.permute(0, 2, 3, 1).reshape(-1, h.shape[1])
+        w = self.codebook.weight
+        dist = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ w.t() + w.pow(2).sum(1)[None]
+        return dist.argmin(1).view(h.shape[0], h.shape[2], h.shape[3])
+
+    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        """The code vectors of indices (B, h, w) as a (B, C, h, w) map."""
+        return self.codebook(codes).permute(0, 3, 1, 2)
+
+    def forward(self, h: torch.Tensor):
+        """(z_q, codes, codebook loss |sg[h] − e|², commitment loss |h − sg[e]|²); z_q = h + sg[e − h]."""
+        codes = self.codes(h)
+        e = self.lookup(codes)
+        if self.training:
+            with torch.no_grad():
+                share = torch.bincount(codes.flatten(), minlength=len(self.usage)).float() / codes.numel()
+                self.usage.mul_(self.usage_decay).add_((1 - self.usage_decay) * share)
+        return h + (e - h).detach(), codes, F.mse_loss(e, h.detach()), F.mse_loss(h, e.detach())
+
+    @torch.no_grad()
+    def restart_dead(self, h: torch.Tensor, generator: torch.Generator, threshold: float = 0.03) -> int:
+        """Codes whose usage fell under `threshold` / K are set to encoder outputs drawn from h (B, C, h, w)
+        (`generator` picks which); returns how many moved."""
+        dead = (self.usage < threshold / len(self.usage)).nonzero().flatten()
+        if len(dead) == 0:
+            return 0
+        flat = h.detach().permute(0, 2, 3, 1).reshape(-1, h.shape[1])
+        pick = torch.randint(0, len(flat), (len(dead),), generator=generator).to(flat.device)
+        self.codebook.weight[dead] = flat[pick]
+        self.usage[dead] = 1.0 / len(self.usage)
+        return int(len(dead))
+
+
+def code_perplexity(codes: torch.Tensor, size: int) -> float:
+    """exp(entropy) of the code assignments' distribution: K when every code is used equally, 1 for one code."""
+    p = torch.bincount(codes.flatten(), minlength=size).float()
+    p = p[p > 0] / p.sum()
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+class AutoencoderVQ(_Autoencoder):
+    """The VQ first stage. As in LDM's VQ-regularised models the diffusion runs on the encoder's
+    continuous output h (scaled to unit variance), and the quantization belongs to the decoder: `decode`
+    snaps every latent vector to its nearest code before decoding, as Diffusion-LM's rounding snaps a
+    sampled embedding to a word."""
+
+    config_class = VQConfig
+
+    def __init__(self, config: VQConfig, scale_factor: float = 1.0):
+        super().__init__(config, scale_factor)
+        self.encoder = Encoder(config, out_channels=config.latent_channels)
+        self.quantizer = VectorQuantizer(config.codebook_size, config.latent_channels)
+        self.decoder = Decoder(config)
+
+    def latent(self, x: torch.Tensor) -> torch.Tensor:
+        """Unscaled, unquantized encoder output h (B, latent_channels, H/f, W/f)."""
+        self._check_image(x)
+        return self.encoder(x)
+
+    def encode(self, x: torch.Tensor, sample: bool = False, generator: Optional[torch.Generator] = None
+               ) -> torch.Tensor:
+        """h · scale_factor (deterministic: `sample` is accepted for the KL model's signature)."""
+        return self.latent(x) * self.scale_factor
+
+    def codes(self, x: torch.Tensor) -> torch.Tensor:
+        """The code index of every latent position of images x: (B, H/f, W/f)."""
+        return self.quantizer.codes(self.latent(x))
+
+    def decode(self, z: torch.Tensor, clamp: bool = False) -> torch.Tensor:
+        """Images of scaled latents z: each latent vector snapped to its nearest code, then decoded."""
+        self._check_latent(z)
+        h = z / self.scale_factor
+        x = self.decoder(self.quantizer.lookup(self.quantizer.codes(h)))
+        return x.clamp(-1, 1) if clamp else x
+
+    def forward(self, x: torch.Tensor):
+        """(reconstruction, codes, codebook loss, commitment loss)."""
+        z_q, codes, codebook, commit = self.quantizer(self.latent(x))
+        return self.decoder(z_q), codes, codebook, commit
+
+    def loss(self, x: torch.Tensor, rec_loss: str = "mse", disc: Optional["PatchDiscriminator"] = None,
+             disc_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
+        """(loss, terms): reconstruction + |sg[h] − e|² + β |h − sg[e]|², plus with a discriminator
+        disc_weight times the generator's hinge term and the discriminator's own hinge loss (each side gets
+        only its own gradient: `adversarial_terms`); terms include the batch's code perplexity."""
+        recon, codes, codebook, commit = self(x)
+        rec = reconstruction_loss(recon, x, rec_loss)
+        loss = rec + codebook + self.config.beta * commit
+        terms = {"rec": rec, "codebook": codebook.detach(), "commit": commit.detach(),
+                 "perplexity": torch.tensor(code_perplexity(codes, self.config.codebook_size))}
+        if disc is not None:
+            gen, d = adversarial_terms(disc, x, recon)
+            loss = loss + disc_weight * gen + d
+            terms.update(gen=gen.detach(), disc=d.detach())
+        return loss, {"loss": loss, **terms}
+
+
+AUTOENCODERS = {"kl": AutoencoderKL, "vq": AutoencoderVQ}
+
+
+def load_autoencoder(directory: str | os.PathLike, device: str | torch.device = "cpu") -> _Autoencoder:
+    """The first stage in a folder from train-autoencoder, KL or VQ (a VQ folder's config has a codebook)."""
+    raw = io.load_json(Path(directory) / "config.json") if (Path(directory) / "config.json").is_file() else {}
+    kind = "vq" if isinstance(raw, dict) and "codebook_size" in raw else "kl"
+    return AUTOENCODERS[kind].from_pretrained(directory, device)
+
+
+class PatchDiscriminator(nn.Module):
+    """VQGAN's optional adversary, small: stride-2 convs to a map of real/fake logits, one per patch."""
+
+    def __init__(self, in_channels: int = 3, width: int = 32, layers: int = 2):
+        super().__init__()
+        mods, ch = [nn.Conv2d(in_channels, width, 4, 2, 1), nn.LeakyReLU(0.2)], width
+        for _ in range(layers - 1):
+            mods += [nn.Conv2d(ch, 2 * ch, 4, 2, 1), nn.GroupNorm(8, 2 * ch), nn.LeakyReLU(0.2)]
+            ch *= 2
+        mods.append(nn.Conv2d(ch, 1, 3, 1, 1))
+        self.net = nn.Sequential(*mods)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def adversarial_terms(disc: PatchDiscriminator, x: torch.Tensor, recon: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(generator term, discriminator term) of the hinge GAN loss, arranged so that one backward pass gives each
+    side only its own gradient: the generator's −D(x̂) reads the discriminator with its weights detached, and the
+    discriminator's hinge reads x̂ detached."""
+    frozen = {k: v.detach() for k, v in disc.named_parameters()}
+    gen = -torch.func.functional_call(disc, frozen, (recon,)).mean()
+    d = F.relu(1 - disc(x)).mean() + F.relu(1 + disc(recon.detach())).mean()
+    return gen, d
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor) -> dict:

@@ -29,7 +29,8 @@ from ..errors import UserError
 from ..io import load_json, save_json
 from ..training import batch_indices, fit, has_checkpoint, loop_config
 from . import oracle
-from .autoencoder import REC_LOSSES, AutoencoderConfig, AutoencoderKL, psnr
+from .autoencoder import (REC_LOSSES, AutoencoderConfig, AutoencoderKL, AutoencoderVQ, PatchDiscriminator, VQConfig,
+                          code_perplexity, load_autoencoder, psnr)
 from .clip import ClipConfig, ClipModel, info_nce, retrieval_scores
 from .data import load_shapes, make_batch
 from .evaluate import save_grid
@@ -58,6 +59,9 @@ class UNetTrainConfig(LoopKeys):
     out_dir: str = "runs/image-unet"
     autoencoder: str = "shipped"  # the frozen first stage (latent space only): a folder or shipped
     clip: str = "shipped"  # the frozen CLIP whose text tower's token states condition the UNet
+    # caption: the caption's token states; image_embedding: the CLIP image embedding of the image itself
+    # (unCLIP's decoder, image/unclip.py), dropped to a zero token as the caption is to ""
+    condition: str = "caption"
     train_size: int = 20000  # scenes of the train split
     caption_dropout: float = 0.1  # share of captions replaced by "" (∅), so one model is also unconditional
     steps: int = 4000
@@ -107,9 +111,18 @@ class UNetBatches:
     (seed, step)."""
 
     def __init__(self, x0: torch.Tensor, captions: list[str], clip, num_timesteps: int, batch_size: int,
-                 seed: int, caption_dropout: float, per_row: dict[str, torch.Tensor] | None = None):
+                 seed: int, caption_dropout: float, per_row: dict[str, torch.Tensor] | None = None,
+                 embeddings: torch.Tensor | None = None):
         self.x0, self.T, self.batch_size, self.seed, self.p = x0, num_timesteps, batch_size, seed, caption_dropout
         self.per_row = per_row or {}  # more inputs, one row per image (a ControlNet's hints)
+        if embeddings is not None:  # unCLIP's decoder: each image's own CLIP embedding, then a zero token (∅)
+            from .unclip import embedding_context
+
+            states, mask = embedding_context(embeddings)
+            self.states = torch.cat([states, torch.zeros_like(states[:1])])
+            self.mask = torch.cat([mask, mask[:1]])
+            self.caption_index, self.null = torch.arange(len(embeddings)), len(embeddings)
+            return
         distinct = list(dict.fromkeys([*captions, ""]))
         self.states, self.mask = encode_captions(clip, distinct)
         where = {c: k for k, c in enumerate(distinct)}
@@ -139,7 +152,13 @@ def unet_loss(unet: UNet, diffusion: GaussianDiffusion, batch: dict) -> torch.Te
     return F.mse_loss(unet(x_t, t, context=batch["context"], context_mask=batch["context_mask"], **extra), target)
 
 
-def _check_same_run(out: Path, config: UNetConfig, diffusion: DiffusionConfig) -> None:
+def _check_same_run(out: Path, config: UNetConfig, diffusion: DiffusionConfig, condition: str = "caption") -> None:
+    from .unclip import read_conditioning
+
+    there = read_conditioning(out)
+    if there != condition:
+        raise UserError(f"{out} holds a UNet run with train.condition={there}, not {condition}; "
+                        f"choose another out_dir or delete it")
     saved = load_json(out / "config.json")
     now = asdict(config)
     diff = [k for k in now if saved.get(k) != now[k]]
@@ -157,7 +176,7 @@ def frozen_parts(space: str, train, autoencoder=None, clip=None):
     """The frozen autoencoder (None in pixel space) and CLIP pair a trainer reads, in eval mode without
     gradients: the ones given, else the folders (or `shipped`) named by train.autoencoder and train.clip."""
     if space == "latent" and autoencoder is None:
-        autoencoder = AutoencoderKL.from_pretrained(resolve_asset(train.autoencoder, "model", "image-autoencoder"))
+        autoencoder = load_autoencoder(resolve_asset(train.autoencoder, "model", "image-autoencoder"))
     if space != "latent":
         autoencoder = None
     if clip is None:
@@ -189,30 +208,37 @@ def train_unet(unet_cfg: UNetConfig, diffusion_cfg: DiffusionConfig, train: UNet
                         f"use unet.prediction=v (or diffusion.schedule=linear)")
     if isinstance(train.caption_dropout, bool) or not 0 <= train.caption_dropout < 1:
         raise UserError(f"train.caption_dropout must be in [0, 1), got {train.caption_dropout!r}")
+    from .unclip import CONDITIONS, image_embeddings, write_conditioning
+
+    if train.condition not in CONDITIONS:
+        raise UserError(f"train.condition must be caption or image_embedding, got {train.condition!r}")
     loop = loop_config({"train": train})
     distributed.check_batch(train.batch_size)
     device = _device(train.device)
     if train.threads:
         torch.set_num_threads(train.threads)
     autoencoder, clip = frozen_parts(unet_cfg.space, train, autoencoder, clip)
-    match_parts(unet_cfg, autoencoder, clip, where=f"unet (space={unet_cfg.space})")
+    match_parts(unet_cfg, autoencoder, clip, where=f"unet (space={unet_cfg.space})", context=train.condition)
 
     out = Path(train.out_dir)
     resuming = has_checkpoint(out)
     if resuming:
-        _check_same_run(out, unet_cfg, diffusion_cfg)
+        _check_same_run(out, unet_cfg, diffusion_cfg, train.condition)
     if dataset is None:
         dataset = load_shapes("train", train.train_size, train.data_seed)
     data = dataset.with_format("numpy")
     images, captions = np.asarray(data["image"], dtype=np.uint8), [str(c) for c in dataset["caption"]]
+    embeddings = image_embeddings(clip, images_to_tensor(images)) if train.condition == "image_embedding" else None
     batches = UNetBatches(encode_images(images, autoencoder), captions, clip, diffusion.num_timesteps,
-                          train.batch_size, train.seed, train.caption_dropout)
+                          train.batch_size, train.seed, train.caption_dropout, embeddings=embeddings)
     del images
 
     torch.manual_seed(train.seed)
     unet = UNet(unet_cfg).to(device)
     if not resuming and distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)
+        if train.condition != "caption":
+            write_conditioning(out, train.condition, unet_cfg.clip_fingerprint)
         unet.save_pretrained(out, diffusion)  # config and process first, for a resume to check against
         if full_config is not None:
             save_json(out / "train_config.json", full_config)
@@ -232,7 +258,7 @@ def train_unet(unet_cfg: UNetConfig, diffusion_cfg: DiffusionConfig, train: UNet
                "input": [unet_cfg.in_channels, unet_cfg.image_size, unet_cfg.image_size],
                "train_images": len(captions), "distinct_captions": len(set(captions)),
                "autoencoder": train.autoencoder if unet_cfg.space == "latent" else None, "clip": train.clip,
-               "processes": distributed.world()[1]}
+               "processes": distributed.world()[1], "condition": train.condition}
     if distributed.is_main():
         save_json(out / "summary.json", summary)
     return summary
@@ -482,6 +508,123 @@ def train_noisy(cfg, train: NoisyTrainConfig, *, full_config: dict | None = None
     return metrics
 
 
+# ---- unCLIP's prior ----------------------------------------------------------------------------
+@dataclass
+class PriorTrainConfig(LoopKeys):
+    """train_prior's settings. Folder layout of a run (`out_dir`):
+        config.json, model.safetensors, diffusion.json, manifest.json   DiffusionPrior.from_pretrained
+        checkpoint/, train_config.json, train_log.jsonl, loss_curve.png, metrics.json
+    """
+    out_dir: str = "runs/image-prior"
+    clip: str = "shipped"  # the frozen CLIP pair whose text embeddings it maps to image embeddings
+    diffusion_schedule: str = "cosine"
+    diffusion_steps: int = 1000
+    train_size: int = 20000
+    text_dropout: float = 0.1  # share of text embeddings replaced by ∅ = 0, for classifier-free guidance
+    steps: int = 4000
+    batch_size: int = 256
+    lr: float = 5e-4
+    warmup: int = 100
+    min_lr_ratio: float = 0.1
+    ema_decay: float | None = 0.999
+    test_size: int = 1000  # test pairs the sampled embeddings are scored on, in sets of 100
+    guidance: float = 1.0  # w of the metrics' prior samples
+    sample_steps: int = 50
+
+
+@torch.no_grad()
+def prior_metrics(prior, diffusion, clip, images: np.ndarray, captions: list[str], guidance: float, steps: int,
+                  seed: int = 0) -> dict:
+    """How well the prior's samples for test captions stand in for the true images' embeddings: cosine to
+    the true image embedding and to the text embedding (beside the true pair's), and the image-to-text
+    top-1 among sets of 100 captions of a sampled embedding against a true one's."""
+    from .unclip import image_embeddings, sample_prior, text_embeddings
+
+    img = image_embeddings(clip, images_to_tensor(images))
+    txt = text_embeddings(clip, captions)
+    gen = sample_prior(prior, diffusion, txt, guidance=guidance, steps=steps,
+                       generator=torch.Generator().manual_seed(seed))
+    out = {"n": len(captions), "guidance": guidance, "steps": steps,
+           "cos_sample_image": round(float((gen * img).sum(-1).mean()), 4),
+           "cos_sample_text": round(float((gen * txt).sum(-1).mean()), 4),
+           "cos_image_text": round(float((img * txt).sum(-1).mean()), 4)}
+    for name, emb in (("sample", gen), ("image", img)):
+        sets = [retrieval_scores(emb[k: k + 100] @ txt[k: k + 100].t(), captions[k: k + 100])["image_to_text_top1"]
+                for k in range(0, len(captions) - 99, 100)]
+        out[f"{name}_to_text_top1_among_100"] = round(float(np.mean(sets)), 4) if sets else None
+    return out
+
+
+def train_prior(prior_cfg, train: PriorTrainConfig, *, full_config: dict | None = None, progress: bool = True,
+                dataset=None, clip=None, test=None) -> dict:
+    """Train (or resume) unCLIP's diffusion prior from the frozen CLIP's text embeddings of the train split's
+    captions to its image embeddings of the images; returns metrics of its samples on the test split."""
+    from .unclip import DiffusionPrior, image_embeddings, prior_loss, text_embeddings
+    from .unet import fingerprint
+
+    if isinstance(train.text_dropout, bool) or not isinstance(train.text_dropout, (int, float)) \
+            or not 0 <= train.text_dropout < 1:
+        raise UserError(f"train.text_dropout must be in [0, 1), got {train.text_dropout!r}")
+    g = train.guidance
+    if isinstance(g, bool) or not isinstance(g, (int, float)) or not np.isfinite(g) or g < 0:
+        raise UserError(f"train.guidance must be a finite number >= 0, got {g!r}")
+    for key in ("test_size", "sample_steps"):
+        _check_positive(getattr(train, key), f"train.{key}")
+    try:
+        diffusion = GaussianDiffusion.from_config(DiffusionConfig(train.diffusion_schedule, train.diffusion_steps))
+    except ValueError as e:
+        raise UserError(f"bad diffusion: train.diffusion_{e}") from None
+    loop = loop_config({"train": train})
+    distributed.check_batch(train.batch_size)
+    device = _device(train.device)
+    if train.threads:
+        torch.set_num_threads(train.threads)
+    _, clip = frozen_parts("pixel", train, None, clip)
+    prior_cfg.embed_dim, prior_cfg.clip_fingerprint = int(clip.config.embed_dim), fingerprint(clip)
+    out = Path(train.out_dir)
+    resuming = has_checkpoint(out)
+    if resuming:
+        _check_same_model(out, "prior", asdict(prior_cfg))
+    data = dataset if dataset is not None else load_shapes("train", train.train_size, train.data_seed)
+    arr = data.with_format("numpy")
+    image = image_embeddings(clip, images_to_tensor(np.asarray(arr["image"], dtype=np.uint8)))
+    text = text_embeddings(clip, [str(c) for c in data["caption"]])
+    torch.manual_seed(train.seed)
+    prior = DiffusionPrior(prior_cfg).to(device)
+    if not resuming and distributed.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        prior.save_pretrained(out, diffusion)
+        if full_config is not None:
+            save_json(out / "train_config.json", full_config)
+
+    def loss_at(step: int):
+        rows = batch_indices(step, train.batch_size, len(image), train.seed)
+        g = torch.Generator().manual_seed(train.seed * 1_000_003 + step)
+        t = torch.randint(0, diffusion.num_timesteps, (len(rows),), generator=g)
+        noise = torch.randn(image[rows].shape, generator=g)
+        dropped = torch.rand(len(rows), generator=g) < train.text_dropout
+        parts = [distributed.shard(v).to(device) for v in (image[rows], text[rows], t, noise, dropped)]
+        return prior_loss(prior, diffusion, *parts)
+
+    def write_model(state) -> None:
+        _exported(prior, state.ema).save_pretrained(out, diffusion)
+
+    result = fit(prior, loss_at, loop, out, name="unCLIP prior", progress=progress, on_checkpoint=write_model)
+    if not distributed.is_main():
+        return {"steps": result.step, "stopped": result.stopped}
+    final = _exported(prior, result.ema).eval()
+    test_data = test if test is not None else load_shapes("test", train.test_size, train.data_seed)
+    tarr = test_data.with_format("numpy")
+    metrics = {"steps": result.step, "stopped": result.stopped, "train_minutes": round(result.elapsed_s / 60, 2),
+               "final_terms": result.last, "parameters": final.num_parameters(), "train_pairs": len(image),
+               "test": prior_metrics(final, diffusion, clip, np.asarray(tarr["image"], dtype=np.uint8),
+                                     [str(c) for c in test_data["caption"]], train.guidance, train.sample_steps)}
+    final.save_pretrained(out, diffusion, manifest={"kind": "image-prior", "command": (full_config or {}).get("command"),
+                                                    "metrics": metrics})
+    save_json(out / "metrics.json", metrics)
+    return metrics
+
+
 # ---- shared by the autoencoder and CLIP trainers ------------------------------------------------
 STEP_STREAMS = 1_000_003  # data_seed's stride between batch streams: step s of data_seed d draws stream d·this + s
 
@@ -545,6 +688,10 @@ class AutoencoderTrainConfig(LoopKeys):
     calibration_size: int = 1024  # train images (a stream no step draws) the latent scale is measured on
     test_size: int = 1000  # test images for PSNR and the oracle's accuracy
     grid: int = 16  # pairs of originals and reconstructions in reconstructions.png
+    # the VQ autoencoder only (autoencoder._target_ VQConfig, autoencoder_preset=vq_cpu)
+    restart_every: int = 100  # every this many steps, codes out of use move onto encoder outputs (0: never)
+    disc_weight: float = 0.0  # > 0: a patch discriminator (hinge loss) joins, its generator term weighted so
+    disc_start: int = 0  # the step it joins at (after the reconstruction's warm-up, as VQGAN)
 
 
 @torch.no_grad()
@@ -563,13 +710,32 @@ def autoencoder_metrics(ae: AutoencoderKL, images: np.ndarray, captions: list[st
            "oracle_reconstructed": {k: round(rec[k], 4) for k in keys},
            # whole-caption accuracy lost by reconstructing, in points (the bar: within 1)
            "caption_gap_points": round(100 * (orig["caption"] - rec["caption"]), 2)}
+    if isinstance(ae, AutoencoderVQ):
+        codes = _batched(lambda b: ae.codes(b).float(), x, dev).long()
+        size = ae.config.codebook_size
+        out["codebook"] = {"size": size, "perplexity": round(code_perplexity(codes, size), 2),
+                           "used": int(len(codes.unique())), "positions": int(codes.numel())}
     return out, rec_images
 
 
 def train_autoencoder(model_cfg: AutoencoderConfig, train: AutoencoderTrainConfig, *, full_config: dict | None = None,
                       command: str | None = None, progress: bool = True) -> dict:
-    """Train (or resume) the KL autoencoder on fresh train-split batches; calibrate its latent scale; write
-    the model folder with PSNR and oracle metrics on the test split. Returns the metrics."""
+    """Train (or resume) the KL autoencoder (or, with a VQConfig, the VQ one) on fresh train-split batches;
+    calibrate its latent scale; write the model folder with PSNR and oracle metrics on the test split (and
+    the codebook's usage for VQ). Returns the metrics."""
+    vq = isinstance(model_cfg, VQConfig)
+    for key in ("restart_every", "disc_start"):
+        v = getattr(train, key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise UserError(f"train.{key} must be an integer >= 0, got {v!r}")
+    w = train.disc_weight
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not w >= 0:
+        raise UserError(f"train.disc_weight must be a number >= 0, got {w!r}")
+    if w > 0 and not vq:
+        raise UserError("train.disc_weight applies to the VQ autoencoder (autoencoder_preset=vq_cpu), not the KL one")
+    if vq and distributed.world()[1] > 1:
+        raise UserError("the VQ autoencoder trains in one process: its code-usage statistics and code restarts "
+                        "would differ between processes")
     if train.rec_loss not in REC_LOSSES:
         raise UserError(f"unknown train.rec_loss {train.rec_loss!r}; choose l1 or mse")
     if isinstance(train.kl_weight, bool) or not isinstance(train.kl_weight, (int, float)) or not train.kl_weight >= 0:
@@ -583,7 +749,9 @@ def train_autoencoder(model_cfg: AutoencoderConfig, train: AutoencoderTrainConfi
         torch.set_num_threads(train.threads)
     out = Path(train.out_dir)
     torch.manual_seed(train.seed)
-    ae = AutoencoderKL(model_cfg).to(device)
+    ae = (AutoencoderVQ if vq else AutoencoderKL)(model_cfg).to(device)
+    disc = PatchDiscriminator(model_cfg.in_channels).to(device) if w > 0 else None
+    trainee = torch.nn.ModuleDict({"autoencoder": ae, "discriminator": disc}) if disc is not None else ae
     resuming = has_checkpoint(out)
     if resuming:
         _check_same_model(out, "autoencoder", asdict(model_cfg))
@@ -596,20 +764,32 @@ def train_autoencoder(model_cfg: AutoencoderConfig, train: AutoencoderTrainConfi
 
     def loss_at(step: int):
         x, _ = step_batch(step, train.batch_size, train.data_seed)
+        if vq:
+            x = x.to(device)
+            if train.restart_every and step and step % train.restart_every == 0:
+                with torch.no_grad():
+                    h = ae.latent(x)
+                ae.quantizer.restart_dead(h, torch.Generator().manual_seed(train.seed * STEP_STREAMS + step))
+            use_disc = disc is not None and step >= train.disc_start
+            return ae.loss(x, train.rec_loss, disc if use_disc else None, w)
         noise = torch.randn((len(x), model_cfg.latent_channels, *(s // model_cfg.factor for s in x.shape[2:])),
                             generator=torch.Generator().manual_seed(train.seed * STEP_STREAMS + step))
         x, noise = distributed.shard(x), distributed.shard(noise)  # this process's slice of the global batch
         return ae.loss(x.to(device), noise.to(device), kl_weight=train.kl_weight, rec_loss=train.rec_loss)
 
-    def export(state) -> AutoencoderKL:
-        model = _exported(ae, state.ema if state is not None else None)
+    def export(state):
+        ema = state.ema if state is not None else None
+        if ema is not None and disc is not None:  # the trainee's EMA holds both; the model is the autoencoder's part
+            ema = {k.split(".", 1)[1]: v for k, v in ema.items() if k.startswith("autoencoder.")}
+        model = _exported(ae, ema)
         model.calibrate(calib.to(device))
         return model
 
     def write_model(state) -> None:  # the calibrated model beside each checkpoint, loadable by from_pretrained
         export(state).save_pretrained(out)
 
-    result = fit(ae, loss_at, loop, out, name="autoencoder", progress=progress, on_checkpoint=write_model)
+    result = fit(trainee, loss_at, loop, out, name=f"{'VQ' if vq else 'KL'} autoencoder", progress=progress,
+                 on_checkpoint=write_model)
     if not distributed.is_main():  # rank 0 measures and writes the model
         return {"steps": result.step, "stopped": result.stopped}
     final = export(result)
@@ -625,7 +805,8 @@ def train_autoencoder(model_cfg: AutoencoderConfig, train: AutoencoderTrainConfi
     k = min(train.grid, len(images))
     rows = [part for lo in range(0, k, 8) for part in (images[lo: min(lo + 8, k)], rec_images[lo: min(lo + 8, k)])]
     save_grid(np.concatenate(rows), out / "reconstructions.png", ncol=min(8, k))
-    final.save_pretrained(out, manifest={"kind": "image-autoencoder", "command": command, "metrics": metrics})
+    final.save_pretrained(out, manifest={"kind": "image-autoencoder-vq" if vq else "image-autoencoder",
+                                         "command": command, "metrics": metrics})
     save_json(out / "metrics.json", metrics)
     return metrics
 

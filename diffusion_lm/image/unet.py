@@ -354,10 +354,12 @@ def fingerprint(module) -> str:
     return h.hexdigest()[:16]
 
 
-def match_parts(config: UNetConfig, autoencoder=None, clip=None, where: str = "the UNet") -> UNetConfig:
+def match_parts(config: UNetConfig, autoencoder=None, clip=None, where: str = "the UNet",
+                context: str = "caption") -> UNetConfig:
     """Fill the config's unset input shape, context width and part fingerprints from the data's parts,
     and refuse parts that do not fit the values it has (a latent UNet with another autoencoder, another
-    CLIP), in one line."""
+    CLIP), in one line. `context` is what the UNet cross-attends to: the caption's token states, or (unCLIP's
+    decoder) the CLIP image embedding."""
     if config.space not in SPACES:
         raise UserError(f"unet.space must be latent or pixel, got {config.space!r}")
     if config.space == "latent":
@@ -374,10 +376,11 @@ def match_parts(config: UNetConfig, autoencoder=None, clip=None, where: str = "t
     if config.space == "latent":
         config.autoencoder_fingerprint = _same_part(config.autoencoder_fingerprint, autoencoder, "autoencoder", where)
     if clip is not None:
-        width = context_width(clip)
+        width = context_width(clip) if context == "caption" else clip.config.embed_dim
         if config.context_dim is not None and config.context_dim != width:
-            raise UserError(f"{where} reads caption states of width {config.context_dim} but the CLIP text tower "
-                            f"gives {width}; use the CLIP model it was trained with")
+            what = "text tower's states have" if context == "caption" else "image embeddings have"
+            raise UserError(f"{where} reads a context of width {config.context_dim} but the CLIP {what} width "
+                            f"{width}; use the CLIP model it was trained with")
         config.context_dim = width
         config.clip_fingerprint = _same_part(config.clip_fingerprint, clip, "CLIP model", where)
     return config

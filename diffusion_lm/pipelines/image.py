@@ -22,11 +22,12 @@ from ..assets import resolve_asset
 from ..core import (ClassifierFreeGuidance, Control, ControlGuidance, DynamicThreshold, GaussianDiffusion, GuidanceConfig,
                     Known, StaticThreshold, sample)
 from ..errors import UserError
-from ..image.autoencoder import AutoencoderKL
+from ..image.autoencoder import load_autoencoder
 from ..image.controlnet import ControlledUNet, ControlNet, check_base
 from ..image.clip import ClipModel
 from ..image.evaluate import save_grid
 from ..image.shapes import parse_caption
+from ..image.unclip import read_conditioning
 from ..image.unet import UNet, images_to_tensor, load_diffusion, match_parts, tensor_to_images
 from .text import pick_device
 
@@ -41,9 +42,12 @@ def check_guidance(w, key: str = "guidance") -> float:
 
 
 class ImagePipeline:
+    context = "caption"  # what the UNet cross-attends to (the unCLIP pipeline's decoder: the image embedding)
+
     def __init__(self, unet: UNet, diffusion: GaussianDiffusion, clip, autoencoder=None, device: str = "cpu",
                  controlnet: Optional[ControlNet] = None):
-        match_parts(unet.config, autoencoder, clip)  # refuses an autoencoder or CLIP the UNet was not trained with
+        # refuses an autoencoder or CLIP the UNet was not trained with
+        match_parts(unet.config, autoencoder, clip, context=self.context)
         self.unet, self.diffusion, self.clip, self.autoencoder, self.device = unet, diffusion, clip, autoencoder, device
         self.controlnet = controlnet
         if controlnet is not None:
@@ -63,13 +67,16 @@ class ImagePipeline:
         A pixel UNet loads no autoencoder."""
         device = pick_device(device)
         unet_path = resolve_asset(unet_dir, "model", "image-unet-latent")
+        if read_conditioning(unet_path) != "caption":
+            raise UserError(f"{unet_path} is an unCLIP decoder (conditioned on CLIP image embeddings, not captions); "
+                            f"draw with it through its prior: prior=<folder from train-prior>")
         unet = UNet.from_pretrained(unet_path, device=device)
         diffusion = load_diffusion(unet_path)
         autoencoder = None
         if unet.config.space == "latent":
             if autoencoder_dir is None:
                 raise UserError(f"{unet_path} is a latent UNet and needs its autoencoder (autoencoder=<folder>)")
-            autoencoder = AutoencoderKL.from_pretrained(resolve_asset(autoencoder_dir, "model", "image-autoencoder"))
+            autoencoder = load_autoencoder(resolve_asset(autoencoder_dir, "model", "image-autoencoder"))
             autoencoder = autoencoder.to(device)
         clip = ClipModel.from_pretrained(resolve_asset(clip_dir, "model", "image-clip")).to(device)
         controlnet = None
@@ -129,18 +136,31 @@ class ImagePipeline:
         captions = [captions] if isinstance(captions, str) else list(captions)
         if not captions:
             raise UserError("no captions to draw")
-        for name, value in (("n", n), ("batch_size", batch_size), ("steps", steps)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UserError(f"{name} must be an integer >= 1, got {value!r}")
+        _check_counts(n=n, batch_size=batch_size, steps=steps)
+        states, mask = self.caption_states(captions)
+        rows = torch.arange(len(captions)).repeat_interleave(n)
+        return self.draw(states, mask, rows, guidance=guidance, steps=steps, sampler=sampler, eta=eta,
+                         threshold=threshold, seed=seed, batch_size=batch_size, callback=callback, progress=progress,
+                         known=known, control=control, control_scale=control_scale, controls=controls,
+                         control_config=control_config)
+
+    @torch.no_grad()
+    def draw(self, states: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor, *, guidance: float = 4.0,
+             steps: int = 50, sampler: str = "ddim", eta: float = 0.0, threshold: Optional[str] = None, seed: int = 0,
+             batch_size: int = 64, callback=None, progress: bool = False, known: Optional[Known] = None, control=None,
+             control_scale: float = 1.0, controls: Optional[Sequence[Control]] = None,
+             control_config: Optional[GuidanceConfig] = None) -> torch.Tensor:
+        """Images (len(rows), 3, 32, 32) in [−1, 1]: image k drawn under the context states[rows[k]] (mask
+        alike); the last row of `states` is the null context ∅ classifier-free guidance extrapolates from.
+        What `sample` and the unCLIP pipeline share; keywords as `sample`."""
+        _check_counts(batch_size=batch_size, steps=steps)
         w = check_guidance(guidance)
         try:
             diffusion = self.diffusion.respace(steps)
         except ValueError as e:
             raise UserError(f"steps: {e}") from None
         x0_transform = self.threshold(threshold)
-        states, mask = self.caption_states(captions)
         guided = ClassifierFreeGuidance(self.model, w, {"context": states[-1:], "context_mask": mask[-1:]})
-        rows = torch.arange(len(captions)).repeat_interleave(n)
         hints = self.hints(control, len(rows), control_scale)
         if controls and sampler == "ddim" and eta == 0:
             raise UserError("guidance controls steer a stochastic step: use sampler=ddpm, or ddim with eta > 0")
@@ -260,6 +280,12 @@ class ImagePipeline:
     def __call__(self, captions: str | Sequence[str], n: int = 1, **kwargs):
         """uint8 images (len(captions) · n, 32, 32, 3); keywords as `sample`."""
         return tensor_to_images(self.sample(captions, n, **kwargs))
+
+
+def _check_counts(**values) -> None:
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 def _rows(target, lo: int, hi: int, rows: int):
