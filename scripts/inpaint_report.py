@@ -1,7 +1,7 @@
 """Inpainting edits measured by the oracle: keep a region, redraw one object under a new caption.
 
     python scripts/inpaint_report.py [unet=shipped] [autoencoder=shipped] [clip=shipped] [edits=200]
-        [guidance=4] [steps=50] [seed=0] [threads=2] [out_dir=runs/inpaint]
+        [guidance=4] [steps=50] [resample=1] [eta=0] [seed=0] [threads=2] [out_dir=runs/inpaint]
 
 Each edit (diffusion_lm/image/editing.py) takes a test scene and gives one object another colour and
 shape at the same place and size; its bounding box (grown by a pixel, and for a latent UNet out to
@@ -10,7 +10,7 @@ ImagePipeline.inpaint and the rest is kept through the core's masked replacement
 oracle's whole-caption accuracy on the new captions (and on the old ones: how often the edit did not
 take), the PSNR of the kept pixels against the original (as decoded, and after pasting the kept
 pixels back), and images/s. Writes report.json, report.md and grid.png (rows of original | redrawn
-region | result).
+region | result). `resample` > 1 takes each step that many times (RePaint's resampling); `eta` is DDIM's.
 """
 from __future__ import annotations
 
@@ -38,10 +38,11 @@ def main(argv: list[str]) -> None:
     from diffusion_lm.pipelines.image import ImagePipeline, check_guidance
 
     args = scripting.parse(argv, {"unet": "shipped", "autoencoder": "shipped", "clip": "shipped", "edits": "200",
-                                  "guidance": "4", "steps": "50", "seed": "0", "threads": "2",
+                                  "guidance": "4", "steps": "50", "resample": "1", "eta": "0", "seed": "0", "threads": "2",
                                   "out_dir": "runs/inpaint"})
     n = scripting.number(args, "edits", minimum=1)
     steps, seed = scripting.number(args, "steps", minimum=1), scripting.number(args, "seed")
+    resample, eta = scripting.number(args, "resample", minimum=1), scripting.number(args, "eta", float, minimum=0)
     w = check_guidance(scripting.number(args, "guidance", float), "guidance")
     torch.set_num_threads(scripting.number(args, "threads", minimum=1))
     pipe = ImagePipeline.from_pretrained(args["unet"], args["autoencoder"], args["clip"], device="cpu")
@@ -50,12 +51,13 @@ def main(argv: list[str]) -> None:
     edits = make_edits(n, seed, align=align)
     started = time.perf_counter()
     raw = pipe.inpaint(edits["images"], edits["keep"], edits["captions"], guidance=w, steps=steps, seed=seed,
-                       progress=True)
+                       resample=resample, eta=eta, progress=True)
     rate = n / (time.perf_counter() - started)
     result = tensor_to_images(raw)
     pasted = np.where(edits["keep"][..., None], edits["images"], result)
     new, old = oracle.accuracy(pasted, edits["captions"]), oracle.accuracy(pasted, edits["original_captions"])
-    report = {"unet": args["unet"], "space": pipe.space, "edits": n, "box_aligned_to": align, "guidance": w, "steps": steps, "seed": seed,
+    report = {"unet": args["unet"], "space": pipe.space, "edits": n, "box_aligned_to": align, "guidance": w, "steps": steps,
+              "resample": resample, "eta": eta, "seed": seed,
               "threads": torch.get_num_threads(), "images_per_s": round(rate, 2),
               "kept_share": round(float(edits["keep"].mean()), 4),
               "kept_psnr_decoded": kept_psnr(result, edits["images"], edits["keep"]),  # None: exact
@@ -73,7 +75,8 @@ def main(argv: list[str]) -> None:
     rows = np.stack([shown, region, pasted[:k]], 1).reshape(-1, *shown.shape[1:])
     save_grid(rows, out / "grid.png", ncol=6)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    lines = [f"# Inpainting edits ({pipe.space} UNet, {n} edits, w = {w:g}, DDIM {steps} steps)", "",
+    lines = [f"# Inpainting edits ({pipe.space} UNet, {n} edits, w = {w:g}, DDIM {steps} steps, eta {eta:g}, "
+             f"resample {resample})", "",
              "| new caption (oracle) | old caption (oracle) | kept PSNR as decoded | kept pixels exact as decoded | "
              "images/s |", "|---|---|---|---|---|",
              f"| {100 * new['caption']:.1f}% | {100 * old['caption']:.1f}% | "

@@ -136,3 +136,54 @@ def test_ddim_step_with_eta_0_is_the_closed_form(diffusion):
         a = step_moments(diffusion, x0, xt, t, name, 0.5, "large")
         b = rule(diffusion, x0, xt, t, eta=0.5, variance="large")
         assert all(torch.equal(u, v) for u, v in zip(a, b))
+
+
+def test_repaint_resampling_takes_each_step_r_times_and_backs_up_by_one_forward_step(diffusion):
+    shape = (2, 3, 4, 4)
+    values, mask = torch.randn(shape), torch.zeros(shape, dtype=torch.bool)
+    mask[:, :, :2] = True
+    seen, inputs = [], []
+
+    def model(x, t):
+        seen.append(int(t[0]))
+        inputs.append(x.clone())
+        return torch.zeros_like(x)
+
+    out = sample(model, diffusion, shape, known=Known(values, mask, resample=3), progress=False,
+                 generator=torch.Generator().manual_seed(0))
+    steps = diffusion.timestep_map.flip(0).tolist()
+    assert seen == [s for s in steps[:-1] for _ in range(3)] + [steps[-1]]  # the last step is taken once
+    assert torch.equal(out[mask], values[mask])
+    assert not torch.equal(inputs[0], inputs[1])  # the second try starts from a fresh back-up step
+    plain = sample(model, diffusion, shape, known=Known(values, mask), progress=False,
+                   generator=torch.Generator().manual_seed(0))
+    one = sample(model, diffusion, shape, known=Known(values, mask, resample=1), progress=False,
+                 generator=torch.Generator().manual_seed(0))
+    assert torch.equal(one, plain)
+    with pytest.raises(ValueError, match="resample"):
+        sample(model, diffusion, shape, known=Known(values, mask, resample=0), progress=False)
+
+
+def test_repaint_back_up_step_has_the_forward_moments():
+    """Backing up from x_{t-1} = c (a constant) gives x_t ~ N(sqrt(1 - beta_t) c, beta_t): checked on the spread
+    of the second try's input over many rows."""
+    diffusion = GaussianDiffusion(get_betas("linear", 10))
+    shape = (20000, 1)
+    firsts = {}
+
+    def model(x, t):  # an x0-model that makes x_{t-1} exactly 1 at the top step (DDIM eta 0 with x0 = x_t = 1)
+        k = int(t[0])
+        firsts.setdefault(k, []).append(x.clone())
+        return torch.ones_like(x)
+
+    known = Known(torch.zeros(shape), torch.zeros(shape, dtype=torch.bool), resample=2)
+    sample(model, diffusion, shape, sampler="ddim", known=known, noise=torch.ones(shape), progress=False,
+           generator=torch.Generator().manual_seed(0))
+    beta = float(diffusion.betas[9])
+    ab, ab_prev = float(diffusion.alpha_bar[9]), float(diffusion.alpha_bar[8])
+    # first try at t = 9 from x = 1 with x0 = 1: DDIM eta 0 gives x_8 = sqrt(ab_prev) + sqrt(1 - ab_prev) eps
+    eps = (1 - ab ** 0.5) / (1 - ab) ** 0.5
+    x8 = ab_prev ** 0.5 + (1 - ab_prev) ** 0.5 * eps
+    second = firsts[9][1]
+    assert float(second.mean()) == pytest.approx((1 - beta) ** 0.5 * x8, abs=0.01)
+    assert float(second.var()) == pytest.approx(beta, rel=0.05)

@@ -71,7 +71,8 @@ def main(cfg, command: str = "") -> int:
     if edit is not None:
         init, keep = edit
         images = tensor_to_images(pipe.inpaint(np.repeat(init[None], n * len(captions), 0), keep,
-                                               [c for c in captions for _ in range(n)], paste=bool(cfg.paste), **kw))
+                                               [c for c in captions for _ in range(n)], paste=bool(cfg.paste),
+                                               resample=integer(cfg, "resample", 1), **kw))
     else:
         images = pipe(captions, n, **kw)
     print(save_grid(images, cfg.out, ncol=n if len(captions) > 1 else min(n, 8)))

@@ -42,11 +42,16 @@ class Known:
     positions is a fresh draw of q(x_{t−1} | x_0) (RePaint-style); without,
     it is the clean value at every step. The final sample holds `values`
     exactly either way.
+
+    `resample` > 1 is RePaint's resampling (Lugmayr et al., 2022, jump length 1): each step is taken
+    `resample` times, going back up between tries by one forward step, x_t ~ N(√(1−β_t) x_{t−1}, β_t I),
+    so that the redrawn part has more steps to agree with the held one.
     """
 
     values: torch.Tensor
     mask: torch.Tensor
     noised: bool = True
+    resample: int = 1
 
 
 def _randn(shape, generator, device, dtype):
@@ -152,27 +157,36 @@ def sample(
             return torch.where(known_mask, held, x_level)
 
         x = replace(x, diffusion.num_timesteps - 1)
+    tries = 1 if known is None else known.resample
+    if isinstance(tries, bool) or not isinstance(tries, int) or tries < 1:
+        raise ValueError(f"Known.resample must be an integer >= 1, got {tries!r}")
+
+    def _step(x, t, model_t, index):  # one reverse step from x_t: (x_{t-1}, the x̂_0 it came from)
+        x0 = diffusion.predict_x0(model_fn(x, model_t, **model_kwargs), x, t, prediction)
+        if known is not None:
+            x0 = torch.where(known_mask, known_values, x0)
+        if x0_transform is not None:
+            x0 = x0_transform(x0, model_t)
+        mean, var = step_rule(diffusion, x0, x, t, eta=eta, variance=variance)
+        x_prev = mean + var.sqrt() * _randn(shape, generator, device, dtype) if index > 0 else mean
+        if step_hook is not None:
+            with torch.enable_grad():
+                x_prev = step_hook(x_prev, x_t=x, mean=mean, variance=var, t=model_t, index=index)
+        if known is not None:
+            x_prev = replace(x_prev, index - 1)
+        return x_prev, x0
+
     indices = range(diffusion.num_timesteps - 1, -1, -1)
     bar = tqdm(indices, desc=f"{sampler} sampling", disable=not progress, leave=False)
     with bar:  # closed (and cleared) before any error propagates, so an error message is the last line
         for index in bar:
             t = torch.full((shape[0],), index, device=device, dtype=torch.long)
             model_t = diffusion.timestep_map.to(device)[t]
-            x0 = diffusion.predict_x0(model_fn(x, model_t, **model_kwargs), x, t, prediction)
-            if known is not None:
-                x0 = torch.where(known_mask, known_values, x0)
-            if x0_transform is not None:
-                x0 = x0_transform(x0, model_t)
-            mean, var = step_rule(diffusion, x0, x, t, eta=eta, variance=variance)
-            if index > 0:
-                x_prev = mean + var.sqrt() * _randn(shape, generator, device, dtype)
-            else:
-                x_prev = mean
-            if step_hook is not None:
-                with torch.enable_grad():
-                    x_prev = step_hook(x_prev, x_t=x, mean=mean, variance=var, t=model_t, index=index)
-            if known is not None:
-                x_prev = replace(x_prev, index - 1)
+            for attempt in range(tries if index > 0 else 1):
+                if attempt:  # RePaint: back up one step from the last try's x_{t-1}
+                    beta = _gather(diffusion.betas, t, x)
+                    x = (1 - beta).sqrt() * x_prev + beta.sqrt() * _randn(shape, generator, device, dtype)
+                x_prev, x0 = _step(x, t, model_t, index)
             if callback is not None:
                 callback({"index": index, "t": model_t, "x_t": x, "x0": x0, "x_prev": x_prev})
             x = x_prev

@@ -178,7 +178,8 @@ class ImagePipeline:
                 [Control(c.classifier, _rows(c.target, lo, lo + batch_size, len(rows)), c.weight) for c in controls],
                 control_config or GuidanceConfig())
             held = None if known is None else Known(known.values[lo: lo + batch_size].to(self.device),
-                                                    known.mask[lo: lo + batch_size].to(self.device), known.noised)
+                                                    known.mask[lo: lo + batch_size].to(self.device), known.noised,
+                                                    known.resample)
             x0 = sample(guided, diffusion, tuple(noise[lo: lo + batch_size].shape), sampler=sampler, eta=eta,
                         prediction=c.prediction, x0_transform=x0_transform, noise=noise[lo: lo + batch_size],
                         generator=generator, device=self.device, callback=callback, progress=progress,
@@ -239,14 +240,17 @@ class ImagePipeline:
         return hint.expand(rows, *want).to(self.device)
 
     @torch.no_grad()
-    def inpaint(self, images, keep, captions: str | Sequence[str], *, paste: bool = False, **kwargs) -> torch.Tensor:
+    def inpaint(self, images, keep, captions: str | Sequence[str], *, paste: bool = False, resample: int = 1,
+                **kwargs) -> torch.Tensor:
         """Redraw what `keep` does not keep of uint8 `images` (N, 32, 32, 3) under `captions` (one, or one
         per image); `keep` is bool (N, 32, 32) or one (32, 32) mask for all, True where the image stays.
 
         The kept part is held through the core's masked replacement (`Known`, noised to each step's
         level): pixels for a pixel UNet (kept exactly), the autoencoder's latent cells whose whole
         patch is kept for a latent one (kept as well as the decoder reproduces them; `paste` copies
-        the kept pixels back after decoding). Keywords as `sample`; returns (N, 3, 32, 32) in [−1, 1]."""
+        the kept pixels back after decoding). `resample` > 1 takes every step that many times (RePaint's
+        resampling, `core.Known`). Keywords as `sample`; returns (N, 3, 32, 32) in [−1, 1]."""
+        _check_counts(resample=resample)
         x = torch.as_tensor(np.asarray(images))
         if x.dim() != 4 or tuple(x.shape[1:]) != (32, 32, 3) or x.dtype != torch.uint8:
             raise UserError(f"inpainting needs uint8 images of shape (N, 32, 32, 3), got {tuple(x.shape)} {x.dtype}")
@@ -272,7 +276,7 @@ class ImagePipeline:
             held = m.view(len(m), 1, values.shape[-1], f, values.shape[-1], f).all(5).all(3)  # whole patch kept
         else:
             values, held = pixels, m[:, None]
-        out = self.sample(captions, 1, known=Known(values, held.expand_as(values).clone()), **kwargs)
+        out = self.sample(captions, 1, known=Known(values, held.expand_as(values).clone(), resample=resample), **kwargs)
         if paste:
             out = torch.where(m[:, None], pixels, out)
         return out
