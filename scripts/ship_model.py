@@ -13,6 +13,8 @@
     kind=unet-pixel  run=runs/image-unet-pixel  name=image-unet-pixel  (diffusion-lm train-unet unet_preset=cpu_pixel)
     kind=controlnet  run=runs/image-controlnet  name=image-controlnet  (diffusion-lm train-controlnet controlnet_preset=cpu)
     kind=noisy-clip / noisy-attributes  run=runs/image-noisy-<kind>  (diffusion-lm train-image-classifier classifier.kind=...)
+    kind=prior          run=runs/image-prior           name=image-prior           (diffusion-lm train-prior prior_preset=cpu)
+    kind=unclip-decoder run=runs/image-unclip-decoder  name=image-unclip-decoder  (diffusion-lm train-unet unet_preset=cpu_decoder)
     (a UNet or the ControlNet also takes report=<its report.json>, whose figures join the manifest)
 
 Writes diffusion_lm/assets/models/<name>/ with the run's JSON files and
@@ -48,8 +50,11 @@ KINDS = {
     "controlnet": ("runs/image-controlnet", "image-controlnet", ("config.json",)),
     "noisy-clip": ("runs/image-noisy-clip", "image-noisy-clip", ("config.json",)),
     "noisy-attributes": ("runs/image-noisy-attributes", "image-noisy-attributes", ("config.json",)),
+    "prior": ("runs/image-prior", "image-prior", ("config.json", "diffusion.json")),
+    "unclip-decoder": ("runs/image-unclip-decoder", "image-unclip-decoder",
+                       ("config.json", "diffusion.json", "conditioning.json")),
 }
-INT8 = ("unet-latent", "controlnet")  # stored as per-channel int8 (diffusion_lm.io.quantize_int8); the rest as fp16
+INT8 = ("unet-latent", "controlnet", "unclip-decoder", "prior")  # stored as per-channel int8 (diffusion_lm.io.quantize_int8); the rest as fp16
 # smaller than the teacher (4 x 256, seed 1234) and another seed, so the judge is not the contestant
 BASE_LM_ARGS = "model.layers=3 model.hidden=192 train.seed=7 train.out_dir=runs/base-lm"
 
@@ -59,10 +64,10 @@ def _json(path: Path):
 
 
 def manifest_for(kind: str, run: Path, report: Path | None = None) -> dict:
-    if kind.startswith("noisy-"):
+    if kind.startswith("noisy-") or kind == "prior":
         trained = _json(run / "manifest.json") or {}
         return {"command": trained.get("command"), "metrics": trained.get("metrics")}
-    if kind.startswith("unet-") or kind == "controlnet":
+    if kind.startswith("unet-") or kind in ("controlnet", "unclip-decoder"):
         train_cfg = _json(run / "train_config.json") or {}
         return {"command": train_cfg.get("command"), "summary": _json(run / "summary.json"),
                 "evaluation": _json(report) if report is not None else None}
