@@ -4,7 +4,7 @@
 # thresholds at w = 8, inpainting edits, the ControlNet's maps, classifier-free vs CLIP vs attribute
 # guidance, and the UNet's training throughput against the matmul.
 #   bash scripts/image_results.sh [out_dir] [best_w]      (defaults runs/image-results, 2)
-# A report that already exists is kept (delete its folder to redo it). About an hour on the 2-core CPU.
+# A report that already exists is kept (delete its folder to redo it). About 1.5 hours on the 2-core CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
@@ -27,9 +27,14 @@ step "$OUT/latent-best" $BIN/diffusion-lm evaluate-image w="[$BEST]" limit=200 n
 step "$OUT/pixel" $BIN/diffusion-lm evaluate-image unet=shipped:image-unet-pixel w="[0,1,2,4,8]" compare_at="[8]" \
   limit=25 n=4 out_dir="$OUT/pixel"
 step "$OUT/inpaint" $BIN/python scripts/inpaint_report.py edits=200 guidance="$BEST" out_dir="$OUT/inpaint"
+for r in 3 5; do  # RePaint's resampling: each step taken r times
+  step "$OUT/inpaint-r$r" $BIN/python scripts/inpaint_report.py edits=200 guidance="$BEST" resample=$r out_dir="$OUT/inpaint-r$r"
+done
 step "$OUT/controlnet" $BIN/python scripts/controlnet_report.py controlnet=shipped maps=200 guidance="$BEST" \
   out_dir="$OUT/controlnet"
 step "$OUT/guidance" $BIN/python scripts/guidance_report.py clip_model=shipped attributes=shipped captions=40 n=4 \
   out_dir="$OUT/guidance"
+step "$OUT/guidance-large" $BIN/python scripts/guidance_report.py clip_model=shipped attributes=shipped captions=40 n=4 \
+  cfg=1 strengths=30,100,300 out_dir="$OUT/guidance-large"
 $BIN/python scripts/bench_train.py model=unet unet_preset=cpu train.threads=1 steps=5 rounds=3 > "$OUT/bench_unet.txt"
 echo "done: $OUT"

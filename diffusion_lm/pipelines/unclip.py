@@ -102,7 +102,7 @@ class UnCLIPPipeline(ImagePipeline):
     def variations(self, images, n: int = 1, *, seed: int = 0, **kwargs) -> torch.Tensor:
         """n images (len(images) · n, 3, 32, 32) in [−1, 1] per uint8 image (N, 32, 32, 3), decoded from the
         image's own CLIP embedding: what it shows, drawn again."""
-        x = torch.as_tensor(np.asarray(images))
+        x = torch.as_tensor(np.array(images))  # a copy: a PNG's array is read-only
         if x.dim() == 3:
             x = x[None]
         if x.dim() != 4 or tuple(x.shape[1:]) != (32, 32, 3) or x.dtype != torch.uint8:
