@@ -574,6 +574,9 @@ def train_prior(prior_cfg, train: PriorTrainConfig, *, full_config: dict | None 
         diffusion = GaussianDiffusion.from_config(DiffusionConfig(train.diffusion_schedule, train.diffusion_steps))
     except ValueError as e:
         raise UserError(f"bad diffusion: train.diffusion_{e}") from None
+    if train.sample_steps > diffusion.num_timesteps:
+        raise UserError(f"train.sample_steps must be at most train.diffusion_steps ({diffusion.num_timesteps}), "
+                        f"got {train.sample_steps}")
     loop = loop_config({"train": train})
     distributed.check_batch(train.batch_size)
     device = _device(train.device)
