@@ -60,7 +60,7 @@ def test_hooks_are_called_and_used(diffusion, shape):
 
     def callback(info):
         calls["cb"] += 1
-        assert set(info) == {"index", "t", "x_t", "x0", "x_prev"}
+        assert set(info) == {"index", "t", "x_t", "x0", "x_prev", "rows"}
 
     out = sample(lambda x, t: x, diffusion, shape, x0_transform=x0_transform, step_hook=step_hook,
                  callback=callback, progress=False)

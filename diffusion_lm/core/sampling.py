@@ -16,8 +16,8 @@ and classifier-free guidance (`classifier_free.py`) as a wrapper of `model`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Callable, Optional, Protocol
+from dataclasses import dataclass, fields, is_dataclass, replace
+from typing import Any, Callable, Optional, Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -52,6 +52,39 @@ class Known:
     mask: torch.Tensor
     noised: bool = True
     resample: int = 1
+
+
+@dataclass
+class EarlyExit:
+    """Stop a row once its x̂_0 (after the x0-transform) has not changed for `patience` steps.
+
+    Meant for a quantizing transform such as text's clamping trick, where x̂_0 is exactly a word's
+    embedding at every position, so "unchanged" means the words have settled; with no quantization
+    x̂_0 never repeats exactly and nothing stops early. A stopped row's output is that x̂_0, and the
+    row leaves the batch, so the steps left cost only the rows still running. `accept(x0, step_hook)`
+    may veto a settled row (it gets the settled rows' x̂_0 and the step hook narrowed to them, and
+    returns a bool per row): text uses it to require that the controls are met.
+    """
+
+    patience: int
+    accept: Optional[Callable[[torch.Tensor, Any], torch.Tensor]] = None
+
+
+def take_rows(obj, rows: torch.Tensor, batch: int):
+    """`obj` narrowed to the batch rows `rows` (of `batch`): tensors with `batch` rows are indexed, objects
+    with a `take_rows(rows, batch)` method are asked, lists, tuples, dicts and dataclasses go field by field,
+    anything else (numbers, models, tensors shared by every row) is kept as it is."""
+    if isinstance(obj, torch.Tensor):
+        return obj[rows] if obj.dim() and obj.shape[0] == batch else obj
+    if hasattr(obj, "take_rows"):
+        return obj.take_rows(rows, batch)
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(take_rows(v, rows, batch) for v in obj)
+    if isinstance(obj, dict):
+        return {k: take_rows(v, rows, batch) for k, v in obj.items()}
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return replace(obj, **{f.name: take_rows(getattr(obj, f.name), rows, batch) for f in fields(obj)})
+    return obj
 
 
 def _randn(shape, generator, device, dtype):
@@ -129,6 +162,7 @@ def sample(
     callback: Optional[Callable[[dict], None]] = None,
     progress: bool = True,
     model_kwargs: Optional[dict] = None,
+    early_exit: Optional[EarlyExit] = None,
 ) -> torch.Tensor:
     """Draw samples of `shape` from x_T ~ N(0, I) down to x_0.
 
@@ -143,20 +177,25 @@ def sample(
     model_kwargs = {} if model_kwargs is None else model_kwargs
     if not (eta >= 0 and math.isfinite(eta)):
         raise ValueError(f"eta must be a finite number >= 0, got {eta}")
+    if early_exit is not None and (isinstance(early_exit.patience, bool) or not isinstance(early_exit.patience, int)
+                                   or early_exit.patience < 1):
+        raise ValueError(f"EarlyExit.patience must be an integer >= 1, got {early_exit.patience!r}")
     x = noise.to(device, dtype) if noise is not None else _randn(shape, generator, device, dtype)
+    known_values = known_mask = None
     if known is not None:
         known_values = known.values.to(device, dtype).expand(shape)
         known_mask = known.mask.to(device).expand(shape)
 
-        def replace(x_level, index):
-            if index < 0 or not known.noised:
-                held = known_values
-            else:
-                t_k = torch.full((shape[0],), index, device=device, dtype=torch.long)
-                held = diffusion.q_sample(known_values, t_k, _randn(shape, generator, device, dtype))
-            return torch.where(known_mask, held, x_level)
+    def hold(x_level, index):  # the known positions of x at level `index` (clean below 0)
+        if index < 0 or not known.noised:
+            held = known_values
+        else:
+            t_k = torch.full((x_level.shape[0],), index, device=device, dtype=torch.long)
+            held = diffusion.q_sample(known_values, t_k, _randn(x_level.shape, generator, device, dtype))
+        return torch.where(known_mask, held, x_level)
 
-        x = replace(x, diffusion.num_timesteps - 1)
+    if known is not None:
+        x = hold(x, diffusion.num_timesteps - 1)
     tries = 1 if known is None else known.resample
     if isinstance(tries, bool) or not isinstance(tries, int) or tries < 1:
         raise ValueError(f"Known.resample must be an integer >= 1, got {tries!r}")
@@ -168,26 +207,55 @@ def sample(
         if x0_transform is not None:
             x0 = x0_transform(x0, model_t)
         mean, var = step_rule(diffusion, x0, x, t, eta=eta, variance=variance)
-        x_prev = mean + var.sqrt() * _randn(shape, generator, device, dtype) if index > 0 else mean
+        x_prev = mean + var.sqrt() * _randn(x.shape, generator, device, dtype) if index > 0 else mean
         if step_hook is not None:
             with torch.enable_grad():
                 x_prev = step_hook(x_prev, x_t=x, mean=mean, variance=var, t=model_t, index=index)
         if known is not None:
-            x_prev = replace(x_prev, index - 1)
+            x_prev = hold(x_prev, index - 1)
         return x_prev, x0
 
+    # early exit: rows still running (`rows`), each one's last x̂_0 and how many steps it has stayed the same
+    rows = torch.arange(shape[0], device=device)
+    out = torch.empty(shape, device=device, dtype=dtype) if early_exit is not None else None
+    last_x0, same = None, torch.zeros(shape[0], dtype=torch.long, device=device)
     indices = range(diffusion.num_timesteps - 1, -1, -1)
     bar = tqdm(indices, desc=f"{sampler} sampling", disable=not progress, leave=False)
     with bar:  # closed (and cleared) before any error propagates, so an error message is the last line
         for index in bar:
-            t = torch.full((shape[0],), index, device=device, dtype=torch.long)
+            t = torch.full((x.shape[0],), index, device=device, dtype=torch.long)
             model_t = diffusion.timestep_map.to(device)[t]
             for attempt in range(tries if index > 0 else 1):
                 if attempt:  # RePaint: back up one step from the last try's x_{t-1}
                     beta = _gather(diffusion.betas, t, x)
-                    x = (1 - beta).sqrt() * x_prev + beta.sqrt() * _randn(shape, generator, device, dtype)
+                    x = (1 - beta).sqrt() * x_prev + beta.sqrt() * _randn(x.shape, generator, device, dtype)
                 x_prev, x0 = _step(x, t, model_t, index)
             if callback is not None:
-                callback({"index": index, "t": model_t, "x_t": x, "x0": x0, "x_prev": x_prev})
+                callback({"index": index, "t": model_t, "x_t": x, "x0": x0, "x_prev": x_prev, "rows": rows})
             x = x_prev
-    return x
+            if early_exit is None or index == 0:
+                continue
+            if last_x0 is not None:
+                same = torch.where((x0 == last_x0).flatten(1).all(1), same + 1, 0)
+            last_x0 = x0
+            settled = (same >= early_exit.patience).nonzero().squeeze(1)
+            if len(settled) and early_exit.accept is not None:
+                ok = early_exit.accept(x0[settled], take_rows(step_hook, settled, len(x)))
+                settled = settled[ok.to(device)]
+            if not len(settled):
+                continue
+            out[rows[settled]] = x0[settled]
+            keep = torch.ones(len(x), dtype=torch.bool, device=device)
+            keep[settled] = False
+            keep = keep.nonzero().squeeze(1)
+            if not len(keep):
+                return out
+            n = len(x)
+            x, last_x0, same, rows = x[keep], last_x0[keep], same[keep], rows[keep]
+            model_fn, x0_transform, step_hook, model_kwargs, known_values, known_mask = (
+                take_rows(v, keep, n) for v in (model_fn, x0_transform, step_hook, model_kwargs, known_values,
+                                                known_mask))
+    if out is None:
+        return x
+    out[rows] = x
+    return out

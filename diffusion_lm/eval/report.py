@@ -103,14 +103,15 @@ def _cell(entry: dict | None, std: bool) -> str:
 
 
 def read_throughput(path: str) -> dict[str, dict[str, float]]:
-    """{system: {task: sentences/s}} from scripts/bench_control.py's JSON rows."""
+    """{system: {task: sentences/s}} from scripts/bench_control.py's JSON rows (the first batch size's, where
+    the bench ran several)."""
     rows = load_json(path)
     if not isinstance(rows, list) or not all(isinstance(r, dict) and {"system", "task", "sentences_per_s"} <= set(r)
                                              for r in rows):
         raise UserError(f"{path}: expected bench_control.py rows with system, task and sentences_per_s")
     out: dict[str, dict[str, float]] = defaultdict(dict)
     for r in rows:
-        out[r["system"]][r["task"]] = float(r["sentences_per_s"])
+        out[r["system"]].setdefault(r["task"], float(r["sentences_per_s"]))
     return dict(out)
 
 

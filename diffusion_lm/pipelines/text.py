@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, Callable
 
 import torch
@@ -76,6 +77,13 @@ def targets_from_file(task: str, path: str, limit: int | None = None) -> list:
     if limit is not None:
         _count("limit", limit)
     return [r["target"] for r in rows][:limit]
+
+
+def _controls_met(x0: torch.Tensor, hook: ControlGuidance, floor: float) -> torch.Tensor:
+    """Early exit's veto: do the settled words (clamped x̂_0) meet the controls, log p(c | words, t = 0) ≥ floor?"""
+    with torch.enable_grad():  # some classifiers (the tree CRF) differentiate internally
+        zeros = torch.zeros(len(x0), dtype=torch.long, device=x0.device)
+        return hook.log_prob(x0, zeros).detach() >= floor
 
 
 @dataclass
@@ -211,10 +219,14 @@ class DiffusionLMPipeline:
             if classifiers:
                 hook = ControlGuidance(controls_for(reqs, classifiers, self.device), gcfg)
             exclude = None if known is None else words_only(known, tok, len(tok))
+            accept = None
+            if hook is not None and sample_cfg.exit_patience and sample_cfg.exit_confidence > 0:
+                accept = partial(_controls_met, floor=math.log(sample_cfg.exit_confidence))
             texts, best = None, None
             for k in range(select):  # best of `select` draws by the controls' own log p(c | words) at t = 0
                 draw = generate(model, tok, self.diffusion, len(chunk), sample_cfg, batch_size=len(chunk),
-                                seed=seed + b + 100003 * k, known=known, exclude=exclude, step_hook=hook, callback=callback, progress=progress)
+                                seed=seed + b + 100003 * k, known=known, exclude=exclude, step_hook=hook,
+                                callback=callback, progress=progress, exit_accept=accept)
                 if select == 1:
                     texts = draw
                     break

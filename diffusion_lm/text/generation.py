@@ -14,6 +14,7 @@ from typing import Callable, Optional
 import torch
 
 from ..core import GaussianDiffusion, Known, sample
+from ..core.sampling import EarlyExit
 from ..core.sampling import get_sampler
 from ..errors import UserError
 from .mbr import mbr_select
@@ -29,6 +30,9 @@ class SampleConfig:
     variance: str = "small"  # DDPM posterior variance: small (σ̃²) or large (β)
     clamp: bool = True  # the clamping trick at every step
     length: Optional[int] = None  # sequence length (≤ model.max_len); default max_len
+    exit_patience: int = 0  # stop a sentence once its clamped x̂_0 (its words) has stayed the same this many steps
+    exit_confidence: float = 0.0  # under control, and only if the controls' classifiers give those words (t = 0)
+    #                               at least this probability; 0 = settled words are enough
 
 
 class _SelfConditioned:
@@ -40,6 +44,22 @@ class _SelfConditioned:
     def __call__(self, x_t, t):
         self.prev = self.model(x_t, t, self.prev)
         return self.prev
+
+    def take_rows(self, rows, batch):  # early exit narrows the batch: keep the running rows' memory
+        out = _SelfConditioned(self.model)
+        out.prev = None if self.prev is None else self.prev[rows]
+        return out
+
+
+@dataclass
+class _Clamp:
+    """The clamping trick as the sampler's x0-transform; `exclude` (per row, or None) is narrowed with the batch."""
+
+    model: DiffusionLM
+    exclude: Optional[torch.Tensor] = None
+
+    def __call__(self, x0, t):
+        return self.model.clamp(x0, self.exclude)
 
 
 def check_sample_config(cfg: SampleConfig, diffusion, max_len: int, key: str = "sample") -> None:
@@ -55,6 +75,11 @@ def check_sample_config(cfg: SampleConfig, diffusion, max_len: int, key: str = "
         raise UserError(f"unknown {key}.variance {cfg.variance!r}; choose small or large")
     if cfg.length is not None and not 1 <= cfg.length <= max_len:
         raise UserError(f"{key}.length must be in [1, {max_len}] for this model, got {cfg.length}")
+    if isinstance(cfg.exit_patience, bool) or not isinstance(cfg.exit_patience, int) or cfg.exit_patience < 0:
+        raise UserError(f"{key}.exit_patience must be an integer >= 0 (0 = no early exit), got {cfg.exit_patience!r}")
+    c = cfg.exit_confidence
+    if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 <= c <= 1:
+        raise UserError(f"{key}.exit_confidence must be a probability in [0, 1], got {c!r}")
 
 
 def _check_diffusion(diffusion) -> None:
@@ -66,10 +91,16 @@ def _check_diffusion(diffusion) -> None:
 def sample_latents(model: DiffusionLM, diffusion: GaussianDiffusion, n: int, cfg: SampleConfig, *, step_hook=None,
                    known: Known | None = None, exclude: torch.Tensor | None = None,
                    generator: torch.Generator | None = None,
-                   callback: Callable[[dict], None] | None = None, progress: bool = True) -> torch.Tensor:
-    """n samples x_0 of shape (n, L, d), by `diffusion` respaced to cfg.steps."""
+                   callback: Callable[[dict], None] | None = None, progress: bool = True,
+                   exit_accept: Callable | None = None) -> torch.Tensor:
+    """n samples x_0 of shape (n, L, d), by `diffusion` respaced to cfg.steps.
+
+    With cfg.exit_patience > 0 a sentence leaves the batch once its clamped x̂_0 has not changed for that
+    many steps (and `exit_accept(x0, step_hook)`, if given, agrees): its words are final.
+    """
     _check_diffusion(diffusion)
     c = model.config
+    check_sample_config(cfg, diffusion, c.max_len)
     length = c.max_len if cfg.length is None else cfg.length  # 0 is out of range, not "the default"
     if not 1 <= length <= c.max_len:
         raise UserError(f"length must be in [1, {c.max_len}] for this model, got {length}")
@@ -80,13 +111,14 @@ def sample_latents(model: DiffusionLM, diffusion: GaussianDiffusion, n: int, cfg
     except ValueError as e:
         raise UserError(str(e)) from None
     model_fn = _SelfConditioned(model) if c.self_condition else model
-    x0_transform = (lambda x0, t: model.clamp(x0, exclude)) if cfg.clamp else None
+    x0_transform = _Clamp(model, exclude) if cfg.clamp else None
+    early_exit = EarlyExit(cfg.exit_patience, exit_accept) if cfg.exit_patience else None
     device = next(model.parameters()).device
     try:
         return sample(model_fn, diffusion, (n, length, c.emb_dim), sampler=cfg.sampler, eta=cfg.eta,
                       variance=cfg.variance, prediction="x0", x0_transform=x0_transform,
                       step_hook=step_hook, known=known, generator=generator, device=device,
-                      callback=callback, progress=progress)
+                      callback=callback, progress=progress, early_exit=early_exit)
     except ValueError as e:  # unknown sampler / variance, bad eta
         raise UserError(str(e)) from None
 
