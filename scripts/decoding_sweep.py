@@ -104,7 +104,7 @@ def plot(points: list[dict], x_key: str, png: Path) -> None:
                 x = float(x)
             except (TypeError, ValueError):
                 x = float("nan")
-            lines[" ".join(f"{k.split('.')[-1]}={v}" for k, v in kv.items()) or "defaults"].append((x, p))
+            lines[" ".join(f"{k.split('.')[-1]}={v}" for k, v in kv.items()) or f"{x_key} only"].append((x, p))
         for label, pts in lines.items():
             pts.sort(key=lambda q: q[0])
             xs = [q[0] for q in pts]
@@ -114,6 +114,9 @@ def plot(points: list[dict], x_key: str, png: Path) -> None:
             ax.set_title(f"{task}: {key}")
             ax.set_xlabel(x_key)
             ax.set_xscale("log")
+            ticks = sorted({float(dict(w.split("=", 1) for w in p["config"]).get(x_key, "nan")) for p in points})
+            ax.set_xticks([v for v in ticks if v == v], [f"{v:g}" for v in ticks if v == v])
+            ax.minorticks_off()
             ax.grid(alpha=0.3)
         row[0].legend(fontsize=7)
     fig.tight_layout()

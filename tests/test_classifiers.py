@@ -241,3 +241,19 @@ def test_malformed_classifier_folder_fails_in_one_line(tiny_classifiers, tmp_pat
         load_classifier(out / "pos", kind="tree")
     with pytest.raises(UserError, match="no classifier folder"):
         load_classifier(tmp_path / "nowhere")
+
+
+def test_tree_log_prob_over_the_longest_sentence_equals_the_full_inside_pass():
+    from classifiers.tree import FORBID, TreeTarget
+
+    torch.manual_seed(0)
+    space = type(SPACE)(SPACE.emb_dim, 12, SPACE.vocab_size, SPACE.fingerprint)
+    clf = TreeClassifier(space, SMALL, [EMPTY, "NP", "S", "VP"]).eval()
+    trees = ["(TOP (S (NP (DT a) (NN b)) (VBZ c)))", "(TOP (S (NP (DT a) (NN b)) (VP (VBZ c) (NP (DT d) (NN e)))))"]
+    target = TreeTarget.stack([clf.tree_target(trees[0]), clf.tree_target(trees[1])])
+    x, t = torch.randn(2, 12, space.emb_dim), torch.tensor([3, 700])
+    pot = clf.potentials(x, t)  # all N = 10 word positions
+    full = (clf._log_partition(pot.masked_fill(~target.allowed, FORBID), target.lengths)
+            - clf._log_partition(pot, target.lengths))
+    assert pot.shape[1] == 10 and int(target.lengths.max()) == 5
+    assert torch.allclose(clf.log_prob(x, t, target), full, atol=1e-4)

@@ -102,3 +102,58 @@ def test_generate_cli_writes_rows_evaluate_reads(tiny_model, tmp_path, capsys):
         code = run(["generate", f"checkpoint={tiny_model}", "task=length", "length_shape=false", "sample.steps=5", *argv])
         err = capsys.readouterr().err.strip()
         assert code == 2 and msg in err and len(err.splitlines()) == 1, (argv, err)
+
+
+class _Counting:
+    """x̂_0 = the rows' fixed points (a quantised prediction that settles at once); counts the rows it sees."""
+
+    def __init__(self, values):
+        self.values, self.rows_seen = values, []
+
+    def __call__(self, x, t, row_ids):
+        self.rows_seen.append(len(x))
+        return self.values[row_ids]
+
+
+def test_early_exit_returns_the_settled_x0_and_drops_rows_from_the_batch():
+    from diffusion_lm.core.sampling import EarlyExit
+
+    diffusion = GaussianDiffusion(get_betas("sqrt", 40)).respace(20)
+    values = torch.arange(3.0)[:, None, None].expand(3, 2, 2).contiguous()
+    model = _Counting(values)
+    kwargs = {"row_ids": torch.arange(3)}  # narrowed with the batch: each running row keeps its own id
+    veto = lambda x0, hook: x0[:, 0, 0] != 1.0  # row 1 may never stop early
+    out = sample(model, diffusion, (3, 2, 2), early_exit=EarlyExit(2, veto), model_kwargs=kwargs,
+                 generator=torch.Generator().manual_seed(0), progress=False)
+    assert torch.equal(out[[0, 2]], values[[0, 2]])  # stopped rows return their settled x̂_0 exactly
+    assert torch.allclose(out[1], values[1], atol=1e-4)  # the vetoed row ran to the end (x_0 = the posterior mean)
+    assert model.rows_seen[:3] == [3, 3, 3] and model.rows_seen[3:] == [1] * 17  # settled after 2 unchanged steps
+    with pytest.raises(ValueError, match="patience"):
+        sample(model, diffusion, (3, 2, 2), early_exit=EarlyExit(0), model_kwargs=kwargs, progress=False)
+
+
+@pytest.mark.parametrize("steps", [100, 20, 5])
+def test_fewer_steps_and_early_exit_still_hold_lengths_and_infill_contexts(tiny_model, steps):
+    model, tok, diffusion = from_pretrained(tiny_model)
+    cfg = SampleConfig(steps=steps, exit_patience=1)
+    known = length_constraint(model, tok, [3, 5, 8])
+    exclude = words_only(known, tok, len(tok))
+    ids = model.round(sample_latents(model, diffusion, 3, cfg, known=known, exclude=exclude,
+                                     generator=torch.Generator().manual_seed(0), progress=False), exclude)
+    for b, n in enumerate([3, 5, 8]):
+        assert ids[b, 0] == tok.start_id and ids[b, n + 1] == tok.end_id and (ids[b, n + 2:] == tok.pad_id).all()
+        assert len(tok.decode(ids[b]).split()) == n
+    known = infill_constraint(model, tok, "The Eagle", "pub .", 3, 2)
+    x0 = sample_latents(model, diffusion, 2, cfg, known=known, generator=torch.Generator().manual_seed(0),
+                        progress=False)
+    for row in model.round(x0):
+        words = tok.decode(row).split()
+        assert words[:2] == ["The", "Eagle"] and words[5:7] == ["pub", "."]
+
+
+def test_early_exit_settings_fail_cleanly(tiny_model):
+    model, tok, diffusion = from_pretrained(tiny_model)
+    for bad, msg in [({"exit_patience": -1}, "exit_patience"), ({"exit_patience": 1.5}, "exit_patience"),
+                     ({"exit_confidence": 2.0}, "exit_confidence")]:
+        with pytest.raises(UserError, match=msg):
+            sample_latents(model, diffusion, 1, SampleConfig(steps=5, **bad), progress=False)
