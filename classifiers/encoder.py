@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from diffusion_lm.distributed import global_mean
 from diffusion_lm.errors import UserError
 from diffusion_lm.text.model import LIMITS, Block, DiffusionLM, timestep_embedding
 
@@ -74,9 +75,19 @@ def embedding_fingerprint(model: DiffusionLM) -> str:
     return hashlib.sha256(w.numpy().tobytes()).hexdigest()
 
 
-def position_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of per-position class logits (B, L, C) against labels (B, L), −1 ignored."""
-    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-1)
+def position_loss(logits: torch.Tensor, labels: torch.Tensor, total=None) -> torch.Tensor:
+    """Cross-entropy of per-position class logits (B, L, C) against labels (B, L), −1 ignored: the mean over
+    the labelled positions, or (under torchrun) this rank's share of the mean over `total` labelled positions
+    of the global batch (diffusion_lm.distributed.global_mean)."""
+    if total is None:
+        return torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-1)
+    ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-1, reduction="sum")
+    return global_mean(ce, total)
+
+
+def position_total(labels: torch.Tensor, rows) -> int:
+    """How many positions of `rows` carry a label: what position_loss's mean runs over."""
+    return int((labels[rows] >= 0).sum())
 
 
 @torch.no_grad()

@@ -14,7 +14,8 @@ from diffusion_lm.eval.oracles import tag_sentences
 from diffusion_lm.tasks import parse_pos_target
 from diffusion_lm.tasks.tagsets import ptb_tags, to_universal
 
-from .encoder import EncoderConfig, LatentEncoder, LatentSpace, collate_rows, position_accuracy, position_loss
+from .encoder import (EncoderConfig, LatentEncoder, LatentSpace, collate_rows, position_accuracy, position_loss,
+                      position_total)
 
 EXEMPLARS = 4000  # training tag sequences kept for length targets
 UNIVERSAL = ["ADJ", "ADP", "ADV", "CONJ", "DET", "NOUN", "NUM", "PRT", "PRON", "VERB", ".", "X"]
@@ -95,9 +96,10 @@ class PosClassifier(nn.Module):
 
     # ---- training ---------------------------------------------------------------------------
     collate = staticmethod(collate_rows)
+    loss_total = staticmethod(position_total)
 
-    def loss(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return position_loss(self.head(self.encoder(x_t, t)), labels)
+    def loss(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, total=None) -> torch.Tensor:
+        return position_loss(self.head(self.encoder(x_t, t)), labels, total)
 
     @torch.no_grad()
     def accuracy(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> float:

@@ -26,7 +26,8 @@ from diffusion_lm.data.e2e import UNSTATED_FIELDS, mr_pairs, value_words
 from diffusion_lm.errors import UserError
 from diffusion_lm.tasks import parse_semantic_target
 
-from .encoder import EncoderConfig, LatentEncoder, LatentSpace, collate_rows, position_accuracy, position_loss
+from .encoder import (EncoderConfig, LatentEncoder, LatentSpace, collate_rows, position_accuracy, position_loss,
+                      position_total)
 
 SKIP_FIELDS = UNSTATED_FIELDS  # yes/no: the value's words never appear as such
 SPECIAL = ("[PAD]", "[START]", "[END]")
@@ -123,9 +124,10 @@ class SemanticClassifier(nn.Module):
 
     # ---- training ---------------------------------------------------------------------------
     collate = staticmethod(collate_rows)
+    loss_total = staticmethod(position_total)
 
-    def loss(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return position_loss(self.head(self.encoder(x_t, t)), labels)
+    def loss(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, total=None) -> torch.Tensor:
+        return position_loss(self.head(self.encoder(x_t, t)), labels, total)
 
     @torch.no_grad()
     def accuracy(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> float:

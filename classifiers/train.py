@@ -21,7 +21,8 @@ from diffusion_lm.data.labels import cached_labels
 from diffusion_lm.errors import UserError
 from diffusion_lm.text import from_pretrained
 from diffusion_lm.io import save_json
-from diffusion_lm.training import batch_indices, fit, has_checkpoint, loop_config
+from diffusion_lm import distributed
+from diffusion_lm.training import batch_indices, fit, has_checkpoint, loop_config, noise_stream
 
 from .encoder import EncoderConfig, LatentSpace
 from .io import KINDS, load_classifier, save_classifier
@@ -47,6 +48,7 @@ class ClassifierTrainConfig:
     threads: int = 0
     log_every: int = 50
     checkpoint_every: int = 250
+    step_seeded_noise: bool = False  # each step's t and noise from a generator seeded by the step (on under torchrun)
 
 
 def oracle_rows(kind: str, words: list[list[str]], mrs: list[str], cache: Path, progress: bool) -> list:
@@ -69,16 +71,20 @@ def train_classifier(kind: str, checkpoint: str, out_dir: str, encoder: EncoderC
     space = LatentSpace.of(lm)
     L = space.max_len
 
+    distributed.check_batch(cfg.batch_size, "optim.batch_size")
+    seeded = noise_stream(out, cfg.step_seeded_noise, "optim.step_seeded_noise")
     words, mrs = e2e_split("train", cfg.limit, L - 2)
     v_words, v_mrs = e2e_split("valid", cfg.eval_size, L - 2)
-    rows = oracle_rows(kind, words, mrs, out / "oracle.json.gz", progress)
-    v_rows = oracle_rows(kind, v_words, v_mrs, out / "oracle_valid.json.gz", progress)
+    # under torchrun rank 0 labels (and caches) the sentences; the other ranks read its cache
+    rows = distributed.main_first(lambda: oracle_rows(kind, words, mrs, out / "oracle.json.gz", progress))
+    v_rows = distributed.main_first(lambda: oracle_rows(kind, v_words, v_mrs, out / "oracle_valid.json.gz", progress))
     if has_checkpoint(out):
         clf = load_classifier(out, kind=kind).train()  # the label sets were fixed on the first run
         clf.space.check(lm, f"the classifier being trained in {out}")
     else:
         clf = KINDS[kind].for_data(space, encoder, rows, cfg.min_count, tokenizer=tok).train()
-        save_classifier(clf, out)
+        if distributed.is_main():
+            save_classifier(clf, out)
     labels, v_labels = clf.encode_labels(rows), clf.encode_labels(v_rows)
     ids = tok.encode_batch([" ".join(w) for w in words], L)[0]
     v_ids = tok.encode_batch([" ".join(w) for w in v_words], L)[0]
@@ -87,12 +93,24 @@ def train_classifier(kind: str, checkpoint: str, out_dir: str, encoder: EncoderC
 
     def loss_at(step: int) -> torch.Tensor:
         batch = batch_indices(step, cfg.batch_size, len(ids), cfg.seed)
+        if not seeded:  # one process, the global RNG (the stream the shipped classifiers were trained with)
+            with torch.no_grad():
+                t = torch.randint(0, T, (len(batch),))
+                x_t = diffusion.q_sample(lm.embed(ids[batch]), t)
+            return clf.loss(x_t, t, clf.collate(labels, batch))
+        # the global batch's t and noise from the step's generator, then this rank's slice; the loss is this
+        # rank's share of the global batch's mean, so N processes take the step one process takes
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        t = torch.randint(0, T, (len(batch),), generator=g)
+        noise = torch.randn((len(batch), L, space.emb_dim), generator=g)
+        local, t, noise = distributed.shard(batch), distributed.shard(t), distributed.shard(noise)
         with torch.no_grad():
-            t = torch.randint(0, T, (len(batch),))
-            x_t = diffusion.q_sample(lm.embed(ids[batch]), t)
-        return clf.loss(x_t, t, clf.collate(labels, batch))
+            x_t = diffusion.q_sample(lm.embed(ids[local]), t, noise)
+        return clf.loss(x_t, t, clf.collate(labels, local), total=clf.loss_total(labels, batch))
 
     result = fit(clf, loss_at, loop, out, name=f"{kind} classifier", progress=progress)
+    if not distributed.is_main():  # rank 0 measures and writes
+        return {"steps": result.step}
     metrics = {"steps": result.step, "train_minutes": round(result.elapsed_s / 60, 2),
                "train_sentences": len(ids), "final_loss": round(result.last.get("loss", float("nan")), 4),
                "heldout": heldout(clf, lm, diffusion, v_ids, v_labels),

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from nltk import Tree
 from torch import nn
 
+from diffusion_lm.distributed import global_mean
 from diffusion_lm.errors import UserError
 from diffusion_lm.eval.oracles import parse_sentences
 from diffusion_lm.tasks import parse_span_target
@@ -261,8 +262,15 @@ class TreeClassifier(nn.Module):
     def collate(self, labels: list, rows, device=None) -> TreeTarget:
         return TreeTarget.stack([self.gold_target(*labels[r]) for r in rows], device)
 
-    def loss(self, x_t: torch.Tensor, t: torch.Tensor, labels: TreeTarget) -> torch.Tensor:
-        return -(self.log_prob(x_t, t, labels) / labels.lengths).mean()
+    def loss(self, x_t: torch.Tensor, t: torch.Tensor, labels: TreeTarget, total=None) -> torch.Tensor:
+        """Mean over sentences of −log p(gold tree) per word; with `total` (under torchrun), this rank's share
+        of the mean over the global batch's `total` sentences."""
+        per_word = self.log_prob(x_t, t, labels) / labels.lengths
+        return -per_word.mean() if total is None else global_mean(-per_word.sum(), total)
+
+    @staticmethod
+    def loss_total(labels: list, rows) -> int:
+        return len(rows)
 
     @torch.no_grad()
     def accuracy(self, x_t: torch.Tensor, t: torch.Tensor, labels: TreeTarget) -> float:

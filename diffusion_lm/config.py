@@ -44,6 +44,7 @@ class GenerateSchema:
     device: str = "auto"
     classifiers: Dict[str, str] = field(default_factory=dict)
     length_shape: bool = True
+    shard: Optional[str] = None
     guidance: Any = None
     sample: Any = None
 
@@ -76,6 +77,7 @@ class BaselineSchema:
     lm: str = "shipped"
     attribute_model: str = "shipped"
     device: str = "auto"
+    shard: Optional[str] = None
     fudge: Any = None
     pplm: Any = None
 

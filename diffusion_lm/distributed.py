@@ -122,3 +122,50 @@ def gather(x: torch.Tensor) -> torch.Tensor:
 def barrier() -> None:
     if world()[1] > 1:
         dist.barrier()
+
+
+def global_mean(local_sum: torch.Tensor, total) -> torch.Tensor:
+    """This rank's share of a mean over the *global* batch: `local_sum` (this rank's rows' summed loss) over
+    `total` (the global batch's count of what the mean runs over: tokens, rows), times the number of ranks,
+    since `average_gradients` and `mean` divide by it. Ranks whose slices hold unequal counts (padding,
+    ignored labels) then still give the gradient one process gives on the whole batch."""
+    return local_sum * world()[1] / total
+
+
+def main_first(fn):
+    """fn() on rank 0, then on the other ranks: work that caches its result on disk (oracle labels) is done
+    once, and the other ranks read the cache rank 0 wrote. In one process, just fn()."""
+    if world()[1] == 1:
+        return fn()
+    result = fn() if is_main() else None
+    barrier()
+    return result if is_main() else fn()
+
+
+def gather_objects(obj) -> list:
+    """Every rank's picklable `obj`, in rank order ([obj] in one process)."""
+    rank, size = world()
+    if size == 1:
+        return [obj]
+    out = [None] * size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def shard_rows(n: int) -> slice:
+    """This rank's contiguous share of n rows when n need not split evenly (the last batch of an epoch): the
+    first n % size ranks take one row more. With global_mean's totals the loss is still the global mean."""
+    rank, size = world()
+    per, extra = divmod(n, size)
+    start = rank * per + min(rank, extra)
+    return slice(start, start + per + (rank < extra))
+
+
+def broadcast_module(module: torch.nn.Module) -> None:
+    """Rank 0's parameters and buffers on every rank (as DDP does when it wraps a model): ranks whose random
+    initialisations drew different numbers (rank 0 ran the oracles, the others read its cache) start equal."""
+    if world()[1] == 1:
+        return
+    with torch.no_grad():
+        for t in module.state_dict().values():
+            dist.broadcast(t, src=0)

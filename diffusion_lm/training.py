@@ -169,6 +169,28 @@ def batch_indices(step: int, batch_size: int, n: int, seed: int) -> torch.Tensor
     return torch.tensor(rows)
 
 
+def noise_stream(out, requested: bool, key: str) -> bool:
+    """Whether a run draws each step's noise from a generator seeded by the step (rather than the global RNG).
+
+    Under torchrun it must: every rank then draws the same global batch's noise and keeps its own slice, so
+    N processes train what one process trains with `key`=true. The stream is chosen when the run starts and
+    kept by every resume (out/noise_stream.json); a global-RNG run cannot resume step-seeded (its noise so
+    far came from a stream no rank can redraw), which is refused in one line."""
+    out = Path(out)
+    path = out / "noise_stream.json"
+    seeded = bool(requested or distributed.world()[1] > 1)
+    if has_checkpoint(out):
+        was = bool(load_json(path).get("step_seeded", False)) if path.exists() else False
+        if seeded and not was:
+            raise UserError(f"{out} was started with the global RNG's noise, so it resumes in one process without "
+                            f"{key} (runs meant for torchrun start with {key}=true)")
+        return was
+    if distributed.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        save_json(path, {"step_seeded": seeded})
+    return seeded
+
+
 # ---- extra state a trainer registers ------------------------------------------------------------
 @dataclass
 class Extra:
@@ -329,6 +351,7 @@ def fit(model: torch.nn.Module, loss_fn: Callable, cfg: LoopConfig, out, *, name
         if n in _RESERVED or "." in n:
             raise ValueError(f"extra state name {n!r} is reserved or has a dot")
     keep_freed_memory()
+    distributed.broadcast_module(model)  # under torchrun every rank starts from rank 0's weights
     params = list(model.parameters())
     optimizer = adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas))
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()} if cfg.ema_decay is not None else None

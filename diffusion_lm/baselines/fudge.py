@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import distributed
+from ..distributed import global_mean
 from ..errors import UserError
 from ..lm import ARLM
 from ..tasks import TASKS, Target, get_task
@@ -108,21 +110,38 @@ class FutureDiscriminator(nn.Module):
         return torch.cat([prefix, h.reshape(B, k, 1, -1)], dim=2)
 
     # ---- training ----------------------------------------------------------------------------
-    def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+    @staticmethod
+    def loss_totals(batch: dict) -> dict[str, torch.Tensor]:
+        """What each loss term's mean runs over in `batch`: labelled tags, valid positions, weighted spans."""
+        valid = batch["mask"].float()
+        span_w = valid[:, :, None] * batch["span_mask"][:, None].float()
+        return {"tag": (batch["tags"][:, 1:] != -1).sum(), "length": valid.sum(), "value": valid.sum(),
+                "span": span_w.sum().clamp_min(1)}
+
+    def loss(self, batch: dict, totals: dict | None = None) -> tuple[torch.Tensor, dict]:
+        """The four heads' losses, each a mean over its own positions; with `totals` (the global batch's
+        `loss_totals`, under torchrun) each is this rank's share of the global batch's mean."""
         h = self(batch["ids"], batch["mask"])
         valid = batch["mask"].float()  # START .. END
-        tag = F.cross_entropy(self.tag_head(h[:, 1:]).transpose(1, 2), batch["tags"][:, 1:], ignore_index=-1)
+        tag_logits = self.tag_head(h[:, 1:]).transpose(1, 2)
         n = batch["length"][:, None].expand(-1, h.shape[1])
-        length = (F.cross_entropy(self.length_head(h).transpose(1, 2), n, reduction="none") * valid).sum() / valid.sum()
+        length = (F.cross_entropy(self.length_head(h).transpose(1, 2), n, reduction="none") * valid).sum()
         # summed over values (a mean over 75 mostly-absent values starves the trunk of their signal)
         value = (F.binary_cross_entropy_with_logits(self.value_head(h), batch["values"][:, None].expand(-1, h.shape[1], -1),
-                                                    reduction="none").sum(-1) * valid).sum() / valid.sum()
+                                                    reduction="none").sum(-1) * valid).sum()
         span_w = valid[:, :, None] * batch["span_mask"][:, None].float()
         at = torch.arange(h.shape[1], device=h.device)[None].expand(h.shape[0], -1)
         span = (F.binary_cross_entropy_with_logits(self.span_logits(h, at, batch["spans"]),
                                                    batch["span_gold"][:, None].expand(-1, h.shape[1], -1),
-                                                   reduction="none") * span_w).sum() / span_w.sum().clamp_min(1)
-        parts = {"tag": tag, "length": length, "value": value, "span": span}
+                                                   reduction="none") * span_w).sum()
+        if totals is None:
+            tag = F.cross_entropy(tag_logits, batch["tags"][:, 1:], ignore_index=-1)
+            parts = {"tag": tag, "length": length / valid.sum(), "value": value / valid.sum(),
+                     "span": span / span_w.sum().clamp_min(1)}
+        else:
+            tag = F.cross_entropy(tag_logits, batch["tags"][:, 1:], ignore_index=-1, reduction="sum")
+            parts = {k: global_mean(v, totals[k]) for k, v in
+                     (("tag", tag), ("length", length), ("value", value), ("span", span))}
         return sum(parts.values()), {k: round(v.item(), 4) for k, v in parts.items()}
 
     # ---- targets -------------------------------------------------------------------------------
@@ -378,22 +397,32 @@ def train_fudge(lm_dir: str, out_dir: str, cfg: FudgeTrainConfig, progress: bool
     out = Path(out_dir)
     lm = ARLM.load(lm_dir)
     L = lm.model.config.n_positions
-    data = label_e2e("train", cfg.limit, min(cfg.max_words, L - 2), out, progress)
-    valid = label_e2e("valid", cfg.eval_size, min(cfg.max_words, L - 2), out, progress)
+    # under torchrun rank 0 labels (and caches) the sentences; the other ranks read its cache
+    data = distributed.main_first(lambda: label_e2e("train", cfg.limit, min(cfg.max_words, L - 2), out, progress))
+    valid = distributed.main_first(lambda: label_e2e("valid", cfg.eval_size, min(cfg.max_words, L - 2), out, progress))
     if has_checkpoint(out):  # the label sets were fixed (and config.json written) on the first run
         disc = load_discriminator(out, "fudge").train()
     else:
         disc = for_lm(lm.model, data, cfg.min_count).train()
-        save_discriminator(disc, out)
+        if distributed.is_main():
+            save_discriminator(disc, out)
     rows, v_rows = encode_rows(disc, lm.tokenizer, data), encode_rows(disc, lm.tokenizer, valid)
+
+    distributed.check_batch(cfg.batch_size, "fudge.batch_size")
+    parallel = distributed.world()[1] > 1
 
     def loss_at(step: int):
         rng = random.Random(cfg.seed * 1_000_003 + step)  # each step's own draw: a resumed run sees the same batches
         batch = collate(rng.sample(rows, cfg.batch_size), len(disc.values), cfg.spans_per_sentence, rng,
                         lm.tokenizer.pad_id)
-        return disc.loss(batch)
+        if not parallel:
+            return disc.loss(batch)
+        # every rank draws the same global batch; each takes its slice and its share of each term's mean
+        return disc.loss(distributed.shard(batch), totals=disc.loss_totals(batch))
 
     result = fit(disc, loss_at, loop, out, name="FUDGE discriminator", progress=progress)
+    if not distributed.is_main():  # rank 0 measures and writes
+        return {"steps": result.step}
     metrics = {"steps": result.step, "train_minutes": round(result.elapsed_s / 60, 2),
                "train_sentences": len(rows), "final_loss": result.last,
                "heldout": heldout(disc, v_rows, lm.tokenizer.pad_id),

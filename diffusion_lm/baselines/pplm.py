@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import distributed
 from ..errors import UserError
 from ..lm import ARLM
 from ..tasks import TASKS as REGISTRY
@@ -123,10 +124,19 @@ def train_pplm(lm_dir: str, out_dir: str, cfg: PPLMTrainConfig, progress: bool =
         while drawn <= epoch:  # each epoch a permutation, drawn in turn from one seeded stream (steps go forward)
             perm, drawn = torch.randperm(len(x), generator=g), drawn + 1
         rows = perm[k * cfg.batch_size:(k + 1) * cfg.batch_size]
-        return F.binary_cross_entropy_with_logits(disc(x[rows]), y[rows])
+        if not parallel:
+            return F.binary_cross_entropy_with_logits(disc(x[rows]), y[rows])
+        # under torchrun: this rank's rows (an epoch's last batch may not split evenly) and its share of the
+        # global batch's mean over rows x values
+        local = rows[distributed.shard_rows(len(rows))]
+        bce = F.binary_cross_entropy_with_logits(disc(x[local]), y[local], reduction="sum")
+        return distributed.global_mean(bce, len(rows) * y.shape[1])
 
+    parallel = distributed.world()[1] > 1
     result = fit(disc, loss_at, replace(loop, steps=cfg.epochs * per_epoch), out, name="PPLM discriminator",
                  progress=progress)
+    if not distributed.is_main():  # rank 0 measures and writes
+        return {"steps": result.step}
     with torch.no_grad():
         pred = disc(vx) > 0
         exact = (pred == (vy > 0.5)).all(-1).float().mean().item()

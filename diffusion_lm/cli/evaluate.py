@@ -12,6 +12,7 @@ from ..eval.parser import check_parser
 from ..eval.targets import load_targets
 from ..io import check_output_dir, read_jsonl
 from ..lm import ARLM
+from ..sharding import merge_parts
 from ..assets import resolve_asset
 
 
@@ -25,8 +26,9 @@ def main(cfg, command: str = "") -> int:
         raise UserError("nothing to evaluate: give generations=[file.jsonl,...] or honesty_rows=true")
     check_output_dir(cfg.out_dir, "out_dir")  # before any work
     rows = []
-    for p in paths:
-        rows += check_generations(read_jsonl(p, "generations file", allow_empty=False), source=str(p))
+    # the files of a sharded run (generate shard=i/N) merge back into one process's rows, in its order
+    for p, part in merge_parts([(str(p), read_jsonl(p, "generations file", allow_empty=False)) for p in paths]):
+        rows += check_generations(part, source=p)
     speed = read_throughput(cfg.throughput) if cfg.throughput else None
     targets_dir = resolve_asset(cfg.targets, "targets")
     if cfg.honesty_rows:

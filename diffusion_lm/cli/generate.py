@@ -8,11 +8,13 @@ from omegaconf import OmegaConf
 from ..config import build
 from ..io import check_output_file, write_jsonl
 from ..pipelines.text import DiffusionLMPipeline, targets_from_file
+from ..sharding import gather_rows, parse_shard, tag_rows
 from ..text.trajectory import TrajectoryRecorder, check_trajectory
 
 
 def main(cfg, command: str = "") -> int:
     check_output_file(cfg.output, "output")  # every output path, before any work
+    shard = parse_shard(cfg.shard)
     if cfg.trajectory:
         check_trajectory(cfg.trajectory)
     pipe = DiffusionLMPipeline.from_pretrained(cfg.checkpoint, dict(cfg.classifiers), device=cfg.device)
@@ -30,10 +32,12 @@ def main(cfg, command: str = "") -> int:
     out = pipe.generate(cfg.task, target, targets=targets, n=cfg.n, seed=cfg.seed, batch_size=cfg.batch_size,
                         select=cfg.select, guidance=build(cfg, "guidance"), sample=build(cfg, "sample"),
                         length_shape=cfg.length_shape, left=cfg.left, right=cfg.right, middle=cfg.middle,
-                        callback=recorder, on_batch=show)
-    if cfg.output:
-        write_jsonl(cfg.output, [{"task": cfg.task, "target": g.target, "text": g.text, "system": cfg.system}
-                                 for g in out])
+                        callback=recorder, on_batch=show, shard=shard)
+    rows = tag_rows([{"task": cfg.task, "target": g.target, "text": g.text, "system": cfg.system} for g in out],
+                    [g.job for g in out], len(targets or [None]) * cfg.n, shard)
+    rows = gather_rows(rows)  # under torchrun: every rank's rows, merged, on rank 0 (None elsewhere)
+    if cfg.output and rows is not None:
+        write_jsonl(cfg.output, rows)
     if recorder is not None:
         first = targets[0] if targets else (target if cfg.task != "infill" else f"{cfg.left} ___ {cfg.right}".strip())
         txt, png = recorder.write(cfg.trajectory, title=f"{cfg.task} target: {first}")

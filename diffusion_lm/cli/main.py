@@ -36,7 +36,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 # the commands whose trainer splits each step's batch over torchrun's processes (diffusion_lm.distributed)
 PARALLEL = frozenset({"train", "train-unet", "train-controlnet", "train-autoencoder", "train-image-classifier",
-                      "train-prior"})
+                      "train-prior", "train-classifier", "train-lm", "train-baseline"})
+
+# the commands that split their batches over torchrun's processes (diffusion_lm.sharding), rank 0 writing
+SHARDED = frozenset({"generate", "baseline"})
 
 # keys a command also answers to: the image commands' guidance scale is `w` in their configs, since hydra
 # reads `guidance=4` as a choice in the text commands' config group conf/guidance/; `guidance=4` is w=4 there
@@ -102,8 +105,8 @@ def run(argv: list[str] | None = None) -> int:
         keep_freed_memory()  # every command trains or samples: reuse freed activations, no page faults
         from .. import distributed
 
-        if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and name not in PARALLEL:
-            raise UserError(f"{name} runs in one process; under torchrun: {', '.join(sorted(PARALLEL))}")
+        if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and name not in PARALLEL | SHARDED:
+            raise UserError(f"{name} runs in one process; under torchrun: {', '.join(sorted(PARALLEL | SHARDED))}")
         distributed.setup()  # under torchrun: join the process group (a no-op in one process)
         return handler(cfg, command) or 0
     except KeyboardInterrupt:

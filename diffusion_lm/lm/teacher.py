@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .. import distributed
 from ..errors import UserError
 from ..data import DataConfig, load_e2e
 from ..io import check_finite, check_output_dir, load_json, save_json
@@ -173,13 +174,23 @@ def train_lm(model_cfg: ARLMConfig, train_cfg: ARTrainConfig, data: DataConfig |
     gen = torch.Generator().manual_seed(train_cfg.seed)
     lm = ARLM(model, tok)
 
+    distributed.check_batch(train_cfg.batch_size)
+    parallel = distributed.world()[1] > 1
+
     def loss_at(step: int) -> torch.Tensor:
+        # every rank draws the same global batch (the generator rides in the checkpoint) and, under torchrun,
+        # keeps its slice; the loss is then its share of the global batch's mean over predicted tokens
         rows = torch.randint(0, len(ids), (train_cfg.batch_size,), generator=gen)
         batch = ids[rows, :int(lengths[rows].max())]
         mask = batch != tok.pad_id
-        return lm.token_nll(batch, mask).sum() / mask[:, 1:].sum()
+        if not parallel:
+            return lm.token_nll(batch, mask).sum() / mask[:, 1:].sum()
+        local, local_mask = distributed.shard(batch), distributed.shard(mask)
+        return distributed.global_mean(lm.token_nll(local, local_mask).sum(), mask[:, 1:].sum())
 
     fit(model, loss_at, loop, out, name="LM", progress=progress, extra={"batches": generator_state(gen)})
+    if not distributed.is_main():  # rank 0 measures and writes the model
+        return {"steps": train_cfg.steps}
     model.eval()
     valid = load_e2e("valid", data)["text"]
     ppl = corpus_perplexity(lm, valid)

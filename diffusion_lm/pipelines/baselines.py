@@ -15,6 +15,7 @@ from ..baselines.fudge import FudgeConfig, fudge_generate, load_discriminator
 from ..baselines.pplm import PPLM, PPLMConfig
 from ..errors import UserError
 from ..lm import ARLM
+from ..sharding import owned_batches
 from ..tasks import get_task
 from .text import MAX_SEED, Generation, _check_total, _count, pick_device
 
@@ -87,7 +88,11 @@ class BaselinePipeline:
         return [g.text for g in self.generate(task, target, targets=targets, n=n, seed=seed, batch_size=batch_size)]
 
     def generate(self, task: str, target=None, *, targets: list | None = None, n: int = 1, seed: int = 0,
-                 batch_size: int = 50, on_batch=None) -> list[Generation]:
+                 batch_size: int = 50, on_batch=None, shard: tuple[int, int] | None = None) -> list[Generation]:
+        """Each target's sentences (n each), decoded in batches; `shard=(i, N)` runs only shard i's batches.
+        Every batch draws from its own generator, seeded by its place in the run (seed + its first job), so
+        a batch decodes the same sentences in any shard; the first batch's stream is the one a single
+        generator seeded by `seed` gives."""
         get_task(task)
         if task == "infill":
             raise UserError("the baselines have no infill task; use diffusion-lm generate task=infill")
@@ -101,17 +106,17 @@ class BaselinePipeline:
         # every target is checked before any decoding
         parse = (lambda t: self.disc.target(task, t)) if self.method == "fudge" else (lambda t: self._pplm.target(task, t))
         parsed = [parse(t) for t in targets]
-        g = torch.Generator().manual_seed(seed)
         jobs = [(i, t) for i, t in enumerate(targets) for _ in range(n)]
         out: list[Generation] = []
-        for b in range(0, len(jobs), batch_size):
+        for b in owned_batches(len(jobs), batch_size, shard):
+            g = torch.Generator().manual_seed(seed + b)
             chunk = jobs[b:b + batch_size]
             goals = [parsed[i] for i, _ in chunk]
             if self.method == "fudge":
                 texts = fudge_generate(self.lm.model, self.lm.tokenizer, self.disc, goals, self.config, g)
             else:
                 texts = self._pplm.generate(goals, g)
-            batch = [Generation(t, text) for (_, t), text in zip(chunk, texts)]
+            batch = [Generation(t, text, b + k) for k, ((_, t), text) in enumerate(zip(chunk, texts))]
             out += batch
             if on_batch is not None:
                 on_batch(batch)

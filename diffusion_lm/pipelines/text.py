@@ -26,6 +26,7 @@ from ..core import GaussianDiffusion
 from ..core.guidance import ControlGuidance, GuidanceConfig
 from ..errors import UserError
 from ..io import read_jsonl
+from ..sharding import owned_batches
 from ..tasks import get_task
 from ..text import SampleConfig, from_pretrained, generate
 from ..text.constraints import infill_constraint, length_constraint, words_only
@@ -92,6 +93,7 @@ class Generation:
 
     target: Any
     text: str
+    job: int = 0  # its place in the run's jobs (targets × n, in order): what merges shards back in order
 
 
 class DiffusionLMPipeline:
@@ -176,8 +178,11 @@ class DiffusionLMPipeline:
                  guidance: GuidanceConfig | None = None, sample: SampleConfig | None = None,
                  length_shape: bool = True, left: str = "", right: str = "", middle: int = 8,
                  callback: Callable[[dict], None] | None = None, progress: bool = True,
-                 on_batch: Callable[[list[Generation]], None] | None = None) -> list[Generation]:
-        """As `__call__`, keeping each sentence's target (and calling `on_batch` as batches finish)."""
+                 on_batch: Callable[[list[Generation]], None] | None = None,
+                 shard: tuple[int, int] | None = None) -> list[Generation]:
+        """As `__call__`, keeping each sentence's target (and calling `on_batch` as batches finish). With
+        `shard=(i, N)`, only the batches of shard i of N (diffusion_lm.sharding): each batch is seeded by its
+        place in the whole run, so the N shards' sentences are exactly one process's."""
         get_task(task)  # an unknown task fails here, in one line
         n, batch_size, select, seed = (_count("n", n), _count("batch_size", batch_size), _count("select", select),
                                        _count("seed", seed, 0, MAX_SEED))
@@ -208,7 +213,7 @@ class DiffusionLMPipeline:
                     else [parse_request(task, t, classifiers, L - 2, g) for t in targets])
         jobs = [(i, t) for i, t in enumerate(targets) for _ in range(n)]
         out: list[Generation] = []
-        for b in range(0, len(jobs), batch_size):
+        for b in owned_batches(len(jobs), batch_size, shard):
             chunk = jobs[b:b + batch_size]
             reqs = [requests[i] for i, _ in chunk]
             known = hook = None
@@ -237,7 +242,7 @@ class DiffusionLMPipeline:
                     better = score > best
                     texts = [d if w else o for d, o, w in zip(draw, texts, better.tolist())]
                     best = torch.where(better, score, best)
-            batch = [Generation(t, text) for (_, t), text in zip(chunk, texts)]
+            batch = [Generation(t, text, b + k) for k, ((_, t), text) in enumerate(zip(chunk, texts))]
             out += batch
             if on_batch is not None:
                 on_batch(batch)
