@@ -21,6 +21,7 @@ from diffusion_lm.data.labels import cached_labels
 from diffusion_lm.errors import UserError
 from diffusion_lm.text import from_pretrained
 from diffusion_lm.io import save_json
+from diffusion_lm.runtime import pick_device
 from diffusion_lm import distributed
 from diffusion_lm.training import batch_indices, fit, has_checkpoint, loop_config, noise_stream
 
@@ -49,6 +50,9 @@ class ClassifierTrainConfig:
     log_every: int = 50
     checkpoint_every: int = 250
     step_seeded_noise: bool = False  # each step's t and noise from a generator seeded by the step (on under torchrun)
+    device: str = "auto"  # auto (CUDA when available) | cpu | cuda
+    precision: str = "auto"  # auto (bf16 autocast on a GPU, fp32 on the CPU) | fp32 | bf16
+    compile: bool = False  # torch.compile the model's forward
 
 
 def oracle_rows(kind: str, words: list[list[str]], mrs: list[str], cache: Path, progress: bool) -> list:
@@ -66,8 +70,10 @@ def train_classifier(kind: str, checkpoint: str, out_dir: str, encoder: EncoderC
     torch.manual_seed(cfg.seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    device = pick_device(cfg.device, "optim.device")
     lm, tok, diffusion = from_pretrained(checkpoint)
     lm.requires_grad_(False)
+    lm = lm.to(device)
     space = LatentSpace.of(lm)
     L = space.max_len
 
@@ -85,6 +91,7 @@ def train_classifier(kind: str, checkpoint: str, out_dir: str, encoder: EncoderC
         clf = KINDS[kind].for_data(space, encoder, rows, cfg.min_count, tokenizer=tok).train()
         if distributed.is_main():
             save_classifier(clf, out)
+    clf = clf.to(device)
     labels, v_labels = clf.encode_labels(rows), clf.encode_labels(v_rows)
     ids = tok.encode_batch([" ".join(w) for w in words], L)[0]
     v_ids = tok.encode_batch([" ".join(w) for w in v_words], L)[0]
@@ -95,18 +102,18 @@ def train_classifier(kind: str, checkpoint: str, out_dir: str, encoder: EncoderC
         batch = batch_indices(step, cfg.batch_size, len(ids), cfg.seed)
         if not seeded:  # one process, the global RNG (the stream the shipped classifiers were trained with)
             with torch.no_grad():
-                t = torch.randint(0, T, (len(batch),))
-                x_t = diffusion.q_sample(lm.embed(ids[batch]), t)
-            return clf.loss(x_t, t, clf.collate(labels, batch))
+                t = torch.randint(0, T, (len(batch),)).to(device)
+                x_t = diffusion.q_sample(lm.embed(ids[batch].to(device)), t)
+            return clf.loss(x_t, t, clf.collate(labels, batch, device))
         # the global batch's t and noise from the step's generator, then this rank's slice; the loss is this
         # rank's share of the global batch's mean, so N processes take the step one process takes
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         t = torch.randint(0, T, (len(batch),), generator=g)
         noise = torch.randn((len(batch), L, space.emb_dim), generator=g)
-        local, t, noise = distributed.shard(batch), distributed.shard(t), distributed.shard(noise)
+        local, t, noise = distributed.shard(batch), distributed.shard(t).to(device), distributed.shard(noise).to(device)
         with torch.no_grad():
-            x_t = diffusion.q_sample(lm.embed(ids[local]), t, noise)
-        return clf.loss(x_t, t, clf.collate(labels, local), total=clf.loss_total(labels, batch))
+            x_t = diffusion.q_sample(lm.embed(ids[local].to(device)), t, noise)
+        return clf.loss(x_t, t, clf.collate(labels, local, device), total=clf.loss_total(labels, batch))
 
     result = fit(clf, loss_at, loop, out, name=f"{kind} classifier", progress=progress)
     if not distributed.is_main():  # rank 0 measures and writes
@@ -133,10 +140,11 @@ def heldout(clf, lm, diffusion, ids: torch.Tensor, labels, batch_size: int = 100
         scores, weights = [], []
         for k in range(0, len(ids), batch_size):
             rows = torch.arange(k, min(k + batch_size, len(ids)))
-            t = torch.full((len(rows),), t_value)
-            x0 = lm.embed(ids[rows])
-            x_t = diffusion.q_sample(x0, t, torch.randn(x0.shape, generator=g))
-            scores.append(clf.accuracy(x_t, t, clf.collate(labels, rows)))
+            device = next(lm.parameters()).device
+            t = torch.full((len(rows),), t_value, device=device)
+            x0 = lm.embed(ids[rows].to(device))
+            x_t = diffusion.q_sample(x0, t, torch.randn(x0.shape, generator=g).to(device))
+            scores.append(clf.accuracy(x_t, t, clf.collate(labels, rows, device)))
             weights.append(len(rows))
         out[f"t={t_value}"] = round(sum(s * w for s, w in zip(scores, weights)) / sum(weights), 3)
     clf.train()

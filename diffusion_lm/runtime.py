@@ -43,3 +43,48 @@ def adamw(params, **kwargs) -> torch.optim.AdamW:
         return torch.optim.AdamW(params, fused=True, **kwargs)
     except RuntimeError:  # older torch: fused only on GPUs
         return torch.optim.AdamW(params, **kwargs)
+
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def pick_device(name: str, key: str = "device") -> torch.device:
+    """`device=` of any command: auto (CUDA when available), cpu or cuda (under torchrun, the rank's GPU,
+    which diffusion_lm.distributed.setup made current); anything else is a one-line UserError."""
+    from .errors import UserError
+
+    if name not in DEVICES:
+        raise UserError(f"unknown {key} {name!r}; choose auto, cpu or cuda")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"{key}=cuda but no CUDA device is available")
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def resolve_precision(precision: str, device: torch.device, key: str = "precision") -> str:
+    """fp32 or bf16 for a run on `device`: auto is bf16 autocast on a GPU and fp32 on the CPU, whose bf16
+    matmuls are about 100x slower than fp32 here; bf16 asked for on the CPU is refused in one line."""
+    from .errors import UserError
+
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown {key} {precision!r}; choose auto, fp32 or bf16")
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if precision == "bf16" and device.type != "cuda":
+        raise UserError(f"{key}=bf16 needs a CUDA device; on the CPU training runs in fp32 (bf16 is ~100x slower there)")
+    return precision
+
+
+def autocast(precision: str, device: torch.device):
+    """The context a training step's forward pass runs in: bf16 autocast on a GPU, nothing for fp32. On a
+    GPU TF32 matmuls are also allowed (fp32 matmuls on the tensor cores, as Ampere and later offer)."""
+    import contextlib
+
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()

@@ -37,7 +37,7 @@ from . import distributed
 from .errors import UserError
 from .io import (load_json, load_tensors, load_weights, read_jsonl, remove_stale_temps, save_json, save_tensors,
                  write_jsonl)
-from .runtime import adamw, keep_freed_memory
+from .runtime import PRECISIONS, adamw, autocast, keep_freed_memory, resolve_precision
 
 SCHEDULES = ("cosine", "linear", "constant")
 MAX_SEED = 2 ** 40  # seeds become `seed * 100003 + epoch` in batch_indices, which must fit in 64 bits
@@ -67,6 +67,8 @@ class LoopConfig:
     checkpoint_every: int = 250
     batch_size: int | None = None  # checked here for the trainers that batch; the loop itself does not
     seed: int | None = None  # likewise: a trainer's seed must fit torch's generators (times batch_indices' factor)
+    precision: str = "auto"  # auto (bf16 autocast on a GPU, fp32 on the CPU) | fp32 | bf16
+    compile: bool = False  # torch.compile the model's forward (module.compile(): weights and their names unchanged)
     keys: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self):
@@ -111,6 +113,10 @@ class LoopConfig:
             fail("betas", "two numbers in [0, 1)")
         if self.schedule not in SCHEDULES:
             raise UserError(f"unknown {self.key('schedule')} {self.schedule!r}; choose cosine, linear or constant")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"unknown {self.key('precision')} {self.precision!r}; choose auto, fp32 or bf16")
+        if not isinstance(self.compile, bool):
+            fail("compile", "true or false")
 
 
 def loop_config(sections: dict[str, Any], keys: dict[str, str] | None = None, **fixed) -> LoopConfig:
@@ -353,6 +359,11 @@ def fit(model: torch.nn.Module, loss_fn: Callable, cfg: LoopConfig, out, *, name
     keep_freed_memory()
     distributed.broadcast_module(model)  # under torchrun every rank starts from rank 0's weights
     params = list(model.parameters())
+    device = params[0].device if params else torch.device("cpu")
+    # bf16 autocast (and TF32) on GPUs, fp32 on the CPU; the weights, optimizer and checkpoints stay fp32
+    precision = resolve_precision(cfg.precision, device, cfg.key("precision"))
+    if cfg.compile:
+        model.compile()  # in place: the forward is compiled on first use, state_dict keys unchanged
     optimizer = adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas))
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()} if cfg.ema_decay is not None else None
     step, elapsed = load_checkpoint(out, model, optimizer, ema, extra) if has_checkpoint(out) else (0, 0.0)
@@ -391,7 +402,8 @@ def fit(model: torch.nn.Module, loss_fn: Callable, cfg: LoopConfig, out, *, name
             for g in optimizer.param_groups:
                 g["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
-            loss, terms = _loss_and_terms(loss_fn(state.step))
+            with autocast(precision, device):
+                loss, terms = _loss_and_terms(loss_fn(state.step))
             # the ranks' mean: the global batch's loss terms (one all-reduce; each rank's own without torchrun)
             logged = distributed.mean({k: float(v.item() if torch.is_tensor(v) else v) for k, v in terms.items()})
             if not math.isfinite(logged["loss"]):

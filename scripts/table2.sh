@@ -3,36 +3,57 @@
 # FUDGE and PPLM (shipped base LM and attribute models) on the same 200 shipped targets a task, scored by the
 # same oracles and teacher, with each system's decoding throughput measured in the same run, and the
 # uncontrolled samples of the Diffusion-LM and of the base LM as floors.
-#   bash scripts/table2.sh [out_dir]        (default runs/table2)
+#   bash scripts/table2.sh [out_dir] [procs]     (default runs/table2, 1 process)
+# With procs > 1 each generation runs under `torchrun --nproc_per_node=procs` (diffusion_lm.sharding): the
+# ranks share its batches and rank 0 writes exactly the file one process writes, so the table is the same.
+# A run has 4 batches of 50 a task, so up to 4 processes share the work (on this 2-core CPU, 2).
+# LIMIT=N and BATCH=B (environment) take only the first N targets of each task in batches of B and skip the
+# throughput bench: a quick check of the script itself (e.g. LIMIT=12 BATCH=6 with procs 1 and 2).
 # A generation file that already exists is kept (delete it to redo it); the full run from nothing takes
-# about 1.5 to 2 hours on the 2-core CPU, most of it Diffusion-LM's tree and spans rows.
+# about 1.5 to 2 hours on the 2-core CPU in one process, most of it Diffusion-LM's tree and spans rows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
 OUT=${1:-runs/table2}
+PROCS=${2:-1}
+case $PROCS in ''|*[!0-9]*|0) echo "error: procs must be a whole number >= 1, got '$PROCS'" >&2; exit 2;; esac
+LIMIT_ARG=()
+if [ -n "${LIMIT:-}" ]; then LIMIT_ARG=(limit="$LIMIT"); fi
+if [ -n "${BATCH:-}" ]; then LIMIT_ARG+=(batch_size="$BATCH"); fi
 mkdir -p "$OUT"
 files=()
-gen() {  # gen <file> <command...>: run the command with output=<file> unless the file exists
+gen() {  # gen <file> <diffusion-lm command...>: run it with output=<file> unless the file exists
   local file=$1; shift
   files+=("$file")
   if [ -s "$file" ]; then echo "kept    $file"; return; fi
-  local t0=$(date +%s)
-  "$@" output="$file" > "$file.log" 2>&1 || { echo "failed: $* (see $file.log)"; exit 2; }
+  local t0=$(date +%s) run=("$BIN/diffusion-lm")
+  if [ "$PROCS" -gt 1 ]; then  # one thread a process on the CPU, as torchrun sets it
+    run=(env OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} "$BIN/torchrun" --standalone --nproc_per_node="$PROCS" -m diffusion_lm)
+  fi
+  "${run[@]}" "$@" "${LIMIT_ARG[@]}" output="$file" > "$file.log" 2>&1 || { echo "failed: $* (see $file.log)"; exit 2; }
   echo "wrote   $file ($(( $(date +%s) - t0 )) s)"
 }
 for task in semantic pos tree spans length compose; do
-  gen "$OUT/diffusion-lm-$task.jsonl" $BIN/diffusion-lm generate task=$task targets=shipped
-  gen "$OUT/fudge-$task.jsonl" $BIN/diffusion-lm baseline method=fudge task=$task targets=shipped
+  gen "$OUT/diffusion-lm-$task.jsonl" generate task=$task targets=shipped
+  gen "$OUT/fudge-$task.jsonl" baseline method=fudge task=$task targets=shipped
 done
-gen "$OUT/pplm-semantic.jsonl" $BIN/diffusion-lm baseline method=pplm task=semantic targets=shipped
+gen "$OUT/pplm-semantic.jsonl" baseline method=pplm task=semantic targets=shipped
 # the floors: each model's plain samples against the same targets (ctrl by chance, lm of the unsteered model)
-gen "$OUT/diffusion-lm-uncontrolled.jsonl" $BIN/python scripts/uncontrolled_rows.py
+files+=("$OUT/diffusion-lm-uncontrolled.jsonl")  # one process: 200 plain samples in 4 batches, a minute
+if [ ! -s "$OUT/diffusion-lm-uncontrolled.jsonl" ]; then
+  $BIN/python scripts/uncontrolled_rows.py output="$OUT/diffusion-lm-uncontrolled.jsonl" ${LIMIT:+n=$LIMIT} \
+    > "$OUT/diffusion-lm-uncontrolled.jsonl.log" 2>&1 || { echo "failed: uncontrolled rows"; exit 2; }
+fi
 for task in semantic pos tree spans length compose; do
-  gen "$OUT/base-lm-uncontrolled-$task.jsonl" $BIN/diffusion-lm baseline method=fudge fudge.strength=0 task=$task \
+  gen "$OUT/base-lm-uncontrolled-$task.jsonl" baseline method=fudge fudge.strength=0 task=$task \
     targets=shipped "system='base-lm (no control)'"
 done
-if [ ! -s "$OUT/throughput.json" ]; then
-  $BIN/python scripts/bench_control.py sentences=10 out="$OUT/throughput.json" > "$OUT/throughput.log" 2>&1
+SPEED=()
+if [ -z "${LIMIT:-}" ]; then
+  if [ ! -s "$OUT/throughput.json" ]; then
+    $BIN/python scripts/bench_control.py sentences=10 out="$OUT/throughput.json" > "$OUT/throughput.log" 2>&1
+  fi
+  SPEED=(throughput="$OUT/throughput.json")
 fi
 list=$(IFS=,; echo "${files[*]}")
-$BIN/diffusion-lm evaluate "generations=[$list]" throughput="$OUT/throughput.json" out_dir="$OUT"
+$BIN/diffusion-lm evaluate "generations=[$list]" "${SPEED[@]}" out_dir="$OUT"

@@ -291,3 +291,51 @@ def test_parser_resumes_exactly_mid_epoch(tmp_path, monkeypatch):
     assert [h["step"] for h in a["history"]] == [h["step"] for h in b["history"]] == [4, 8]
     assert [h["heldout_f1"] for h in a["history"]] == [h["heldout_f1"] for h in b["history"]]
     assert_same_run(tmp_path / "a", tmp_path / "b", ignore_extra=("record",))  # record holds wall-clock minutes
+
+
+# ---- device, precision and torch.compile (every trainer's loop) ----------------------------------------
+def test_precision_is_fp32_on_the_cpu_and_bf16_there_is_refused():
+    from diffusion_lm.runtime import pick_device, resolve_precision
+
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == "fp32" and resolve_precision("fp32", cpu) == "fp32"
+    assert resolve_precision("auto", torch.device("cuda")) == "bf16"
+    with pytest.raises(UserError, match="optim.precision=bf16 needs a CUDA device"):
+        resolve_precision("bf16", cpu, "optim.precision")
+    with pytest.raises(UserError, match="unknown train.device 'tpu'"):
+        pick_device("tpu", "train.device")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="fudge.device=cuda but no CUDA device"):
+            pick_device("cuda", "fudge.device")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "preset=tiny", "optim.precision=bf16"], "optim.precision=bf16 needs a CUDA device"),
+    (["train", "preset=tiny", "optim.precision=fp8"], "unknown optim.precision 'fp8'"),
+    (["train-lm", "train.device=tpu"], "unknown train.device 'tpu'"),
+    (["train-baseline", "method=pplm", "pplm.precision=half"], "unknown pplm.precision 'half'"),
+    (["train-classifier", "optim.compile=2"], "optim.compile must be true or false"),
+])
+def test_bad_device_precision_or_compile_fails_in_one_line_before_any_work(tmp_path, capsys, args, message):
+    from diffusion_lm.cli.main import run
+
+    out = {"train": "run.out_dir", "train-lm": "train.out_dir"}.get(args[0], "out_dir")
+    assert run([*args, f"{out}={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "run" / "checkpoint").exists()
+
+
+def test_compiled_forward_trains_the_weights_the_eager_forward_trains(tmp_path):
+    """optim.compile=true (torch.compile through module.compile(), inductor on the CPU) changes how the forward
+    runs, not what it computes: three tiny steps land on the eager run's weights and keep the weight names."""
+    from safetensors.torch import load_file
+
+    from diffusion_lm.cli.main import run
+
+    base = ["train", "preset=tiny", "optim.steps=3", "run.final_samples=0", "run.checkpoint_every=3"]
+    assert run([*base, f"run.out_dir={tmp_path / 'eager'}"]) == 0
+    assert run([*base, f"run.out_dir={tmp_path / 'compiled'}", "optim.compile=true"]) == 0
+    a, b = (load_file(str(tmp_path / d / "checkpoint" / "state.safetensors")) for d in ("eager", "compiled"))
+    assert a.keys() == b.keys()
+    assert max(float((a[k].float() - b[k].float()).abs().max()) for k in a if k.startswith("model.")) < 1e-4

@@ -35,6 +35,7 @@ from .. import distributed
 from ..distributed import global_mean
 from ..errors import UserError
 from ..lm import ARLM
+from ..runtime import pick_device
 from ..tasks import TASKS, Target, get_task
 from ..tasks.tagsets import ptb_tags, to_universal
 from ..tasks.trees import labelled_spans
@@ -313,6 +314,9 @@ class FudgeTrainConfig:
     log_every: int = 50
     checkpoint_every: int = 250
     max_minutes: float | None = None  # stop (and checkpoint) after this much wall time
+    device: str = "auto"  # auto (CUDA when available) | cpu | cuda
+    precision: str = "auto"  # auto (bf16 autocast on a GPU, fp32 on the CPU) | fp32 | bf16
+    compile: bool = False  # torch.compile the model's forward
 
 
 def encode_rows(disc: FutureDiscriminator, tok, data: Labelled) -> list[dict]:
@@ -368,12 +372,13 @@ def for_lm(lm, data: Labelled, min_count: int) -> FutureDiscriminator:
 def heldout(disc: FutureDiscriminator, rows: list[dict], pad_id: int) -> dict:
     """Accuracy of each head on held-out sentences, over all prefix positions (tags: per word)."""
     disc.eval()
-    batch = collate(rows, len(disc.values), 32, random.Random(0), pad_id)
+    device = next(disc.parameters()).device
+    batch = {k: v.to(device) for k, v in collate(rows, len(disc.values), 32, random.Random(0), pad_id).items()}
     h = disc(batch["ids"], batch["mask"])
     valid = batch["mask"]
     end = valid.sum(1) - 1  # the [END] state: the whole sentence read
-    idx = torch.arange(len(rows))
-    at = torch.arange(h.shape[1])[None].expand(h.shape[0], -1)
+    idx = torch.arange(len(rows), device=device)
+    at = torch.arange(h.shape[1], device=device)[None].expand(h.shape[0], -1)
     tag_ok = (disc.tag_head(h[:, 1:]).argmax(-1) == batch["tags"][:, 1:])[batch["tags"][:, 1:] >= 0]
     length_ok = (disc.length_head(h).argmax(-1) == batch["length"][:, None])[valid]
     value_ok = (disc.value_head(h) > 0) == (batch["values"][:, None] > 0.5)
@@ -407,6 +412,8 @@ def train_fudge(lm_dir: str, out_dir: str, cfg: FudgeTrainConfig, progress: bool
         if distributed.is_main():
             save_discriminator(disc, out)
     rows, v_rows = encode_rows(disc, lm.tokenizer, data), encode_rows(disc, lm.tokenizer, valid)
+    device = pick_device(cfg.device, "fudge.device")
+    disc = disc.to(device)
 
     distributed.check_batch(cfg.batch_size, "fudge.batch_size")
     parallel = distributed.world()[1] > 1
@@ -415,6 +422,7 @@ def train_fudge(lm_dir: str, out_dir: str, cfg: FudgeTrainConfig, progress: bool
         rng = random.Random(cfg.seed * 1_000_003 + step)  # each step's own draw: a resumed run sees the same batches
         batch = collate(rng.sample(rows, cfg.batch_size), len(disc.values), cfg.spans_per_sentence, rng,
                         lm.tokenizer.pad_id)
+        batch = {k: v.to(device) for k, v in batch.items()}
         if not parallel:
             return disc.loss(batch)
         # every rank draws the same global batch; each takes its slice and its share of each term's mean

@@ -35,6 +35,7 @@ from torch import nn
 from .. import distributed
 from ..errors import UserError
 from ..lm import ARLM
+from ..runtime import pick_device
 from ..tasks import TASKS as REGISTRY
 from ..training import fit, loop_config
 from .decoding import advance, draw, next_log_probs, texts, top_k
@@ -82,6 +83,9 @@ class PPLMTrainConfig:
     threads: int = 0
     log_every: int = 50
     checkpoint_every: int = 500  # a killed run resumes from out_dir/checkpoint with the same command
+    device: str = "auto"  # auto (CUDA when available) | cpu | cuda
+    precision: str = "auto"  # auto (bf16 autocast on a GPU, fp32 on the CPU) | fp32 | bf16
+    compile: bool = False  # torch.compile the model's forward
 
 
 def _features(lm, data, values: list[str], batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,6 +118,8 @@ def train_pplm(lm_dir: str, out_dir: str, cfg: PPLMTrainConfig, progress: bool =
     vx, vy = _features(lm, valid, values)
     if not len(x):
         raise UserError("no E2E train sentences for the PPLM discriminator (pplm.limit, pplm.max_words)")
+    device = pick_device(cfg.device, "pplm.device")
+    disc, x, y = disc.to(device), x.to(device), y.to(device)
     per_epoch = math.ceil(len(x) / cfg.batch_size)
     g = torch.Generator().manual_seed(cfg.seed)
     perm, drawn = torch.arange(0), 0  # the current epoch's permutation, and how many epochs' are drawn
@@ -138,6 +144,7 @@ def train_pplm(lm_dir: str, out_dir: str, cfg: PPLMTrainConfig, progress: bool =
     if not distributed.is_main():  # rank 0 measures and writes
         return {"steps": result.step}
     with torch.no_grad():
+        vx, vy = vx.to(device), vy.to(device)
         pred = disc(vx) > 0
         exact = (pred == (vy > 0.5)).all(-1).float().mean().item()
         recall = (pred & (vy > 0.5)).sum().item() / max(1.0, vy.sum().item())

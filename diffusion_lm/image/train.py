@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import distributed
+from ..runtime import pick_device
 from ..assets import resolve_asset
 from ..core import DiffusionConfig, GaussianDiffusion
 from ..errors import UserError
@@ -47,6 +48,8 @@ class LoopKeys:
     seed: int = 0
     threads: int = 0  # torch threads; 0 keeps torch's default
     device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto (bf16 autocast on a GPU, fp32 on the CPU) | fp32 | bf16
+    compile: bool = False  # torch.compile the model's forward
     max_minutes: float | None = None  # stop (and checkpoint) after this much wall time
     anneal_by_time: bool = False  # with max_minutes: the lr schedule follows steps or minutes, whichever is further
     log_every: int = 25
@@ -70,14 +73,6 @@ class UNetTrainConfig(LoopKeys):
     warmup: int = 200
     min_lr_ratio: float = 0.1
     ema_decay: float | None = 0.999
-
-
-def _device(name: str) -> torch.device:
-    if name not in ("auto", "cpu", "cuda"):
-        raise UserError(f"unknown train.device {name!r}; choose auto, cpu or cuda")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("train.device=cuda but no CUDA device is available")
-    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
 
 
 @torch.no_grad()
@@ -214,7 +209,7 @@ def train_unet(unet_cfg: UNetConfig, diffusion_cfg: DiffusionConfig, train: UNet
         raise UserError(f"train.condition must be caption or image_embedding, got {train.condition!r}")
     loop = loop_config({"train": train})
     distributed.check_batch(train.batch_size)
-    device = _device(train.device)
+    device = pick_device(train.device, "train.device")
     if train.threads:
         torch.set_num_threads(train.threads)
     autoencoder, clip = frozen_parts(unet_cfg.space, train, autoencoder, clip)
@@ -298,7 +293,7 @@ def train_controlnet(cn_cfg, train: ControlNetTrainConfig, *, full_config: dict 
     cn_cfg.validate()
     loop = loop_config({"train": train})
     distributed.check_batch(train.batch_size)
-    device = _device(train.device)
+    device = pick_device(train.device, "train.device")
     if train.threads:
         torch.set_num_threads(train.threads)
     if unet is None:
@@ -403,7 +398,7 @@ def train_noisy(cfg, train: NoisyTrainConfig, *, full_config: dict | None = None
     except ValueError as e:
         raise UserError(f"bad diffusion: train.diffusion_{e}") from None
     loop = loop_config({"train": train})
-    device = _device(train.device)
+    device = pick_device(train.device, "train.device")
     if train.threads:
         torch.set_num_threads(train.threads)
     autoencoder, clip = frozen_parts(cfg.space, train, autoencoder, clip)
@@ -579,7 +574,7 @@ def train_prior(prior_cfg, train: PriorTrainConfig, *, full_config: dict | None 
                         f"got {train.sample_steps}")
     loop = loop_config({"train": train})
     distributed.check_batch(train.batch_size)
-    device = _device(train.device)
+    device = pick_device(train.device, "train.device")
     if train.threads:
         torch.set_num_threads(train.threads)
     _, clip = frozen_parts("pixel", train, None, clip)
@@ -747,7 +742,7 @@ def train_autoencoder(model_cfg: AutoencoderConfig, train: AutoencoderTrainConfi
         _check_positive(getattr(train, key), f"train.{key}")
     loop = loop_config({"train": train})
     distributed.check_batch(train.batch_size)
-    device = _device(train.device)
+    device = pick_device(train.device, "train.device")
     if train.threads:
         torch.set_num_threads(train.threads)
     out = Path(train.out_dir)
@@ -872,7 +867,7 @@ def train_clip(model_cfg: ClipConfig, train: ClipTrainConfig, *, full_config: di
     if distributed.world()[1] > 1:
         raise UserError("train-clip runs in one process: its InfoNCE contrasts the whole batch, which a slice "
                         "per process would change")
-    device = _device(train.device)
+    device = pick_device(train.device, "train.device")
     if train.threads:
         torch.set_num_threads(train.threads)
     out = Path(train.out_dir)

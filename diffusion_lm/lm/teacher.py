@@ -25,6 +25,7 @@ from ..errors import UserError
 from ..data import DataConfig, load_e2e
 from ..io import check_finite, check_output_dir, load_json, save_json
 from ..text.tokenizer import WordTokenizer
+from ..runtime import pick_device
 from ..training import fit, generator_state, loop_config
 
 
@@ -82,6 +83,9 @@ class ARTrainConfig:
     log_every: int = 50
     checkpoint_every: int = 250  # a killed run resumes from out_dir/checkpoint with the same command
     max_minutes: float | None = None  # stop (and checkpoint) after this much wall time
+    device: str = "auto"  # auto (CUDA when available) | cpu | cuda
+    precision: str = "auto"  # auto (bf16 autocast on a GPU, fp32 on the CPU) | fp32 | bf16
+    compile: bool = False  # torch.compile the model's forward
 
 
 def _gpt2(cfg: ARLMConfig, vocab_size: int, tok: WordTokenizer):
@@ -170,7 +174,8 @@ def train_lm(model_cfg: ARLMConfig, train_cfg: ARTrainConfig, data: DataConfig |
     ids, fits = tok.encode_batch(texts, model_cfg.max_len)
     ids = ids[fits]
     lengths = (ids != tok.pad_id).sum(1)
-    model = _gpt2(model_cfg, len(tok), tok)
+    device = pick_device(train_cfg.device, "train.device")
+    model = _gpt2(model_cfg, len(tok), tok).to(device)
     gen = torch.Generator().manual_seed(train_cfg.seed)
     lm = ARLM(model, tok)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from .. import distributed
+from ..runtime import pick_device
 from ..core import DiffusionConfig, GaussianDiffusion
 from ..errors import UserError
 from ..data import DataConfig, load_e2e
@@ -54,6 +55,8 @@ class OptimConfig:
     # draw each step's noise and timesteps from a generator seeded by the step (on by itself under torchrun,
     # where each process takes a slice of them); off, the global RNG draws them, as for the shipped models
     step_seeded_noise: bool = False
+    precision: str = "auto"  # auto (bf16 autocast on a GPU, fp32 on the CPU) | fp32 | bf16
+    compile: bool = False  # torch.compile the model's forward
 
 
 @dataclass
@@ -76,16 +79,6 @@ def build_dataset(data: DataConfig, tokenizer: WordTokenizer | None = None):
     if not fits.any():
         raise UserError(f"no training sentence fits data.max_len={data.max_len}")
     return ids[fits], tokenizer
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("optim.device=cuda but no CUDA device is available")
-    if name not in ("cpu", "cuda"):
-        raise UserError(f"unknown optim.device {name!r}; choose auto, cpu or cuda")
-    return torch.device(name)
 
 
 def _check_run(run: RunConfig, optim: OptimConfig) -> None:
@@ -143,7 +136,7 @@ def train(data: DataConfig, model_cfg: DiffusionLMConfig, optim: OptimConfig, ru
     ids, tokenizer = build_dataset(data, tokenizer)
     model_cfg.vocab_size = len(tokenizer)
     model_cfg.max_len = data.max_len
-    device = _device(optim.device)
+    device = pick_device(optim.device, "optim.device")
     model = DiffusionLM(model_cfg).to(device)
     if resuming:
         _check_same_run(out, model.config_dict(), diffusion.config)
