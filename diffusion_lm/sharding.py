@@ -8,7 +8,10 @@ process runs it: the merged output equals one process's output bit for bit (a ba
 round its batched matmuls differently). Hence a shard needs at least one batch: with fewer batches than
 shards, lower `batch_size`.
 
-Two ways to run shards:
+`evaluate-image` shards under torchrun only: its metrics (the Fréchet distance above all) need every
+image, so the ranks' batches are gathered on rank 0, which scores and writes (`gather_batches`).
+
+Two ways to run shards of `generate` and `baseline`:
 * `shard=i/N` (any launcher, one machine or many): shard i writes its own JSONL, whose rows carry
   "shard", "job" and "jobs"; `evaluate` merges the N files of a run back into one process's rows;
 * under `torchrun --nproc_per_node=N`, every rank takes shard rank/N and rank 0 writes the merged file.
@@ -120,3 +123,22 @@ def gather_rows(rows: list[dict]) -> list[dict] | None:
     if not distributed.is_main():
         return None
     return [row for _, merged in merge_parts([(f"rank {k}", part) for k, part in enumerate(every)]) for row in merged]
+
+
+def gather_batches(part, jobs: int, batch_size: int, shard: tuple[int, int] | None):
+    """Under torchrun: every rank's images of its batches (`part`, its owned batches concatenated) put back in
+    batch order on rank 0 (None on the other ranks); `part` itself without a shard."""
+    import torch
+
+    if shard is None:
+        return part
+    every = distributed.gather_objects(part)
+    if not distributed.is_main():
+        return None
+    placed = {}
+    for rank, tensor in enumerate(every):
+        starts = owned_batches(jobs, batch_size, (rank, shard[1]))
+        sizes = [min(batch_size, jobs - lo) for lo in starts]
+        for lo, piece in zip(starts, torch.split(tensor, sizes)):
+            placed[lo] = piece
+    return torch.cat([placed[lo] for lo in sorted(placed)])

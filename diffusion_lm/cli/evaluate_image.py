@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 from omegaconf import OmegaConf
 
+from .. import distributed
 from ..config import integer
 from ..errors import UserError
 from ..image.data import SPLITS, load_shapes
@@ -43,10 +44,16 @@ def main(cfg, command: str = "") -> int:
                 raise UserError(f"unknown split {name!r}; choose from {', '.join(SPLITS)}")
             images, captions = _real(name, real, data_seed)
             splits[name] = (list(dict.fromkeys(captions))[:limit], images, captions)
+    shard = distributed.world() if distributed.world()[1] > 1 else None  # under torchrun: the rank's batches
+    if shard is not None and cfg.sampler != "ddim":
+        raise UserError("evaluate-image under torchrun needs sampler=ddim (a batch's DDPM noise depends on the "
+                        "batches drawn before it)")
     pipe = ImagePipeline.from_pretrained(cfg.unet, cfg.autoencoder, cfg.clip, device=cfg.device)
     result = evaluate(pipe, splits, cfg.out_dir, n=n, guidances=guidances, thresholds=thresholds,
                       compare_at=compare_at, steps=steps, sampler=cfg.sampler, seed=seed, batch_size=batch_size,
-                      meta={"command": command, "unet": cfg.unet}, progress=True)
+                      meta={"command": command, "unet": cfg.unet}, progress=True, shard=shard)
+    if result is None:  # another rank: rank 0 writes
+        return 0
     out = cfg.out_dir
     print(open(f"{out}/report.md", encoding="utf-8").read())
     print(f"written: {out}/report.md, {out}/report.json, {out}/sweep.png and {len(result['rows'])} grids")

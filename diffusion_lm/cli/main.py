@@ -39,7 +39,7 @@ PARALLEL = frozenset({"train", "train-unet", "train-controlnet", "train-autoenco
                       "train-prior", "train-classifier", "train-lm", "train-baseline"})
 
 # the commands that split their batches over torchrun's processes (diffusion_lm.sharding), rank 0 writing
-SHARDED = frozenset({"generate", "baseline"})
+SHARDED = frozenset({"generate", "baseline", "evaluate-image"})
 
 # keys a command also answers to: the image commands' guidance scale is `w` in their configs, since hydra
 # reads `guidance=4` as a choice in the text commands' config group conf/guidance/; `guidance=4` is w=4 there

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ..io import save_json
+from ..sharding import gather_batches
 from . import oracle
 from .clip import clip_score
 from .unet import images_to_tensor, tensor_to_images
@@ -148,19 +149,26 @@ def real_reference(images, captions: Sequence[str], clip) -> dict:
 def evaluate(pipe, splits: dict, out_dir: str | Path, *, n: int = 8,
              guidances: Sequence[float] = (0, 1, 2, 4, 8), thresholds: Optional[Sequence[str]] = None,
              compare_at: Optional[Sequence[float]] = None, steps: int = 50, sampler: str = "ddim", seed: int = 0, batch_size: int = 64,
-             meta: Optional[dict] = None, progress: bool = False) -> dict:
+             meta: Optional[dict] = None, progress: bool = False, shard: Optional[tuple[int, int]] = None) -> Optional[dict]:
     """Sample n images per caption at every w (and threshold), score them split by split, and write
     report.md, report.json, a grid per setting and sweep.png (accuracy and Fréchet distance against w).
 
     `splits` maps a name (test, heldout) to (captions to draw, real images, the real images' captions);
     each split's samples are compared with its own real images. The first threshold is swept over
-    every w; the others run at the w's of `compare_at` (None: every w), since they differ at high w."""
+    every w; the others run at the w's of `compare_at` (None: every w), since they differ at high w.
+
+    With `shard=(rank, N)` under torchrun each rank draws its share of every setting's batches and rank 0
+    gathers, scores and writes (the other ranks return None); DDIM's images are one process's exactly."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    main = shard is None or shard[0] == 0
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
     if thresholds is None:  # thresholding is what a pixel model needs at high w; latents are not in [−1, 1]
         thresholds = ["dynamic", "static", "none"] if pipe.space == "pixel" else ["none"]
-    real = {name: real_reference(images, real_captions, pipe.clip) for name, (_, images, real_captions) in splits.items()}
-    real_features = {name: image_features(pipe.clip, images) for name, (_, images, _) in splits.items()}
+    real = real_features = {}
+    if main:
+        real = {name: real_reference(images, real_captions, pipe.clip) for name, (_, images, real_captions) in splits.items()}
+        real_features = {name: image_features(pipe.clip, images) for name, (_, images, _) in splits.items()}
     captions = [c for caps, _, _ in splits.values() for c in caps]  # every split in one sampling call
     spans, lo = {}, 0
     for name, (caps, _, _) in splits.items():
@@ -171,7 +179,10 @@ def evaluate(pipe, splits: dict, out_dir: str | Path, *, n: int = 8,
         for w in guidances if k == 0 or compare_at is None else [w for w in guidances if w in compare_at]:
             started = time.perf_counter()
             raw = pipe.sample(captions, n, guidance=w, threshold=threshold, steps=steps, sampler=sampler,
-                              seed=seed, batch_size=batch_size, progress=progress)
+                              seed=seed, batch_size=batch_size, progress=progress and main, shard=shard)
+            raw = gather_batches(raw, len(captions) * n, batch_size, shard)  # rank 0: every rank's, in order
+            if raw is None:  # another rank: rank 0 scores
+                continue
             rate = len(raw) / (time.perf_counter() - started)  # decoding included; w = 0 or 1 is one pass, else two
             images = tensor_to_images(raw)
             for name, (a, b) in spans.items():
@@ -189,6 +200,10 @@ def evaluate(pipe, splits: dict, out_dir: str | Path, *, n: int = 8,
                        "steps": steps, "sampler": sampler, "seed": seed, "space": pipe.space,
                        "threads": torch.get_num_threads(), "device": str(pipe.device)},
               "real": real, "rows": rows}
+    if not main:
+        return None
+    if shard is not None:
+        result["meta"]["processes"] = shard[1]
     save_json(out / "report.json", result)
     (out / "report.md").write_text(markdown(result), encoding="utf-8")
     plot_sweep(rows, out / "sweep.png")

@@ -29,6 +29,7 @@ from ..image.evaluate import save_grid
 from ..image.shapes import parse_caption
 from ..image.unclip import read_conditioning
 from ..image.unet import UNet, images_to_tensor, load_diffusion, match_parts, tensor_to_images
+from ..sharding import owned_batches
 from .text import pick_device
 
 THRESHOLDS = ("dynamic", "static", "none")
@@ -121,8 +122,9 @@ class ImagePipeline:
                batch_size: int = 64, callback: Optional[Callable[[dict], None]] = None,
                progress: bool = False, known: Optional[Known] = None, control=None,
                control_scale: float = 1.0, controls: Optional[Sequence[Control]] = None,
-               control_config: Optional[GuidanceConfig] = None) -> torch.Tensor:
-        """Images (len(captions) · n, 3, 32, 32) in [−1, 1] before clipping, caption by caption.
+               control_config: Optional[GuidanceConfig] = None, shard: Optional[tuple[int, int]] = None) -> torch.Tensor:
+        """Images (len(captions) · n, 3, 32, 32) in [−1, 1] before clipping, caption by caption; with
+        `shard=(i, N)`, only the images of shard i's batches (diffusion_lm.sharding), concatenated.
 
         `known` (values and mask of the UNet's input shape, one row per image drawn) holds those
         positions to the given x_0 through the core's masked replacement (see `inpaint`). `control`
@@ -142,14 +144,14 @@ class ImagePipeline:
         return self.draw(states, mask, rows, guidance=guidance, steps=steps, sampler=sampler, eta=eta,
                          threshold=threshold, seed=seed, batch_size=batch_size, callback=callback, progress=progress,
                          known=known, control=control, control_scale=control_scale, controls=controls,
-                         control_config=control_config)
+                         control_config=control_config, shard=shard)
 
     @torch.no_grad()
     def draw(self, states: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor, *, guidance: float = 4.0,
              steps: int = 50, sampler: str = "ddim", eta: float = 0.0, threshold: Optional[str] = None, seed: int = 0,
              batch_size: int = 64, callback=None, progress: bool = False, known: Optional[Known] = None, control=None,
              control_scale: float = 1.0, controls: Optional[Sequence[Control]] = None,
-             control_config: Optional[GuidanceConfig] = None) -> torch.Tensor:
+             control_config: Optional[GuidanceConfig] = None, shard: Optional[tuple[int, int]] = None) -> torch.Tensor:
         """Images (len(rows), 3, 32, 32) in [−1, 1]: image k drawn under the context states[rows[k]] (mask
         alike); the last row of `states` is the null context ∅ classifier-free guidance extrapolates from.
         What `sample` and the unCLIP pipeline share; keywords as `sample`."""
@@ -171,8 +173,13 @@ class ImagePipeline:
         # every x_T first, so a sample does not depend on the batch it was drawn in (exactly so for DDIM)
         noise = torch.randn((len(rows), c.in_channels, c.image_size, c.image_size), generator=generator,
                             device=self.device)
+        if shard is not None and (sampler != "ddim" or eta != 0):
+            # DDPM's per-step noise runs on through the batches in turn, so a batch's images depend on the
+            # batches before it; DDIM with eta = 0 is a function of x_T alone, which is drawn for all rows above
+            raise UserError("sharded image sampling needs sampler=ddim with eta=0 (a batch's DDPM noise depends "
+                            "on the batches drawn before it)")
         out = []
-        for lo in range(0, len(rows), batch_size):
+        for lo in owned_batches(len(rows), batch_size, shard):
             r = rows[lo: lo + batch_size].to(self.device)
             hook = None if not controls else ControlGuidance(
                 [Control(c.classifier, _rows(c.target, lo, lo + batch_size, len(rows)), c.weight) for c in controls],
