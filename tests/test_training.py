@@ -312,9 +312,11 @@ def test_precision_is_fp32_on_the_cpu_and_bf16_there_is_refused():
 @pytest.mark.parametrize("args, message", [
     (["train", "preset=tiny", "optim.precision=bf16"], "optim.precision=bf16 needs a CUDA device"),
     (["train", "preset=tiny", "optim.precision=fp8"], "unknown optim.precision 'fp8'"),
-    (["train-lm", "train.device=tpu"], "unknown train.device 'tpu'"),
-    (["train-baseline", "method=pplm", "pplm.precision=half"], "unknown pplm.precision 'half'"),
-    (["train-classifier", "optim.compile=2"], "optim.compile must be true or false"),
+    (["train-lm", "train.device=tpu", "train.steps=1", "data.limit=10"], "unknown train.device 'tpu'"),
+    (["train-baseline", "method=pplm", "pplm.precision=half", "pplm.epochs=1", "pplm.limit=10"],
+     "unknown pplm.precision 'half'"),
+    (["train-classifier", "optim.compile=maybe", "optim.steps=1", "optim.limit=10"],
+     "optim.compile: Value 'maybe' is not a valid bool"),
 ])
 def test_bad_device_precision_or_compile_fails_in_one_line_before_any_work(tmp_path, capsys, args, message):
     from diffusion_lm.cli.main import run
