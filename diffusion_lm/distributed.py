@@ -169,3 +169,16 @@ def broadcast_module(module: torch.nn.Module) -> None:
     with torch.no_grad():
         for t in module.state_dict().values():
             dist.broadcast(t, src=0)
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Every rank's equal-sized `x` concatenated in rank order, differentiable: the backward pass sums each
+    rank's gradient for this rank's rows back to it. A contrastive loss (InfoNCE) computed on the gathered
+    rows is then the global batch's loss on every rank, and after `average_gradients` each weight holds the
+    global loss's gradient, as in one process. `x` itself in one process."""
+    rank, size = world()
+    if size == 1:
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x.contiguous()))

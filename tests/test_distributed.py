@@ -66,7 +66,7 @@ def test_two_processes_train_the_weights_one_process_trains_and_resume_after_a_k
 def effective(k, v):
     """A weight without its no-op part: the attention's key bias has no effect (softmax is invariant to it), so
     its true gradient is 0 and AdamW turns the ~1e-10 rounding left in it into lr-sized steps of either sign."""
-    if k.endswith("qkv.bias"):
+    if k.endswith(("qkv.bias", "in_proj_bias")):  # [query; key; value] biases
         third = v.shape[0] // 3
         return torch.cat([v[:third], v[2 * third:]])
     return v
@@ -227,3 +227,23 @@ def test_control_classifier_under_two_processes_trains_what_one_process_trains(t
     assert launch_cli(1, *args, f"out_dir={plain}", kill_at=6).returncode == 130
     r = launch_cli(2, *args, f"out_dir={plain}")
     assert r.returncode != 0 and "resumes in one process without optim.step_seeded_noise" in r.stderr  # torchrun: 1
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside this python")
+def test_contrastive_trainers_under_two_processes_train_what_one_process_trains(tmp_path):
+    """CLIP and the noised CLIP: each rank embeds its slice, the embeddings are gathered with their gradients
+    and every rank takes the InfoNCE of the whole batch, so two processes give one process's weights; a run
+    killed under two processes resumes under one to the unbroken run's weights."""
+    runs = {"clip": ["train-clip", "clip_preset=tiny"],
+            "noised": ["train-image-classifier", "image_classifier_preset=tiny", "classifier.kind=clip",
+                       "train.steps=6", "train.checkpoint_every=3", "train.test_size=16"]}
+    for name, args in runs.items():
+        one, two, killed = (tmp_path / f"{name}{k}" for k in ("1", "2", "k"))
+        for out, procs in ((one, 1), (two, 2)):
+            r = launch_cli(procs, *args, f"train.out_dir={out}")
+            assert r.returncode == 0, (name, r.stderr[-2000:])
+        assert worst_difference(one, two) <= 1e-5, name
+        same_log(one, two)
+        assert launch_cli(2, *args, f"train.out_dir={killed}", kill_at=4).returncode != 0
+        assert launch_cli(1, *args, f"train.out_dir={killed}").returncode == 0
+        assert worst_difference(one, killed) <= 1e-5, name

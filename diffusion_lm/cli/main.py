@@ -36,7 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 # the commands whose trainer splits each step's batch over torchrun's processes (diffusion_lm.distributed)
 PARALLEL = frozenset({"train", "train-unet", "train-controlnet", "train-autoencoder", "train-image-classifier",
-                      "train-prior", "train-classifier", "train-lm", "train-baseline"})
+                      "train-prior", "train-classifier", "train-lm", "train-baseline", "train-clip"})
 
 # the commands that split their batches over torchrun's processes (diffusion_lm.sharding), rank 0 writing
 SHARDED = frozenset({"generate", "baseline", "evaluate-image"})

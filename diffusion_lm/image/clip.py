@@ -228,7 +228,11 @@ class ClipModel(nn.Module):
         """(loss, {loss, scale, acc}): the symmetric InfoNCE of a batch of pairs (repeated captions are
         shared positives), the temperature's inverse and the in-batch image -> text top-1."""
         ids, mask = self.tokenize(captions)
-        img, txt = self.encode_image(x), self._text_embedding(ids, mask)
+        return self.pair_loss(self.encode_image(x), self._text_embedding(ids, mask), ids)
+
+    def pair_loss(self, img: torch.Tensor, txt: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """`loss` from the pairs' image and text embeddings (B, D) and caption ids (B, L): under torchrun the
+        embeddings gathered from every rank (diffusion_lm.distributed.gather_with_grad)."""
         scale = self.temperature_scale()
         logits = scale * img @ txt.t()
         _, groups = torch.unique(ids, dim=0, return_inverse=True)

@@ -389,9 +389,6 @@ def train_noisy(cfg, train: NoisyTrainConfig, *, full_config: dict | None = None
 
     if cfg.space not in SPACES:
         raise UserError(f"classifier.space must be latent or pixel, got {cfg.space!r}")
-    if cfg.kind == "clip" and distributed.world()[1] > 1:
-        raise UserError("a noised CLIP trains in one process: its InfoNCE contrasts the whole batch, which a "
-                        "slice per process would change")
     distributed.check_batch(train.batch_size)
     try:
         diffusion = GaussianDiffusion.from_config(DiffusionConfig(train.diffusion_schedule, train.diffusion_steps))
@@ -458,11 +455,22 @@ def train_noisy(cfg, train: NoisyTrainConfig, *, full_config: dict | None = None
         acc = torch.stack([(logits[k].argmax(1) == labels[k][rows].to(device)).float().mean() for k in ATTRIBUTES]).mean()
         return loss, {"loss": loss, "acc": acc.detach()}
 
-    def loss_at(step: int):  # the step's global batch, this process's slice of it (kind attributes)
+    def loss_at(step: int):  # the step's global batch, this process's slice of it
         rows = batch_indices(step, train.batch_size, len(x0), train.seed)
         g = torch.Generator().manual_seed(train.seed * 1_000_003 + step)
         t = torch.randint(0, diffusion.num_timesteps, (len(rows),), generator=g)
         noise = torch.randn(x0[rows].shape, generator=g)
+        if cfg.kind == "clip" and distributed.world()[1] > 1:
+            # InfoNCE contrasts the whole batch: each rank embeds its slice, the embeddings are gathered
+            # (differentiably) and every rank takes the global batch's loss
+            local = [distributed.shard(v) for v in (rows, t, noise)]
+            x_t = diffusion.q_sample(x0[local[0]].to(device), local[1].to(device), local[2].to(device))
+            img = distributed.gather_with_grad(model(x_t, local[1].to(device)))
+            groups = group[rows].to(device)
+            logits = model.scale() * img @ text[group[rows]].to(device).t()
+            loss = info_nce(logits, groups)
+            acc = (groups[logits.argmax(1)] == groups).float().mean()
+            return loss, {"loss": loss, "acc": acc.detach()}
         return loss_on(model, *(distributed.shard(v) for v in (rows, t, noise)))
 
     def write_model(state) -> None:
@@ -864,9 +872,7 @@ def train_clip(model_cfg: ClipConfig, train: ClipTrainConfig, *, full_config: di
     loop = loop_config({"train": train})
     if train.batch_size < 2:
         raise UserError("train.batch_size must be at least 2 (InfoNCE contrasts the pairs of a batch)")
-    if distributed.world()[1] > 1:
-        raise UserError("train-clip runs in one process: its InfoNCE contrasts the whole batch, which a slice "
-                        "per process would change")
+    distributed.check_batch(train.batch_size)
     device = pick_device(train.device, "train.device")
     if train.threads:
         torch.set_num_threads(train.threads)
@@ -875,7 +881,7 @@ def train_clip(model_cfg: ClipConfig, train: ClipTrainConfig, *, full_config: di
     clip = ClipModel(model_cfg).to(device)
     if has_checkpoint(out):
         _check_same_model(out, "clip", asdict(model_cfg))
-    else:
+    elif distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)
         clip.save_pretrained(out)
         if full_config is not None:
@@ -883,12 +889,21 @@ def train_clip(model_cfg: ClipConfig, train: ClipTrainConfig, *, full_config: di
 
     def loss_at(step: int):
         x, captions = step_batch(step, train.batch_size, train.data_seed)
-        return clip.loss(x.to(device), captions)
+        if distributed.world()[1] == 1:
+            return clip.loss(x.to(device), captions)
+        # under torchrun: each rank embeds its slice of the pairs; the embeddings are gathered (differentiably)
+        # and every rank takes the InfoNCE of the whole global batch
+        ids, mask = clip.tokenize(captions)
+        img = distributed.gather_with_grad(clip.encode_image(distributed.shard(x).to(device)))
+        txt = distributed.gather_with_grad(clip._text_embedding(distributed.shard(ids), distributed.shard(mask)))
+        return clip.pair_loss(img, txt, ids)
 
     def write_model(state) -> None:
         _exported(clip, state.ema).save_pretrained(out)
 
     result = fit(clip, loss_at, loop, out, name="CLIP", progress=progress, on_checkpoint=write_model)
+    if not distributed.is_main():  # rank 0 measures and writes
+        return {"steps": result.step, "stopped": result.stopped}
     final = _exported(clip, result.ema)
     set_size = min(train.retrieval_set, train.test_size)
     test = clip_metrics(final, *held_images("test", train.test_size, train.data_seed), set_size)
