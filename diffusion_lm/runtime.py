@@ -77,14 +77,17 @@ def resolve_precision(precision: str, device: torch.device, key: str = "precisio
     return precision
 
 
-def autocast(precision: str, device: torch.device):
-    """The context a training step's forward pass runs in: bf16 autocast on a GPU, nothing for fp32. On a
-    GPU TF32 matmuls are also allowed (fp32 matmuls on the tensor cores, as Ampere and later offer)."""
-    import contextlib
-
+def allow_tf32(device: torch.device) -> None:
+    """On a GPU, let fp32 matmuls and convolutions run as TF32 on the tensor cores (Ampere and later)."""
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+
+
+def autocast(precision: str, device: torch.device):
+    """The context a training step's forward pass runs in: bf16 autocast on a GPU, nothing for fp32."""
+    import contextlib
+
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()

@@ -37,7 +37,7 @@ from . import distributed
 from .errors import UserError
 from .io import (load_json, load_tensors, load_weights, read_jsonl, remove_stale_temps, save_json, save_tensors,
                  write_jsonl)
-from .runtime import PRECISIONS, adamw, autocast, keep_freed_memory, resolve_precision
+from .runtime import PRECISIONS, adamw, allow_tf32, autocast, keep_freed_memory, resolve_precision
 
 SCHEDULES = ("cosine", "linear", "constant")
 MAX_SEED = 2 ** 40  # seeds become `seed * 100003 + epoch` in batch_indices, which must fit in 64 bits
@@ -362,6 +362,7 @@ def fit(model: torch.nn.Module, loss_fn: Callable, cfg: LoopConfig, out, *, name
     device = params[0].device if params else torch.device("cpu")
     # bf16 autocast (and TF32) on GPUs, fp32 on the CPU; the weights, optimizer and checkpoints stay fp32
     precision = resolve_precision(cfg.precision, device, cfg.key("precision"))
+    allow_tf32(device)
     if cfg.compile:
         model.compile()  # in place: the forward is compiled on first use, state_dict keys unchanged
     optimizer = adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas))

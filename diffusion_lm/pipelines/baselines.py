@@ -17,7 +17,8 @@ from ..errors import UserError
 from ..lm import ARLM
 from ..sharding import owned_batches
 from ..tasks import get_task
-from .text import MAX_SEED, Generation, _check_total, _count, pick_device
+from ..runtime import pick_device
+from .text import MAX_SEED, Generation, _check_total, _count
 
 METHODS = ("fudge", "pplm")
 SHIPPED = {"fudge": "fudge-discriminator", "pplm": "pplm-discriminator"}
@@ -67,7 +68,7 @@ class BaselinePipeline:
             raise UserError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         config = config if config is not None else (FudgeConfig() if method == "fudge" else PPLMConfig())
         check_config(method, config)
-        device = pick_device(device)
+        device = str(pick_device(device))
         base = ARLM.load(resolve_asset(lm, "model", "base-lm"), device=device)
         most = base.model.config.n_positions - 2  # START and END around the words
         if config.max_words > most:

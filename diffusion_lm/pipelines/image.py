@@ -29,8 +29,8 @@ from ..image.evaluate import save_grid
 from ..image.shapes import parse_caption
 from ..image.unclip import read_conditioning
 from ..image.unet import UNet, images_to_tensor, load_diffusion, match_parts, tensor_to_images
+from ..runtime import pick_device
 from ..sharding import owned_batches
-from .text import pick_device
 
 THRESHOLDS = ("dynamic", "static", "none")
 
@@ -66,7 +66,7 @@ class ImagePipeline:
         """Folders from `diffusion-lm train-unet` (and the autoencoder / CLIP trainers), or `shipped`
         (`image-unet-latent`, `image-autoencoder`, `image-clip`) / `shipped:<name>` (`image-unet-pixel`).
         A pixel UNet loads no autoencoder."""
-        device = pick_device(device)
+        device = str(pick_device(device))
         unet_path = resolve_asset(unet_dir, "model", "image-unet-latent")
         if read_conditioning(unet_path) != "caption":
             raise UserError(f"{unet_path} is an unCLIP decoder (conditioned on CLIP image embeddings, not captions); "

@@ -26,6 +26,7 @@ from ..core import GaussianDiffusion
 from ..core.guidance import ControlGuidance, GuidanceConfig
 from ..errors import UserError
 from ..io import read_jsonl
+from ..runtime import pick_device
 from ..sharding import owned_batches
 from ..tasks import get_task
 from ..text import SampleConfig, from_pretrained, generate
@@ -35,15 +36,6 @@ from ..text.tokenizer import WordTokenizer
 
 CLASSIFIER_KINDS = ("pos", "tree", "semantic")
 MAX_STRENGTH = 1e4  # far above any useful λ: the default is 50 and the measured sweeps stop there
-
-
-def pick_device(name: str = "auto") -> str:
-    """auto (cuda when available) | cpu | cuda, or a one-line UserError."""
-    if name not in ("auto", "cpu", "cuda"):
-        raise UserError(f"unknown device {name!r}; choose auto, cpu or cuda")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("device=cuda but no CUDA device is available")
-    return "cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu"
 
 
 MAX_SEED = 2 ** 62  # torch's generators take 64 bits; the pipelines add offsets to the seed
@@ -112,7 +104,7 @@ class DiffusionLMPipeline:
         unknown = sorted(set(classifiers or {}) - set(CLASSIFIER_KINDS))
         if unknown:
             raise UserError(f"unknown classifier kind {unknown[0]!r}; choose from {', '.join(CLASSIFIER_KINDS)}")
-        device = pick_device(device)
+        device = str(pick_device(device))
         model, tokenizer, diffusion = from_pretrained(resolve_checkpoint(checkpoint), device=device)
         return cls(model, tokenizer, diffusion, classifiers, device)
 

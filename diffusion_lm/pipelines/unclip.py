@@ -23,7 +23,7 @@ from ..image.unclip import (DiffusionPrior, embedding_context, image_embeddings,
 from ..image.autoencoder import load_autoencoder
 from ..image.unet import UNet, fingerprint, images_to_tensor, load_diffusion, tensor_to_images
 from .image import ImagePipeline, _check_counts, check_guidance
-from .text import pick_device
+from ..runtime import pick_device
 
 
 class UnCLIPPipeline(ImagePipeline):
@@ -50,7 +50,7 @@ class UnCLIPPipeline(ImagePipeline):
                         clip_dir: str = "shipped", device: str = "auto") -> "UnCLIPPipeline":
         """Folders from `train-prior` and `train-unet unet_preset=cpu_decoder` (or `shipped` for the
         shipped pair, `image-prior` and `image-unclip-decoder`); no prior (None) for variations alone."""
-        device = pick_device(device)
+        device = str(pick_device(device))
         decoder_path = resolve_asset(decoder_dir, "model", "image-unclip-decoder")
         if read_conditioning(decoder_path) != "image_embedding":
             raise UserError(f"{decoder_path} is a caption UNet, not an unCLIP decoder (train one with "
