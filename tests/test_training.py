@@ -341,3 +341,24 @@ def test_compiled_forward_trains_the_weights_the_eager_forward_trains(tmp_path):
     a, b = (load_file(str(tmp_path / d / "checkpoint" / "state.safetensors")) for d in ("eager", "compiled"))
     assert a.keys() == b.keys()
     assert max(float((a[k].float() - b[k].float()).abs().max()) for k in a if k.startswith("model.")) < 1e-4
+
+
+def test_init_from_starts_a_new_run_at_a_trained_models_weights(tiny_model, tmp_path, capsys):
+    """optim.init_from: the new run's step 0 holds the given model's weights and tokenizer (a 1e-12 lr keeps
+    them to float precision), its own fresh optimizer and step count; a model of another shape is one line, nothing written."""
+    from diffusion_lm.cli.main import run
+
+    out = tmp_path / "cont"
+    assert run(["train", "preset=tiny", "optim.steps=2", "optim.lr=1e-12", "optim.warmup=0", "run.final_samples=0",
+                "run.checkpoint_every=2", f"optim.init_from={tiny_model}", f"run.out_dir={out}"]) == 0
+    a, b = load_file(str(tiny_model / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert (out / "tokenizer.json").read_text() == (tiny_model / "tokenizer.json").read_text()
+    assert json.loads((out / "summary.json").read_text())["steps"] == 2
+    bad = tmp_path / "bad"
+    capsys.readouterr()
+    assert run(["train", "preset=tiny", "model.hidden=48", "optim.steps=2", "run.final_samples=0",
+                f"optim.init_from={tiny_model}", f"run.out_dir={bad}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "optim.init_from" in err and "hidden" in err and len(err.splitlines()) == 1, err
+    assert not bad.exists()

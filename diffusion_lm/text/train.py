@@ -22,7 +22,8 @@ from ..errors import UserError
 from ..data import DataConfig, load_e2e
 from .generation import SampleConfig, check_sample_config, generate
 from ..io import check_output_dir, load_json, save_json
-from .io import load_diffusion, save_pretrained
+from ..assets import resolve_checkpoint
+from .io import from_pretrained, load_diffusion, save_pretrained
 from ..core.timesteps import TimestepSampler
 from ..training import batch_indices, fit, has_checkpoint, loop_config
 from .loss import diffusion_lm_loss, loss_draws
@@ -57,6 +58,10 @@ class OptimConfig:
     step_seeded_noise: bool = False
     precision: str = "auto"  # auto (bf16 autocast on a GPU, fp32 on the CPU) | fp32 | bf16
     compile: bool = False  # torch.compile the model's forward
+    # start a new run from a trained Diffusion-LM's weights (`shipped` or a model folder) instead of from
+    # scratch: its tokenizer, its model shape (model.* must match it) and a fresh optimizer and lr schedule;
+    # read only when the run starts, a resume continues from its own checkpoint
+    init_from: str | None = None
 
 
 @dataclass
@@ -132,7 +137,14 @@ def train(data: DataConfig, model_cfg: DiffusionLMConfig, optim: OptimConfig, ru
     if optim.threads:
         torch.set_num_threads(optim.threads)
     torch.manual_seed(optim.seed)
-    tokenizer = WordTokenizer.load(out) if resuming else None
+    init = None
+    if optim.init_from is not None and not resuming:
+        if not isinstance(optim.init_from, str) or not optim.init_from.strip():
+            raise UserError(f"optim.init_from must name a model folder or `shipped`, got {optim.init_from!r}")
+        init_dir = resolve_checkpoint(optim.init_from)
+        init_model, init_tok, _ = from_pretrained(init_dir)
+        init = (init_dir, init_model, init_tok)
+    tokenizer = WordTokenizer.load(out) if resuming else (init[2] if init else None)
     ids, tokenizer = build_dataset(data, tokenizer)
     model_cfg.vocab_size = len(tokenizer)
     model_cfg.max_len = data.max_len
@@ -140,6 +152,13 @@ def train(data: DataConfig, model_cfg: DiffusionLMConfig, optim: OptimConfig, ru
     model = DiffusionLM(model_cfg).to(device)
     if resuming:
         _check_same_run(out, model.config_dict(), diffusion.config)
+    elif init is not None:
+        diff = [k for k, v in model.config_dict().items() if init[1].config_dict().get(k) != v]
+        if diff:
+            k = diff[0]
+            raise UserError(f"optim.init_from: {init[0]} has {k}={init[1].config_dict().get(k)}, this run's model "
+                            f"{k}={model.config_dict()[k]}; set model.{k} to match or train from scratch")
+        model.load_state_dict(init[1].state_dict())
     try:
         tsampler = TimestepSampler(diffusion.num_timesteps, optim.t_sampling)
     except ValueError as e:
