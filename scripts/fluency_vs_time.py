@@ -8,7 +8,8 @@ final model in <run>, samples n sentences from each (seed 0), scores them with
 the teacher LM, and writes <run>/fluency.json and <run>/fluency.png (median and
 mean per-sentence perplexity against training minutes, with E2E valid
 references as the line to reach; each point also keeps `fluent_share`, the share
-of samples no less fluent than 90% of the references). With compare=, it samples nothing: it draws
+of samples no less fluent than 90% of the references, and the samples' distinct-1/2 and self-BLEU,
+whose references' values sit beside the references' perplexities). With compare=, it samples nothing: it draws
 the median curves of runs already scored (run folders, or fluency JSON files
 kept elsewhere, such as docs/, or `shipped`, whose manifest keeps its curve) on one PNG, each labelled by its denoiser's
 shape and parameter count, against training minutes or, with x=step, training steps (the fair axis
@@ -26,6 +27,7 @@ from diffusion_lm.assets import resolve_asset, resolve_checkpoint
 from diffusion_lm.lm import ARLM
 from diffusion_lm.text import SampleConfig, from_pretrained, generate
 from diffusion_lm.scripting import fail, number, parse, run_script
+from diffusion_lm.eval.diversity import diversity
 from diffusion_lm.eval.fluency import reference_sentences, summarise, threshold
 
 
@@ -41,7 +43,8 @@ def main(argv: list[str]) -> None:
     if not (run / "config.json").is_file():
         fail(f"no trained run in {run} (config.json missing)")
     teacher = ARLM.load(resolve_asset(args["teacher"], "teacher"))
-    ref_ppl = teacher.perplexity(reference_sentences(n))
+    refs = reference_sentences(n)
+    ref_ppl = teacher.perplexity(refs)
     points = []
     summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else {}
     dirs = sorted((run / "snapshots").glob("step*")) + [run]
@@ -56,7 +59,7 @@ def main(argv: list[str]) -> None:
         sents = generate(model, tok, diffusion, n, SampleConfig(steps=steps), seed=0, progress=False)
         ppl = teacher.perplexity(sents)
         points.append({"step": step, "minutes": round(minutes, 2) if minutes else None,
-                       **summarise(ppl, ref_ppl), "example": sents[0]})
+                       **summarise(ppl, ref_ppl), **_diversity(sents), "example": sents[0]})
         print(json.dumps(points[-1]), flush=True)
     model_cfg = json.loads((run / "config.json").read_text())
     result = {"run": str(run), "n": n, "sampling_steps": steps, "teacher": args["teacher"],
@@ -65,11 +68,15 @@ def main(argv: list[str]) -> None:
               "parameters": summary.get("parameters"),
               "references": {"median_ppl": round(statistics.median(ref_ppl), 2),
                              "mean_ppl": round(statistics.mean(ref_ppl), 2),
-                             "p90_ppl": round(threshold(ref_ppl), 2)},
+                             "p90_ppl": round(threshold(ref_ppl), 2), **_diversity(refs)},
               "points": points}
     (run / "fluency.json").write_text(json.dumps(result, indent=2) + "\n")
     _plot(result, run / "fluency.png")
     print(json.dumps(result["references"]))
+
+
+def _diversity(sents: list[str]) -> dict:
+    return {k: round(v, 1) for k, v in diversity(sents).items()} if len(sents) > 1 else {}
 
 
 def _t_sampling(run: Path) -> str:

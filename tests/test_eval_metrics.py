@@ -130,3 +130,22 @@ def test_fluent_share_counts_sentences_within_the_references_90th_percentile():
     assert out == {"median_ppl": 9.1, "mean_ppl": 15.86, "fluent_share": 0.6}
     with pytest.raises(ValueError, match="no perplexities"):
         summarise([], refs)
+
+
+def test_distinct_n_and_self_bleu_against_hand_counts():
+    import math
+
+    from diffusion_lm.eval.diversity import diversity, distinct_n, self_bleu
+
+    texts = ["a b c d", "a b c e"]
+    assert distinct_n(texts, 1) == pytest.approx(100 * 5 / 8)  # a b c d e over 8 words
+    assert distinct_n(texts, 2) == pytest.approx(100 * 4 / 6)  # ab bc cd ce over 6 bigrams
+    # each against the other: p1 = 3/4, p2 = 2/3, p3 = 1/2, p4 = 0 -> 0.1 (method-1 smoothing), no brevity penalty
+    bleu = math.exp(sum(map(math.log, (3 / 4, 2 / 3, 1 / 2, 0.1))) / 4)
+    assert self_bleu(texts) == pytest.approx(100 * bleu)
+    same = diversity(["the pub is cheap ."] * 5)  # one sentence repeated: no diversity at all
+    assert same["self_bleu"] == pytest.approx(100.0) and same["distinct1"] == pytest.approx(100 * 5 / 25)
+    with pytest.raises(ValueError, match="two sentences"):
+        self_bleu(["a b"])
+    with pytest.raises(ValueError, match="no sentence has 2 words"):
+        distinct_n(["a", "b"], 2)

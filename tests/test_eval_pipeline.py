@@ -86,6 +86,11 @@ def test_evaluate_scores_systems_and_honesty_rows(harness, tmp_path, capsys):
     assert result["references (own targets), universal tags"]["pos"]["ctrl"]["mean"] == 100.0
     md = (tmp_path / "report" / "table2.md").read_text()
     assert "| exact |" in md and "Diffusion-LM (paper)" in md and "±" in md
+    # every group's diversity beside the references': "word word ..." repeats one unigram and one bigram
+    exact = result["exact"]["length"]["diversity"]
+    assert exact["distinct1"] < refs["length"]["diversity"]["distinct1"] / 10
+    assert exact["self_bleu"] > 2 * refs["length"]["diversity"]["self_bleu"]  # under 100 by the brevity penalty only
+    assert "self-BLEU" in md
 
 
 @pytest.mark.parametrize("row,message", [

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..io import atomic_write, load_json
+from .diversity import diversity
 from .metrics import METRICS, TASKS, target_text, validate_target
 
 PAPER = {  # Li et al. 2022, Table 2 (ctrl, lm)
@@ -77,7 +78,8 @@ def _stats(xs: list[float]) -> dict:
 
 
 def score(rows: list[dict], teacher, parser: str = "shipped", progress: bool = True) -> dict:
-    """{system: {task: {"ctrl": stats, "lm": stats}}} over all rows."""
+    """{system: {task: {"ctrl": stats, "lm": stats, "diversity": distinct-1/2 and self-BLEU}}} over all rows
+    (diversity where a group has at least two sentences)."""
     from tqdm import tqdm
 
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
@@ -90,6 +92,8 @@ def score(rows: list[dict], teacher, parser: str = "shipped", progress: bool = T
             ctrl = metric.compute(predictions=[r["text"] for r in rs], references=[r["target"] for r in rs])["scores"]
             lm = teacher.perplexity([r["text"] for r in rs])
             result[system][task] = {"ctrl": _stats(ctrl), "lm": _stats(lm)}
+            if len(rs) > 1:
+                result[system][task]["diversity"] = diversity([r["text"] for r in rs])
     return dict(result)
 
 
@@ -100,6 +104,11 @@ def _cell(entry: dict | None, std: bool) -> str:
     if std:
         return f"{c['mean']:.1f} ± {c['std']:.1f} / {m['mean']:.2f} ± {m['std']:.2f} (n={c['n']})"
     return f"{c['mean']:.1f} / {m['mean']:.2f}"
+
+
+def _diversity_cell(entry: dict | None) -> str:
+    d = (entry or {}).get("diversity")
+    return f"{d['distinct1']:.1f} / {d['distinct2']:.1f} / {d['self_bleu']:.1f}" if d else "–"
 
 
 def read_throughput(path: str) -> dict[str, dict[str, float]]:
@@ -151,6 +160,13 @@ def markdown(result: dict, meta: dict) -> str:
     lines += ["", "Mean ± standard deviation over sentences:", "", head, rule]
     for s in systems + honesty:
         lines.append(f"| {s} | " + " | ".join(_cell(result[s].get(t), True) for t in tasks) + " |")
+    shown = [s for s in systems + [REFERENCES] if any("diversity" in e for e in result.get(s, {}).values())]
+    if shown:
+        lines += ["", "Diversity of each system's sentences per task, distinct-1 ↑ / distinct-2 ↑ / self-BLEU ↓ in % "
+                  "(compare with the references' row: the same number of sentences):", "",
+                  "| system | " + " | ".join(tasks) + " |", "| --- " * (len(tasks) + 1) + "|"]
+        for s in shown:
+            lines.append(f"| {s} | " + " | ".join(_diversity_cell(result[s].get(t)) for t in tasks) + " |")
     return "\n".join(lines) + "\n"
 
 
