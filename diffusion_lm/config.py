@@ -45,6 +45,10 @@ class GenerateSchema:
     classifiers: Dict[str, str] = field(default_factory=dict)
     length_shape: bool = True
     shard: Optional[str] = None
+    lm_guidance: float = 0.0
+    lm_rerank: float = 0.0
+    lm_guidance_t: Any = None
+    fluency_lm: str = "shipped"
     guidance: Any = None
     sample: Any = None
 
@@ -56,9 +60,15 @@ class SampleSchema:
     seed: int = 0
     batch_size: int = 64
     mbr: int = 1
+    select: int = 1
+    lm_guidance: float = 0.0
+    lm_rerank: float = 0.0
+    lm_guidance_t: Any = None
+    fluency_lm: str = "shipped"
     output: Optional[str] = None
     device: str = "auto"
     trajectory: Optional[str] = None
+    guidance: Any = None
     sample: Any = None
 
 
@@ -249,3 +259,10 @@ def integer(cfg: DictConfig, key: str, minimum: int | None = None) -> int | None
     if minimum is not None and int(value) < minimum:
         raise UserError(f"{key} must be at least {minimum}, got {value}")
     return int(value)
+
+
+def container(value):
+    """A config value as plain Python (lists and dicts out of OmegaConf's containers)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value

@@ -5,7 +5,7 @@ import sys
 
 from omegaconf import OmegaConf
 
-from ..config import build
+from ..config import build, container
 from ..io import check_output_file, write_jsonl
 from ..pipelines.text import DiffusionLMPipeline, targets_from_file
 from ..sharding import gather_rows, parse_shard, tag_rows
@@ -18,6 +18,7 @@ def main(cfg, command: str = "") -> int:
     if cfg.trajectory:
         check_trajectory(cfg.trajectory)
     pipe = DiffusionLMPipeline.from_pretrained(cfg.checkpoint, dict(cfg.classifiers), device=cfg.device)
+    pipe.set_fluency(cfg.fluency_lm, container(cfg.lm_guidance_t))
     target = OmegaConf.to_container(cfg.target) if OmegaConf.is_config(cfg.target) else cfg.target
     targets = None
     if cfg.targets is not None:
@@ -32,7 +33,7 @@ def main(cfg, command: str = "") -> int:
     out = pipe.generate(cfg.task, target, targets=targets, n=cfg.n, seed=cfg.seed, batch_size=cfg.batch_size,
                         select=cfg.select, guidance=build(cfg, "guidance"), sample=build(cfg, "sample"),
                         length_shape=cfg.length_shape, left=cfg.left, right=cfg.right, middle=cfg.middle,
-                        callback=recorder, on_batch=show, shard=shard)
+                        lm_guidance=cfg.lm_guidance, lm_rerank=cfg.lm_rerank, callback=recorder, on_batch=show, shard=shard)
     rows = tag_rows([{"task": cfg.task, "target": g.target, "text": g.text, "system": cfg.system} for g in out],
                     [g.job for g in out], len(targets or [None]) * cfg.n, shard)
     rows = gather_rows(rows)  # under torchrun: every rank's rows, merged, on rank 0 (None elsewhere)

@@ -29,6 +29,13 @@ class Control:
     classifier: Any  # has log_prob(x_t, t, target) -> (B,), differentiable in x_t
     target: Any
     weight: float = 1.0
+    t_range: Optional[tuple[int, int]] = None  # active only at training timesteps lo <= t <= hi (None: always)
+
+    def active(self, t: torch.Tensor) -> bool:
+        if self.t_range is None:
+            return True
+        lo, hi = self.t_range
+        return lo <= int(t.max()) <= hi
 
 
 @dataclass
@@ -47,21 +54,23 @@ class ControlGuidance:
     config: GuidanceConfig = field(default_factory=GuidanceConfig)
     last_log_prob: torch.Tensor | None = None  # Σ_c w_c log p(c | x) after the last update (for plots)
 
-    def log_prob(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return sum(c.weight * c.classifier.log_prob(x, t, c.target) for c in self.controls)
+    def log_prob(self, x: torch.Tensor, t: torch.Tensor, controls: list[Control] | None = None) -> torch.Tensor:
+        return sum(c.weight * c.classifier.log_prob(x, t, c.target) for c in (self.controls if controls is None
+                                                                              else controls))
 
     def __call__(self, x_prev: torch.Tensor, *, x_t: torch.Tensor, mean: torch.Tensor, variance: torch.Tensor,
                  t: torch.Tensor, index: int) -> torch.Tensor:
         cfg = self.config
         strength = 1.0 if cfg.strength is None else cfg.strength
-        if index < cfg.skip_last or cfg.updates <= 0 or strength == 0 or not self.controls:
+        active = [c for c in self.controls if c.active(t)]
+        if index < cfg.skip_last or cfg.updates <= 0 or strength == 0 or not active:
             return x_prev
         x = x_prev.detach().clone().requires_grad_(True)
         opt = torch.optim.Adagrad([x], lr=cfg.step_size)
         var = variance.clamp_min(1e-8)
         for _ in range(cfg.updates):
             opt.zero_grad(set_to_none=True)
-            lp = self.log_prob(x, t)
+            lp = self.log_prob(x, t, active)
             fluency = ((x - mean) ** 2 / (2 * var)).flatten(1).sum(1)
             (strength * -lp + fluency).sum().backward()
             opt.step()

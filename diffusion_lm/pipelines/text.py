@@ -12,6 +12,7 @@ contexts as known positions. Batching, best-of-`select` reranking and MBR live h
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Callable
@@ -23,7 +24,7 @@ from classifiers.tasks import NEEDS, controls_for, parse_request
 
 from ..assets import resolve_asset, resolve_checkpoint
 from ..core import GaussianDiffusion
-from ..core.guidance import ControlGuidance, GuidanceConfig
+from ..core.guidance import Control, ControlGuidance, GuidanceConfig
 from ..errors import UserError
 from ..io import read_jsonl
 from ..runtime import pick_device
@@ -73,10 +74,28 @@ def targets_from_file(task: str, path: str, limit: int | None = None) -> list:
 
 
 def _controls_met(x0: torch.Tensor, hook: ControlGuidance, floor: float) -> torch.Tensor:
-    """Early exit's veto: do the settled words (clamped x̂_0) meet the controls, log p(c | words, t = 0) ≥ floor?"""
+    """Early exit's veto: do the settled words (clamped x̂_0) meet the controls, log p(c | words, t = 0) ≥ floor?
+    (The fluency LM's term, if guiding, is no control to meet.)"""
+    hook = replace(hook, controls=[c for c in hook.controls if not getattr(c.classifier, "fluency", False)])
     with torch.enable_grad():  # some classifiers (the tree CRF) differentiate internally
         zeros = torch.zeros(len(x0), dtype=torch.long, device=x0.device)
         return hook.log_prob(x0, zeros).detach() >= floor
+
+
+def _weight(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise UserError(f"{name} must be a finite number >= 0, got {value!r}")
+    if value > MAX_STRENGTH:
+        raise UserError(f"{name} must be at most {MAX_STRENGTH:g}, got {value!r}")
+    return float(value)
+
+
+def _keep_better(texts, best, draw, score):
+    """Per row, the draw with the higher score so far (the first draw when there is none yet)."""
+    if texts is None:
+        return draw, score
+    better = score > best
+    return [d if w else o for d, o, w in zip(draw, texts, better.tolist())], torch.where(better, score, best)
 
 
 @dataclass
@@ -95,6 +114,9 @@ class DiffusionLMPipeline:
         # kind -> folder or `shipped`; loaded (and checked against the model's latent space) on first use
         self.classifier_paths = {k: "shipped" for k in CLASSIFIER_KINDS} | dict(classifiers or {})
         self._classifiers: dict[str, Any] = {}
+        self.fluency_lm = "shipped"  # the base LM (models/base-lm) for lm_guidance and lm_rerank; never the teacher
+        self._potential = None
+        self.lm_t_range: tuple[int, int] | None = None
 
     @classmethod
     def from_pretrained(cls, checkpoint: str = "shipped", classifiers: dict[str, str] | None = None,
@@ -118,6 +140,54 @@ class DiffusionLMPipeline:
             self._classifiers[kind] = clf
         return self._classifiers[kind]
 
+    def set_fluency(self, lm: str = "shipped", t_range=None) -> None:
+        """The base LM that lm_guidance / lm_rerank use (`shipped`: models/base-lm, or a folder from
+        `diffusion-lm train-lm`) and the training timesteps [lo, hi] where lm_guidance acts (None: all)."""
+        if not isinstance(lm, str) or not lm.strip():
+            raise UserError(f"fluency_lm must name an LM folder or `shipped`, got {lm!r}")
+        if t_range is not None:
+            t_range = list(t_range) if isinstance(t_range, tuple) else t_range
+            T = self.diffusion.num_timesteps
+            if (not isinstance(t_range, list) or len(t_range) != 2
+                    or not all(isinstance(v, int) and not isinstance(v, bool) for v in t_range)
+                    or not 0 <= t_range[0] <= t_range[1] <= T - 1):
+                raise UserError(f"lm_guidance_t must be [lo, hi] with 0 <= lo <= hi <= {T - 1}, got {t_range!r}")
+            t_range = tuple(t_range)
+        if lm != self.fluency_lm:
+            self._potential = None
+        self.fluency_lm, self.lm_t_range = lm, t_range
+
+    def potential(self):
+        """The fluency LM as a guidance potential (diffusion_lm.lm.potential), loaded on first use."""
+        if self._potential is None:
+            from ..lm import ARLM
+            from ..lm.potential import LMPotential
+
+            where = resolve_asset(self.fluency_lm, "model", "base-lm")
+            teacher = Path(resolve_asset("shipped", "teacher")).resolve()
+            if Path(where).resolve() == teacher:
+                raise UserError("the fluency LM must not be the teacher that judges fluency; use the base LM")
+            self._potential = LMPotential(ARLM.load(where, device=self.device), self.model, self.tokenizer,
+                                          self.diffusion.alpha_bar)
+        return self._potential
+
+    def _fluency(self, hook: ControlGuidance | None, lm_guidance: float, gcfg: GuidanceConfig | None):
+        """The step hook with the LM's term added at weight lm_guidance (a hook of its own, λ = 1, with no
+        classifiers), active over the training timesteps `self.lm_t_range` (None: every step)."""
+        if not lm_guidance:
+            return hook
+        lm = Control(self.potential(), None, weight=lm_guidance, t_range=self.lm_t_range)
+        if hook is None:
+            return ControlGuidance([lm], replace(gcfg or GuidanceConfig(), strength=1.0))
+        return ControlGuidance(hook.controls + [lm], hook.config)
+
+    def _rerank_score(self, hook: ControlGuidance | None, texts: list[str], lm_rerank: float) -> torch.Tensor:
+        """select's score: the classifiers' log p(c | words) (t = 0), minus lm_rerank × the base LM's mean NLL."""
+        score = self._word_log_prob(hook, texts) if hook is not None else torch.zeros(len(texts))
+        if lm_rerank:
+            score = score.cpu() - lm_rerank * self.potential().mean_nll(texts)
+        return score.cpu()
+
     def classifiers_for(self, task: str, length_shape: bool = True) -> dict:
         kinds = NEEDS.get(task, ()) + (("pos",) if task == "length" and length_shape else ())
         return {k: self.classifier(k) for k in kinds}
@@ -139,36 +209,72 @@ class DiffusionLMPipeline:
         return g
 
     # ---- uncontrolled ----------------------------------------------------------------------
-    def sample(self, n: int = 5, *, seed: int = 0, batch_size: int = 64, mbr: int = 1,
+    def sample(self, n: int = 5, *, seed: int = 0, batch_size: int = 64, mbr: int = 1, select: int = 1,
+               lm_guidance: float = 0.0, lm_rerank: float = 0.0, guidance: GuidanceConfig | None = None,
                sample: SampleConfig | None = None, callback: Callable[[dict], None] | None = None,
                progress: bool = True) -> list[str]:
-        """n sentences with no control (mbr > 1: the minimum-Bayes-risk pick of that many candidates)."""
+        """n sentences with no control (mbr > 1: the minimum-Bayes-risk pick of that many candidates).
+
+        lm_guidance > 0 steers every step toward what the base LM finds likely (weight of its
+        log-likelihood, with `guidance`'s K and step size); select > 1 with lm_rerank > 0 keeps, of that
+        many draws, the one the base LM scores best."""
         _count("n", n), _count("batch_size", batch_size), _count("mbr", mbr), _count("seed", seed, 0, MAX_SEED)
-        _check_total("n × mbr", n * mbr)
-        return generate(self.model, self.tokenizer, self.diffusion, n, sample or SampleConfig(),
-                        batch_size=batch_size, seed=seed, mbr=mbr, callback=callback, progress=progress)
+        _count("select", select)
+        lm_guidance, lm_rerank = _weight("lm_guidance", lm_guidance), _weight("lm_rerank", lm_rerank)
+        if select > 1 and not lm_rerank:
+            raise UserError("select > 1 with no control needs lm_rerank > 0 (the base LM picks)")
+        if (select > 1 or lm_guidance) and mbr > 1:
+            raise UserError("mbr > 1 does not combine with select or lm_guidance")
+        _check_total("n × mbr × select", n * mbr * select)
+        if lm_guidance or lm_rerank:
+            self.potential()  # a bad fluency LM fails here, before anything is sampled
+        cfg = sample or SampleConfig()
+        if mbr > 1 or not (lm_guidance or select > 1):
+            return generate(self.model, self.tokenizer, self.diffusion, n, cfg,
+                            batch_size=batch_size, seed=seed, mbr=mbr, callback=callback, progress=progress)
+        out: list[str] = []
+        for b in range(0, n, batch_size):
+            m = min(batch_size, n - b)
+            texts, best = None, None
+            for k in range(select):
+                hook = self._fluency(None, lm_guidance, guidance)
+                draw = generate(self.model, self.tokenizer, self.diffusion, m, cfg, batch_size=m,
+                                seed=seed + b + 100003 * k, step_hook=hook, callback=callback, progress=progress)
+                if select == 1:
+                    texts = draw
+                    break
+                score = self._rerank_score(None, draw, lm_rerank)
+                texts, best = _keep_better(texts, best, draw, score)
+            out += texts
+        return out
 
     # ---- controlled ------------------------------------------------------------------------
     def __call__(self, task: str, target=None, *, targets: list | None = None, n: int = 1, seed: int = 0,
                  batch_size: int = 50, select: int = 1, strength: float | None = None,
                  guidance: GuidanceConfig | None = None, sample: SampleConfig | None = None,
                  length_shape: bool = True, left: str = "", right: str = "", middle: int = 8,
+                 lm_guidance: float = 0.0, lm_rerank: float = 0.0,
                  callback: Callable[[dict], None] | None = None, progress: bool = True) -> list[str]:
         """n sentences for `target` (or for each of `targets`, in order), steered toward it.
 
         task: pos | tree | spans | semantic | compose | length | infill (infill takes left, right and
         middle, the number of free words, instead of a target). select > 1 draws that many per
-        sentence and keeps the one the task's classifiers score best on the finished words (t = 0).
+        sentence and keeps the one the task's classifiers score best on the finished words (t = 0),
+        less lm_rerank × its mean NLL under the base LM. lm_guidance > 0 adds the base LM's
+        log-likelihood of the soft-rounded words (diffusion_lm.lm.potential) to the guided objective at
+        that weight beside the classifiers' log p(c | x) (weight 1).
         """
         return [g.text for g in self.generate(task, target, targets=targets, n=n, seed=seed, batch_size=batch_size,
                                               select=select, strength=strength, guidance=guidance, sample=sample,
                                               length_shape=length_shape, left=left, right=right, middle=middle,
+                                              lm_guidance=lm_guidance, lm_rerank=lm_rerank,
                                               callback=callback, progress=progress)]
 
     def generate(self, task: str, target=None, *, targets: list | None = None, n: int = 1, seed: int = 0,
                  batch_size: int = 50, select: int = 1, strength: float | None = None,
                  guidance: GuidanceConfig | None = None, sample: SampleConfig | None = None,
                  length_shape: bool = True, left: str = "", right: str = "", middle: int = 8,
+                 lm_guidance: float = 0.0, lm_rerank: float = 0.0,
                  callback: Callable[[dict], None] | None = None, progress: bool = True,
                  on_batch: Callable[[list[Generation]], None] | None = None,
                  shard: tuple[int, int] | None = None) -> list[Generation]:
@@ -180,8 +286,10 @@ class DiffusionLMPipeline:
                                        _count("seed", seed, 0, MAX_SEED))
         model, tok = self.model, self.tokenizer
         classifiers = {} if task == "infill" else self.classifiers_for(task, length_shape)
-        if select > 1 and not classifiers:
-            raise UserError(f"select > 1 needs a classifier task (pos, tree, spans, semantic, compose), not {task}")
+        lm_guidance, lm_rerank = _weight("lm_guidance", lm_guidance), _weight("lm_rerank", lm_rerank)
+        if select > 1 and not classifiers and not lm_rerank:
+            raise UserError(f"select > 1 needs a classifier task (pos, tree, spans, semantic, compose) or "
+                            f"lm_rerank > 0, not {task} alone")
         if task == "infill":
             if target is not None or targets is not None:
                 raise UserError("infill takes left=, right= and middle=, not a target")
@@ -196,6 +304,8 @@ class DiffusionLMPipeline:
         if not targets:
             raise UserError("no targets to generate for")
         _check_total("targets × n × select", len(targets) * n * select)
+        if lm_guidance or lm_rerank:
+            self.potential()  # a bad fluency LM fails here, before anything is sampled
         sample_cfg = replace(sample or SampleConfig(), length=None)  # constraints span the model's full max_len
         gcfg = self.guidance(task, strength, guidance) if classifiers else None
         g = torch.Generator().manual_seed(seed)
@@ -216,24 +326,20 @@ class DiffusionLMPipeline:
             if classifiers:
                 hook = ControlGuidance(controls_for(reqs, classifiers, self.device), gcfg)
             exclude = None if known is None else words_only(known, tok, len(tok))
+            steer = self._fluency(hook, lm_guidance, gcfg)
             accept = None
             if hook is not None and sample_cfg.exit_patience and sample_cfg.exit_confidence > 0:
                 accept = partial(_controls_met, floor=math.log(sample_cfg.exit_confidence))
             texts, best = None, None
             for k in range(select):  # best of `select` draws by the controls' own log p(c | words) at t = 0
                 draw = generate(model, tok, self.diffusion, len(chunk), sample_cfg, batch_size=len(chunk),
-                                seed=seed + b + 100003 * k, known=known, exclude=exclude, step_hook=hook,
+                                seed=seed + b + 100003 * k, known=known, exclude=exclude, step_hook=steer,
                                 callback=callback, progress=progress, exit_accept=accept)
                 if select == 1:
                     texts = draw
                     break
-                score = self._word_log_prob(hook, draw)
-                if texts is None:
-                    texts, best = draw, score
-                else:
-                    better = score > best
-                    texts = [d if w else o for d, o, w in zip(draw, texts, better.tolist())]
-                    best = torch.where(better, score, best)
+                score = self._rerank_score(hook, draw, lm_rerank)
+                texts, best = _keep_better(texts, best, draw, score)
             batch = [Generation(t, text, b + k) for k, ((_, t), text) in enumerate(zip(chunk, texts))]
             out += batch
             if on_batch is not None:
