@@ -103,3 +103,16 @@ def test_the_teacher_is_refused_as_the_fluency_lm_and_bad_timesteps_fail(tiny_mo
                 "lm_guidance=1", "lm_guidance_t=[5,2]", f"output={out}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "lm_guidance_t must be [lo, hi]" in err[0] and not out.exists()
+
+
+def test_lm_guidance_weighs_the_same_in_the_objective_with_or_without_classifiers(pipe):
+    """λ multiplies the classifiers' terms; the LM's term weighs lm_guidance either way."""
+    clf = Control(object(), None)
+    for strength in (50.0, 0.0):
+        steer = pipe._fluency(ControlGuidance([clf], GuidanceConfig(strength=strength)), 2.0, None)
+        lm = steer.controls[-1]
+        assert lm.classifier is pipe.potential()
+        assert (steer.config.strength or 1.0) * lm.weight == pytest.approx(2.0)
+    alone = pipe._fluency(None, 2.0, GuidanceConfig(updates=5))
+    assert alone.config.strength == 1.0 and alone.controls[0].weight == 2.0 and alone.config.updates == 5
+    assert pipe._fluency(None, 0.0, None) is None

@@ -172,13 +172,17 @@ class DiffusionLMPipeline:
         return self._potential
 
     def _fluency(self, hook: ControlGuidance | None, lm_guidance: float, gcfg: GuidanceConfig | None):
-        """The step hook with the LM's term added at weight lm_guidance (a hook of its own, λ = 1, with no
-        classifiers), active over the training timesteps `self.lm_t_range` (None: every step)."""
+        """The step hook with − lm_guidance · log p_LM(soft words) added to the guided objective (beside
+        λ · Σ_c −log p(c | x) and the Gaussian term), active over the training timesteps `self.lm_t_range`
+        (None: every step)."""
         if not lm_guidance:
             return hook
-        lm = Control(self.potential(), None, weight=lm_guidance, t_range=self.lm_t_range)
-        if hook is None:
+        strength = hook.config.strength if hook is not None else None
+        if not strength:  # no classifiers, or λ = 0: the LM's term alone, at its own weight
+            lm = Control(self.potential(), None, weight=lm_guidance, t_range=self.lm_t_range)
             return ControlGuidance([lm], replace(gcfg or GuidanceConfig(), strength=1.0))
+        # the hook multiplies every control by λ: the LM's weight is lm_guidance in the objective itself
+        lm = Control(self.potential(), None, weight=lm_guidance / strength, t_range=self.lm_t_range)
         return ControlGuidance(hook.controls + [lm], hook.config)
 
     def _rerank_score(self, hook: ControlGuidance | None, texts: list[str], lm_rerank: float) -> torch.Tensor:
@@ -262,7 +266,7 @@ class DiffusionLMPipeline:
         sentence and keeps the one the task's classifiers score best on the finished words (t = 0),
         less lm_rerank × its mean NLL under the base LM. lm_guidance > 0 adds the base LM's
         log-likelihood of the soft-rounded words (diffusion_lm.lm.potential) to the guided objective at
-        that weight beside the classifiers' log p(c | x) (weight 1).
+        that weight (the classifiers' log p(c | x) weigh λ = strength).
         """
         return [g.text for g in self.generate(task, target, targets=targets, n=n, seed=seed, batch_size=batch_size,
                                               select=select, strength=strength, guidance=guidance, sample=sample,
