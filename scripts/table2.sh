@@ -9,6 +9,9 @@
 # A run has 4 batches of 50 a task, so up to 4 processes share the work (on this 2-core CPU, 2).
 # LIMIT=N and BATCH=B (environment) take only the first N targets of each task in batches of B and skip the
 # throughput bench: a quick check of the script itself (e.g. LIMIT=12 BATCH=6 with procs 1 and 2).
+# LM_ROWS=1 adds the "Diffusion-LM + LM guidance" rows (the base LM steers the first 50 of 200 steps at
+# weight LM_WEIGHT, default 1; docs/experiments/fluency_guidance.md) and their uncontrolled floor: about
+# twice the Diffusion-LM rows' time again.
 # A generation file that already exists is kept (delete it to redo it); the full run from nothing takes
 # about 1.5 to 2 hours on the 2-core CPU in one process, most of it Diffusion-LM's tree and spans rows.
 set -euo pipefail
@@ -38,6 +41,19 @@ for task in semantic pos tree spans length compose; do
   gen "$OUT/fudge-$task.jsonl" baseline method=fudge task=$task targets=shipped
 done
 gen "$OUT/pplm-semantic.jsonl" baseline method=pplm task=semantic targets=shipped
+if [ -n "${LM_ROWS:-}" ]; then
+  LMG=(lm_guidance="${LM_WEIGHT:-1}" "lm_guidance_t=[1500,1999]")
+  for task in semantic pos tree spans length compose; do
+    gen "$OUT/diffusion-lm-lmg-$task.jsonl" generate task=$task targets=shipped "${LMG[@]}" \
+      "system='Diffusion-LM + LM guidance'"
+  done
+  files+=("$OUT/diffusion-lm-lmg-uncontrolled.jsonl")
+  if [ ! -s "$OUT/diffusion-lm-lmg-uncontrolled.jsonl" ]; then
+    $BIN/python scripts/uncontrolled_rows.py output="$OUT/diffusion-lm-lmg-uncontrolled.jsonl" ${LIMIT:+n=$LIMIT} \
+      lm_guidance="${LM_WEIGHT:-1}" lm_guidance_t=1500-1999 "system=Diffusion-LM + LM guidance (no control)" \
+      > "$OUT/diffusion-lm-lmg-uncontrolled.jsonl.log" 2>&1 || { echo "failed: LM-guided uncontrolled rows"; exit 2; }
+  fi
+fi
 # the floors: each model's plain samples against the same targets (ctrl by chance, lm of the unsteered model)
 files+=("$OUT/diffusion-lm-uncontrolled.jsonl")  # one process: 200 plain samples in 4 batches, a minute
 if [ ! -s "$OUT/diffusion-lm-uncontrolled.jsonl" ]; then

@@ -164,6 +164,10 @@ def test_module_entry_point_exit_code():
     ("sampling_sweep", ["n=many"]),                       # not a number
     ("sampling_sweep", ["checkpoint=runs/no-such-run"]),  # UserError from the toolkit
     ("uncontrolled_rows", ["n=0"]),                       # below the minimum
+    ("uncontrolled_rows", ["lm_guidance=-1"]),            # below the minimum
+    ("uncontrolled_rows", ["lm_guidance_t=late"]),        # not LO-HI
+    ("fluency_recipes", ["recipes=plain,guide:x"]),       # a bad recipe
+    ("fluency_recipes", ["n=1"]),                         # below the minimum
     ("control_strength", ["task=colour"]),                # unknown task
     ("bench_control", ["systems=gpt4"]),                  # unknown system
     ("bench_train", ["steps=abc"]),                       # not a number
