@@ -1,6 +1,7 @@
 """Copy a trained model into the package (fp16 weights + manifest), so a fresh clone needs no training.
 
     python scripts/ship_model.py [kind=diffusion|teacher|parser|...] [run=<folder>] [name=<asset name>] [command="..."]
+        [notes=<file.json>]   (a JSON object merged into the manifest: e.g. a continued run's history and hours)
 
     kind=diffusion  run=runs/cpu      name=diffusion-lm-cpu     (diffusion-lm train preset=cpu)
     kind=teacher    run=runs/teacher  name=teacher-lm           (diffusion-lm train-lm)
@@ -93,7 +94,7 @@ def manifest_for(kind: str, run: Path, report: Path | None = None) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    args = parse(argv, {"kind": "diffusion", "run": "", "name": "", "command": "", "report": ""})
+    args = parse(argv, {"kind": "diffusion", "run": "", "name": "", "command": "", "report": "", "notes": ""})
     kind = args["kind"]
     if kind not in KINDS:
         fail(f"unknown kind {kind!r}; choose {', '.join(KINDS)}")
@@ -102,6 +103,14 @@ def main(argv: list[str]) -> None:
     name = args["name"] or (default_name or f"classifier-{(_json(run / 'config.json') or {}).get('kind')}")
     if not (run / "model.safetensors").is_file():
         fail(f"no model.safetensors in {run}")
+    notes = {}
+    if args["notes"]:
+        try:
+            notes = json.loads(Path(args["notes"]).read_text())
+        except (OSError, ValueError) as e:
+            fail(f"notes={args['notes']}: {e}")
+        if not isinstance(notes, dict):
+            fail(f"notes={args['notes']} must hold a JSON object")
     dest, tmp = ASSETS / name, ASSETS / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -119,6 +128,7 @@ def main(argv: list[str]) -> None:
     manifest = {"kind": kind, "commit": commit, "trained_on": "2-core CPU, fp32", **manifest_for(kind, run, Path(args["report"]) if args["report"] else None)}
     if args["command"]:  # the exact command, where the run's preset has changed since or overrides were given
         manifest["command"] = args["command"]
+    manifest.update(notes)
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     if dest.exists():
         shutil.rmtree(dest)
