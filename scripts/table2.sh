@@ -9,9 +9,10 @@
 # A run has 4 batches of 50 a task, so up to 4 processes share the work (on this 2-core CPU, 2).
 # LIMIT=N and BATCH=B (environment) take only the first N targets of each task in batches of B and skip the
 # throughput bench: a quick check of the script itself (e.g. LIMIT=12 BATCH=6 with procs 1 and 2).
-# LM_ROWS=1 adds the "Diffusion-LM + LM guidance" rows (the base LM steers the first 50 of 200 steps at
-# weight LM_WEIGHT, default 1; docs/experiments/fluency_guidance.md) and their uncontrolled floor: about
-# twice the Diffusion-LM rows' time again.
+# LM_ROWS=1 adds the "Diffusion-LM + base LM" rows (docs/experiments/fluency_guidance.md): under control,
+# the best of 4 draws by the classifiers' score less B × the base LM's mean NLL (B = 1 on semantic, whose
+# classifier scores one fact; 10 where the classifiers sum over positions or spans); uncontrolled, the base
+# LM guiding the first 50 of 200 steps. About four times the Diffusion-LM rows' time again.
 # A generation file that already exists is kept (delete it to redo it); the full run from nothing takes
 # about 1.5 to 2 hours on the 2-core CPU in one process, most of it Diffusion-LM's tree and spans rows.
 set -euo pipefail
@@ -42,16 +43,16 @@ for task in semantic pos tree spans length compose; do
 done
 gen "$OUT/pplm-semantic.jsonl" baseline method=pplm task=semantic targets=shipped
 if [ -n "${LM_ROWS:-}" ]; then
-  LMG=(lm_guidance="${LM_WEIGHT:-1}" "lm_guidance_t=[1500,1999]")
   for task in semantic pos tree spans length compose; do
-    gen "$OUT/diffusion-lm-lmg-$task.jsonl" generate task=$task targets=shipped "${LMG[@]}" \
-      "system='Diffusion-LM + LM guidance'"
+    B=10; if [ $task = semantic ]; then B=1; fi
+    gen "$OUT/diffusion-lm-lm-$task.jsonl" generate task=$task targets=shipped select=4 lm_rerank=$B \
+      "system='Diffusion-LM + base LM'"
   done
-  files+=("$OUT/diffusion-lm-lmg-uncontrolled.jsonl")
-  if [ ! -s "$OUT/diffusion-lm-lmg-uncontrolled.jsonl" ]; then
-    $BIN/python scripts/uncontrolled_rows.py output="$OUT/diffusion-lm-lmg-uncontrolled.jsonl" ${LIMIT:+n=$LIMIT} \
-      lm_guidance="${LM_WEIGHT:-1}" lm_guidance_t=1500-1999 "system=Diffusion-LM + LM guidance (no control)" \
-      > "$OUT/diffusion-lm-lmg-uncontrolled.jsonl.log" 2>&1 || { echo "failed: LM-guided uncontrolled rows"; exit 2; }
+  files+=("$OUT/diffusion-lm-lm-uncontrolled.jsonl")
+  if [ ! -s "$OUT/diffusion-lm-lm-uncontrolled.jsonl" ]; then
+    $BIN/python scripts/uncontrolled_rows.py output="$OUT/diffusion-lm-lm-uncontrolled.jsonl" ${LIMIT:+n=$LIMIT} \
+      lm_guidance=1 lm_guidance_t=1500-1999 "system=Diffusion-LM + base LM (no control)" \
+      > "$OUT/diffusion-lm-lm-uncontrolled.jsonl.log" 2>&1 || { echo "failed: LM-guided uncontrolled rows"; exit 2; }
   fi
 fi
 # the floors: each model's plain samples against the same targets (ctrl by chance, lm of the unsteered model)
