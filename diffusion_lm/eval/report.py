@@ -92,7 +92,7 @@ def score(rows: list[dict], teacher, parser: str = "shipped", progress: bool = T
             ctrl = metric.compute(predictions=[r["text"] for r in rs], references=[r["target"] for r in rs])["scores"]
             lm = teacher.perplexity([r["text"] for r in rs])
             result[system][task] = {"ctrl": _stats(ctrl), "lm": _stats(lm)}
-            if len(rs) > 1:
+            if len(rs) > 1 and system != SHUFFLED:  # the shuffled rows are the references' own sentences
                 result[system][task]["diversity"] = diversity([r["text"] for r in rs])
     return dict(result)
 
