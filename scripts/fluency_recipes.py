@@ -24,7 +24,8 @@ from diffusion_lm.assets import resolve_asset
 from diffusion_lm.eval.diversity import diversity
 from diffusion_lm.eval.fluency import reference_sentences, summarise, threshold
 from diffusion_lm.lm import ARLM
-from diffusion_lm.pipelines.text import DiffusionLMPipeline, targets_from_file
+from diffusion_lm.pipelines.text import DiffusionLMPipeline
+from diffusion_lm.tasks import get_task
 from diffusion_lm.scripting import fail, number, parse, run_script
 
 
@@ -58,8 +59,7 @@ def main(argv: list[str]) -> None:
     pipe = DiffusionLMPipeline.from_pretrained(args["checkpoint"], device="cpu")
     teacher = ARLM.load(resolve_asset(args["teacher"], "teacher"))
     task = args["task"] or None
-    targets = targets_from_file(task, args["targets"], n) if task else None
-    refs = [r["reference"] for r in _target_rows(task, args["targets"])[:n]] if task else reference_sentences(n)
+    targets, refs = _targets_and_references(task, args["targets"], n) if task else (None, reference_sentences(n))
     ref_ppl = teacher.perplexity(refs)
     rows = []
     for r in recipes:
@@ -94,12 +94,18 @@ def main(argv: list[str]) -> None:
     print(json.dumps(result["references"]))
 
 
-def _target_rows(task: str, path: str) -> list[dict]:
+def _targets_and_references(task: str, path: str, n: int) -> tuple[list, list[str]]:
+    """The first n targets of a targets file (`shipped`: the package's <task>.jsonl) and their references."""
     from diffusion_lm.io import read_jsonl
 
+    get_task(task)  # an unknown task fails in one line
     if path == "shipped":
         path = f"{resolve_asset('shipped', 'targets')}/{task}.jsonl"
-    return read_jsonl(path, "targets file", allow_empty=False)
+    rows = read_jsonl(path, "targets file", allow_empty=False)[:n]
+    for k, r in enumerate(rows, 1):
+        if not isinstance(r, dict) or "target" not in r or not isinstance(r.get("reference"), str):
+            fail(f"{path} row {k}: needs a target and its reference sentence")
+    return [r["target"] for r in rows], [r["reference"] for r in rows]
 
 
 def _plot(result: dict, png: Path) -> None:

@@ -116,3 +116,16 @@ def test_lm_guidance_weighs_the_same_in_the_objective_with_or_without_classifier
     alone = pipe._fluency(None, 2.0, GuidanceConfig(updates=5))
     assert alone.config.strength == 1.0 and alone.controls[0].weight == 2.0 and alone.config.updates == 5
     assert pipe._fluency(None, 0.0, None) is None
+
+
+def test_early_exit_veto_checks_the_controls_not_the_fluency_term(pipe):
+    from diffusion_lm.pipelines.text import _controls_met
+
+    class Met:
+        def log_prob(self, x, t, target):
+            return torch.zeros(len(x))  # log p = 0: met
+
+    x0 = torch.zeros(2, 4, pipe.model.config.emb_dim)
+    steer = pipe._fluency(ControlGuidance([Control(Met(), None)], GuidanceConfig(strength=50.0)), 1.0, None)
+    assert not steer.controls[-1].required  # the LM's term; its log-likelihood (< 0) would fail any floor
+    assert _controls_met(x0, steer, floor=-1e-3).all()

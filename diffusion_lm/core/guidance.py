@@ -30,6 +30,7 @@ class Control:
     target: Any
     weight: float = 1.0
     t_range: Optional[tuple[int, int]] = None  # active only at training timesteps lo <= t <= hi (None: always)
+    required: bool = True  # a target the finished sample must meet; False for a potential only to raise (fluency)
 
     def active(self, t: torch.Tensor) -> bool:
         if self.t_range is None:

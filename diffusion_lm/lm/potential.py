@@ -28,8 +28,6 @@ from .teacher import ARLM
 class LMPotential:
     """`log_prob(x_t, t, target=None) -> (B,)`, the classifiers' interface, for the guidance hook."""
 
-    fluency = True  # a term to raise, not a control to meet (early exit's veto ignores it)
-
     def __init__(self, lm: ARLM, model, tokenizer, alpha_bar: torch.Tensor):
         self.lm = lm
         lm.model.requires_grad_(False)

@@ -76,7 +76,7 @@ def targets_from_file(task: str, path: str, limit: int | None = None) -> list:
 def _controls_met(x0: torch.Tensor, hook: ControlGuidance, floor: float) -> torch.Tensor:
     """Early exit's veto: do the settled words (clamped x̂_0) meet the controls, log p(c | words, t = 0) ≥ floor?
     (The fluency LM's term, if guiding, is no control to meet.)"""
-    hook = replace(hook, controls=[c for c in hook.controls if not getattr(c.classifier, "fluency", False)])
+    hook = replace(hook, controls=[c for c in hook.controls if c.required])
     with torch.enable_grad():  # some classifiers (the tree CRF) differentiate internally
         zeros = torch.zeros(len(x0), dtype=torch.long, device=x0.device)
         return hook.log_prob(x0, zeros).detach() >= floor
@@ -179,10 +179,10 @@ class DiffusionLMPipeline:
             return hook
         strength = hook.config.strength if hook is not None else None
         if not strength:  # no classifiers, or λ = 0: the LM's term alone, at its own weight
-            lm = Control(self.potential(), None, weight=lm_guidance, t_range=self.lm_t_range)
+            lm = Control(self.potential(), None, lm_guidance, self.lm_t_range, required=False)
             return ControlGuidance([lm], replace(gcfg or GuidanceConfig(), strength=1.0))
         # the hook multiplies every control by λ: the LM's weight is lm_guidance in the objective itself
-        lm = Control(self.potential(), None, weight=lm_guidance / strength, t_range=self.lm_t_range)
+        lm = Control(self.potential(), None, lm_guidance / strength, self.lm_t_range, required=False)
         return ControlGuidance(hook.controls + [lm], hook.config)
 
     def _rerank_score(self, hook: ControlGuidance | None, texts: list[str], lm_rerank: float) -> torch.Tensor:
@@ -202,11 +202,7 @@ class DiffusionLMPipeline:
         chosen = strength if strength is not None else g.strength
         if chosen is None:
             chosen = get_task(task).default_strength
-        if isinstance(chosen, bool) or not isinstance(chosen, (int, float)) or not math.isfinite(chosen) or chosen < 0:
-            raise UserError(f"strength must be a finite number >= 0, got {chosen!r}")
-        if chosen > MAX_STRENGTH:  # at 1e308 the update overflowed float32 and every word rounded to [UNK]
-            raise UserError(f"strength must be at most {MAX_STRENGTH:g}, got {chosen!r}")
-        g.strength = float(chosen)
+        g.strength = _weight("strength", chosen)  # at 1e308 the update overflowed float32: every word [UNK]
         if not (isinstance(g.updates, int) and g.updates >= 0 and math.isfinite(g.step_size) and g.step_size > 0
                 and isinstance(g.skip_last, int) and g.skip_last >= 0):
             raise UserError("guidance needs updates >= 0, step_size > 0 and skip_last >= 0")
@@ -240,8 +236,8 @@ class DiffusionLMPipeline:
         for b in range(0, n, batch_size):
             m = min(batch_size, n - b)
             texts, best = None, None
+            hook = self._fluency(None, lm_guidance, guidance)
             for k in range(select):
-                hook = self._fluency(None, lm_guidance, guidance)
                 draw = generate(self.model, self.tokenizer, self.diffusion, m, cfg, batch_size=m,
                                 seed=seed + b + 100003 * k, step_hook=hook, callback=callback, progress=progress)
                 if select == 1:
