@@ -514,3 +514,30 @@ def test_bad_inpainting_input_is_one_line(pipe):
         assert "\n" not in str(err.value)
     with pytest.raises(UserError, match="3 captions for 2 images"):
         pipe.inpaint(e["images"], e["keep"], ["a red circle"] * 3, steps=2)
+
+
+def test_train_unet_init_from_starts_at_the_given_weights_and_refuses_another_shape(tmp_path):
+    """train.init_from: step 0 of the new run holds the given UNet's weights (a 1e-12 lr keeps them to float
+    precision) with a fresh step count; a UNet of another width or process is one line, nothing written."""
+    from diffusion_lm.image.train import train_unet
+
+    torch.manual_seed(0)
+    ae, clip, data = tiny_autoencoder(), tiny_clip(), captioned_scenes(16)
+    cfg, diffusion, train = unet_train_setup(tmp_path / "first", steps=2)
+    train_unet(cfg, diffusion, train, progress=False, dataset=data, autoencoder=ae, clip=clip)
+    cfg, diffusion, train = unet_train_setup(tmp_path / "next", steps=2, lr=1e-12, warmup=0,
+                                             init_from=str(tmp_path / "first"))
+    assert train_unet(cfg, diffusion, train, progress=False, dataset=data, autoencoder=ae, clip=clip)["steps"] == 2
+    a, b = (UNet.from_pretrained(tmp_path / d).state_dict() for d in ("first", "next"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    for kw, key in ((dict(channels=16), "unet.channels"), (dict(), "diffusion")):
+        cfg, diffusion, train = unet_train_setup(tmp_path / "bad", steps=2, init_from=str(tmp_path / "first"))
+        cfg = replace(cfg, **kw)
+        if not kw:
+            diffusion = DiffusionConfig("linear", 50)
+        with pytest.raises(UserError, match=f"train.init_from.*{key}"):
+            train_unet(cfg, diffusion, train, progress=False, dataset=data, autoencoder=ae, clip=clip)
+        assert not (tmp_path / "bad").exists()
+    cfg, diffusion, train = unet_train_setup(tmp_path / "bad", steps=2, init_from=str(tmp_path / "nothing"))
+    with pytest.raises(UserError, match="train.init_from"):
+        train_unet(cfg, diffusion, train, progress=False, dataset=data, autoencoder=ae, clip=clip)

@@ -362,3 +362,28 @@ def test_init_from_starts_a_new_run_at_a_trained_models_weights(tiny_model, tmp_
     err = capsys.readouterr().err.strip()
     assert "optim.init_from" in err and "hidden" in err and len(err.splitlines()) == 1, err
     assert not bad.exists()
+
+
+def test_freeze_embeddings_keeps_the_words_where_the_classifiers_read_them(tiny_model, tmp_path, capsys):
+    """optim.freeze_embeddings with init_from: the embeddings (and so the classifiers' fingerprint) stay bit for
+    bit the starting model's while the denoiser moves; without it they move; a non-boolean is one line, exit 2."""
+    from classifiers.encoder import embedding_fingerprint
+    from diffusion_lm.text.io import from_pretrained
+    from diffusion_lm.cli.main import run
+
+    common = ["train", "preset=tiny", "optim.steps=3", "optim.lr=1e-2", "optim.warmup=0", "run.final_samples=0",
+              "run.checkpoint_every=3", "optim.ema_decay=0", f"optim.init_from={tiny_model}"]
+    assert run([*common, "optim.freeze_embeddings=true", f"run.out_dir={tmp_path / 'frozen'}"]) == 0
+    assert run([*common, f"run.out_dir={tmp_path / 'free'}"]) == 0
+    start = load_file(str(tiny_model / "model.safetensors"))
+    frozen, free = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("frozen", "free"))
+    emb = "embedding.weight"
+    assert torch.equal(frozen[emb], start[emb]) and not torch.equal(free[emb], start[emb])
+    moved = [k for k in start if k != emb and not torch.equal(frozen[k], start[k])]
+    assert moved, "the denoiser did not train"
+    fp = [embedding_fingerprint(from_pretrained(d)[0]) for d in (tiny_model, tmp_path / "frozen")]
+    assert fp[0] == fp[1]
+    capsys.readouterr()
+    assert run([*common, "optim.freeze_embeddings=maybe", f"run.out_dir={tmp_path / 'bad'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "optim.freeze_embeddings" in err and len(err.splitlines()) == 1, err

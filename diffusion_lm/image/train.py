@@ -73,6 +73,10 @@ class UNetTrainConfig(LoopKeys):
     warmup: int = 200
     min_lr_ratio: float = 0.1
     ema_decay: float | None = 0.999
+    # start a new run from a trained UNet's weights (a folder, or `shipped`: the shipped UNet of this space)
+    # instead of from scratch, with a fresh optimizer and lr schedule; its shape and frozen parts must be
+    # this run's. Read only when the run starts: a resume continues from its own checkpoint
+    init_from: str | None = None
 
 
 @torch.no_grad()
@@ -219,6 +223,7 @@ def train_unet(unet_cfg: UNetConfig, diffusion_cfg: DiffusionConfig, train: UNet
     resuming = has_checkpoint(out)
     if resuming:
         _check_same_run(out, unet_cfg, diffusion_cfg, train.condition)
+    init = _init_unet(train.init_from, unet_cfg, diffusion_cfg) if train.init_from is not None and not resuming else None
     if dataset is None:
         dataset = load_shapes("train", train.train_size, train.data_seed)
     data = dataset.with_format("numpy")
@@ -230,6 +235,8 @@ def train_unet(unet_cfg: UNetConfig, diffusion_cfg: DiffusionConfig, train: UNet
 
     torch.manual_seed(train.seed)
     unet = UNet(unet_cfg).to(device)
+    if init is not None:
+        unet.load_state_dict(init.state_dict())
     if not resuming and distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)
         if train.condition != "caption":
@@ -257,6 +264,27 @@ def train_unet(unet_cfg: UNetConfig, diffusion_cfg: DiffusionConfig, train: UNet
     if distributed.is_main():
         save_json(out / "summary.json", summary)
     return summary
+
+
+def _init_unet(value, unet_cfg: UNetConfig, diffusion_cfg: DiffusionConfig) -> UNet:
+    """The UNet `train.init_from` names, checked against this run's UNet (shape, space, frozen parts) and process."""
+    if not isinstance(value, str) or not value.strip():
+        raise UserError(f"train.init_from must name a UNet folder or `shipped`, got {value!r}")
+    folder = resolve_asset(value, "model", f"image-unet-{unet_cfg.space}")
+    if not (Path(folder) / "config.json").is_file():
+        raise UserError(f"train.init_from: no UNet in {folder} (no config.json)")
+    init = UNet.from_pretrained(folder)
+    there, now = asdict(init.config), asdict(unet_cfg)
+    diff = [k for k in now if there.get(k) != now[k]]
+    if diff:
+        k = diff[0]
+        raise UserError(f"train.init_from: {folder} has unet.{k}={there.get(k)}, this run's unet.{k}={now[k]}; "
+                        f"set it to match (or train from scratch)")
+    process = load_json(Path(folder) / "diffusion.json")
+    if process != asdict(diffusion_cfg):
+        raise UserError(f"train.init_from: {folder} was trained with diffusion {process}, this run's is "
+                        f"{asdict(diffusion_cfg)}")
+    return init
 
 
 # ---- ControlNet --------------------------------------------------------------------------------

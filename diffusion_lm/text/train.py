@@ -62,6 +62,9 @@ class OptimConfig:
     # scratch: its tokenizer, its model shape (model.* must match it) and a fresh optimizer and lr schedule;
     # read only when the run starts, a resume continues from its own checkpoint
     init_from: str | None = None
+    # keep the word embeddings as they are (no gradient): with init_from, the classifiers trained for the
+    # starting model read the new one's noised embeddings unchanged, so they still guide it
+    freeze_embeddings: bool = False
 
 
 @dataclass
@@ -159,6 +162,10 @@ def train(data: DataConfig, model_cfg: DiffusionLMConfig, optim: OptimConfig, ru
             raise UserError(f"optim.init_from: {init[0]} has {k}={init[1].config_dict().get(k)}, this run's model "
                             f"{k}={model.config_dict()[k]}; set model.{k} to match or train from scratch")
         model.load_state_dict(init[1].state_dict())
+    if not isinstance(optim.freeze_embeddings, bool):
+        raise UserError(f"optim.freeze_embeddings must be true or false, got {optim.freeze_embeddings!r}")
+    if optim.freeze_embeddings:  # AdamW skips a parameter without a gradient: no update, no weight decay
+        model.embedding.weight.requires_grad_(False)
     try:
         tsampler = TimestepSampler(diffusion.num_timesteps, optim.t_sampling)
     except ValueError as e:
