@@ -197,6 +197,43 @@ def test_caption_dropout_replaces_a_tenth_of_the_captions_by_the_empty_one():
     assert not any(none(s)["dropped"].any() for s in range(20))
 
 
+def test_colour_dropout_shows_a_quarter_of_the_images_under_their_caption_less_one_colour():
+    """colour_dropout: each variant is its caption with one colour word removed (still true of the image: the
+    oracle reads the image as matching it), drawn in about p of the rows; the other draws are unchanged."""
+    from diffusion_lm.image import oracle
+    from diffusion_lm.image.data import as_arrays
+    from diffusion_lm.image.shapes import COLOURS
+    from diffusion_lm.image.train import UNetBatches, colour_variants
+
+    data = captioned_scenes(64)
+    captions = list(data["caption"])
+    variants = colour_variants(captions, 0)
+    for full, short in zip(captions, variants):
+        words = full.split()
+        gone = [w for w in words if w in COLOURS]
+        assert len(short.split()) == len(words) - 1 and sum(w in COLOURS for w in short.split()) == len(gone) - 1
+    images, _ = as_arrays(data)
+    assert oracle.accuracy(images, variants)["caption"] == 1.0  # a left-out colour is free
+    clip = tiny_clip()
+    plain = UNetBatches(torch.zeros(64, 4, 8, 8), captions, clip, 100, 64, seed=0, caption_dropout=0.1)
+    mixed = UNetBatches(torch.zeros(64, 4, 8, 8), captions, clip, 100, 64, seed=0, caption_dropout=0.1,
+                        colour_dropout=0.25)
+    shortened = []
+    for step in range(60):
+        a, b = plain(step), mixed(step)
+        assert all(torch.equal(a[k], b[k]) for k in ("x0", "t", "noise", "dropped"))
+        kept = a["context_mask"].sum(1) - b["context_mask"].sum(1)  # one token fewer where the variant is shown
+        assert set(kept.tolist()) <= {0, 1} and not kept[a["dropped"]].any()
+        shortened.append(kept[~a["dropped"]].float())
+    rate = torch.cat(shortened).mean().item()
+    assert abs(rate - 0.25) < 0.03, rate  # about 3,500 draws: 0.25 ± 4 standard errors
+    with pytest.raises(UserError, match="colour_dropout"):
+        from diffusion_lm.image.train import train_unet
+
+        cfg, diffusion, train = unet_train_setup(Path("/nonexistent/never"), colour_dropout=1.5)
+        train_unet(cfg, diffusion, train, progress=False, dataset=data, autoencoder=tiny_autoencoder(), clip=clip)
+
+
 def unet_train_setup(tmp_path, space="latent", **train_kw):
     from diffusion_lm.image.train import UNetTrainConfig
 
@@ -288,6 +325,28 @@ def test_guidance_zero_is_the_unconditional_model_and_one_the_conditional(pipe):
     images = pipe([caption, "a blue square"], 2, guidance=2, steps=5)
     assert images.shape == (4, 32, 32, 3) and images.dtype == np.uint8
     assert np.array_equal(images, pipe([caption, "a blue square"], 2, guidance=2, steps=5, batch_size=3))
+
+
+def test_select_keeps_each_images_best_candidate_by_clip(pipe):
+    """select=K: image j is, of its K candidates (the K·n draw's rows j·K .. j·K+K−1), the one with the
+    highest CLIP cosine to its caption, found here by brute force; bad select is one line."""
+    captions = ["a small red circle at the top left", "a blue square"]
+    n, k = 2, 3
+    got = pipe.sample(captions, n, guidance=2, steps=4, seed=3, select=k)
+    assert got.shape == (len(captions) * n, 3, 32, 32)
+    candidates = pipe.sample([c for c in captions for _ in range(n * k)], 1, guidance=2, steps=4, seed=3)
+    text = pipe.clip.encode_text(captions)
+    for j in range(len(captions) * n):
+        group = candidates[j * k: (j + 1) * k]
+        cos = pipe.clip.encode_image(group.clamp(-1, 1)) @ text[j // n]
+        assert torch.equal(got[j], group[int(cos.argmax())]), j
+    assert torch.equal(pipe.sample(captions, n, guidance=2, steps=4, seed=3, select=1),
+                       pipe.sample(captions, n, guidance=2, steps=4, seed=3))
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(UserError, match="select"):
+            pipe.sample(captions, n, steps=4, select=bad)
+    with pytest.raises(UserError, match="select"):
+        pipe.sample(captions, n, steps=4, select=2, shard=(0, 2))
 
 
 def test_guidance_sampling_goes_through_classifier_free_guidance(pipe, monkeypatch):
@@ -415,6 +474,15 @@ def test_tiny_train_then_imagine_then_evaluate_through_the_cli(tmp_path, capsys,
     assert row["frechet"] >= 0 and 0 <= row["saturated"] <= 1 and 0 <= row["out_of_range"] <= 1
     assert (out / "sweep.png").is_file() and (out / "report.md").read_text().startswith("# Caption-to-image")
     assert all((out / r["grid"]).is_file() for r in report["rows"])
+    if space == "latent":  # CLIP reranking through the CLI: recorded, and said in the report
+        assert run(["evaluate-image", f"unet={unet}", *parts, "n=2", "limit=2", "real=12", "w=[4]", "select=2",
+                    "steps=2", f"out_dir={tmp_path / 'eval2'}"]) == 0
+        assert json.loads((tmp_path / "eval2" / "report.json").read_text())["meta"]["select"] == 2
+        assert "best of 2 candidates" in (tmp_path / "eval2" / "report.md").read_text()
+        assert run(["imagine", "caption=a blue square", "n=2", "steps=2", "select=2", f"unet={unet}", *parts,
+                    f"out={tmp_path / 'sel.png'}"]) == 0 and (tmp_path / "sel.png").is_file()
+        capsys.readouterr()
+        assert "select must be at least 1" in one_line_error(capsys, ["evaluate-image", f"unet={unet}", "select=0"])
     capsys.readouterr()
 
     assert "w must be a finite number >= 0" in one_line_error(capsys, ["imagine", "w=-1", f"unet={unet}"])

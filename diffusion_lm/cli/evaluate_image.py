@@ -26,9 +26,9 @@ def _real(split: str, real: int, data_seed: int):
 
 
 def main(cfg, command: str = "") -> int:
-    n, limit, real, seed, steps, batch_size, data_seed = (
+    n, limit, real, seed, steps, batch_size, data_seed, select = (
         integer(cfg, k, m) for k, m in (("n", 1), ("limit", 1), ("real", 4), ("seed", None), ("steps", 1),
-                                        ("batch_size", 1), ("data_seed", None)))
+                                        ("batch_size", 1), ("data_seed", None), ("select", 1)))
     guidances = [check_guidance(w, "w") for w in _list(cfg.w, "w")]
     compare_at = None if cfg.compare_at is None else [check_guidance(w, "compare_at") for w in _list(cfg.compare_at, "compare_at")]
     thresholds = None if cfg.thresholds is None else _list(cfg.thresholds, "thresholds")
@@ -46,10 +46,14 @@ def main(cfg, command: str = "") -> int:
             splits[name] = (list(dict.fromkeys(captions))[:limit], images, captions)
     # under torchrun: the rank's batches (the pipeline refuses a stochastic sampler there, in one line)
     shard = distributed.world() if distributed.world()[1] > 1 else None
+    select = select or 1  # null: no reranking
+    if select > 1 and shard is not None:
+        raise UserError("select (CLIP reranking) runs in one process, not under torchrun")
     pipe = ImagePipeline.from_pretrained(cfg.unet, cfg.autoencoder, cfg.clip, device=cfg.device)
     result = evaluate(pipe, splits, cfg.out_dir, n=n, guidances=guidances, thresholds=thresholds,
                       compare_at=compare_at, steps=steps, sampler=cfg.sampler, seed=seed, batch_size=batch_size,
-                      meta={"command": command, "unet": cfg.unet}, progress=True, shard=shard)
+                      meta={"command": command, "unet": cfg.unet}, progress=True, shard=shard,
+                      select=select)
     if result is None:  # another rank: rank 0 writes
         return 0
     out = cfg.out_dir

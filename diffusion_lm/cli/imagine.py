@@ -50,6 +50,11 @@ def main(cfg, command: str = "") -> int:
     n, seed, steps, batch_size = (integer(cfg, k, m) for k, m in (("n", 1), ("seed", None), ("steps", 1),
                                                                    ("batch_size", 1)))
     guidance = check_guidance(cfg.w, "w")  # before any model loads
+    select = integer(cfg, "select", 1) or 1  # null: no reranking
+    if select > 1 and (cfg.init is not None or cfg.mask is not None or cfg.control is not None
+                       or cfg.prior is not None or cfg.variation is not None):
+        raise UserError("select (CLIP reranking) works on plain caption sampling, not with inpainting, a control "
+                        "map or unCLIP")
     edit = read_edit(cfg.init, cfg.mask)
     if (cfg.control is None) != (cfg.controlnet is None):
         raise UserError("a control map needs both controlnet=<folder> and control=<png> (white where the objects are)")
@@ -74,7 +79,7 @@ def main(cfg, command: str = "") -> int:
                                                [c for c in captions for _ in range(n)], paste=bool(cfg.paste),
                                                resample=integer(cfg, "resample", 1), **kw))
     else:
-        images = pipe(captions, n, **kw)
+        images = pipe(captions, n, select=select, **kw)
     print(save_grid(images, cfg.out, ncol=n if len(captions) > 1 else min(n, 8)))
     if recorder is not None:
         print(recorder.write(cfg.trajectory))

@@ -149,7 +149,8 @@ def real_reference(images, captions: Sequence[str], clip) -> dict:
 def evaluate(pipe, splits: dict, out_dir: str | Path, *, n: int = 8,
              guidances: Sequence[float] = (0, 1, 2, 4, 8), thresholds: Optional[Sequence[str]] = None,
              compare_at: Optional[Sequence[float]] = None, steps: int = 50, sampler: str = "ddim", seed: int = 0, batch_size: int = 64,
-             meta: Optional[dict] = None, progress: bool = False, shard: Optional[tuple[int, int]] = None) -> Optional[dict]:
+             meta: Optional[dict] = None, progress: bool = False, shard: Optional[tuple[int, int]] = None,
+             select: int = 1) -> Optional[dict]:
     """Sample n images per caption at every w (and threshold), score them split by split, and write
     report.md, report.json, a grid per setting and sweep.png (accuracy and Fréchet distance against w).
 
@@ -158,7 +159,10 @@ def evaluate(pipe, splits: dict, out_dir: str | Path, *, n: int = 8,
     every w; the others run at the w's of `compare_at` (None: every w), since they differ at high w.
 
     With `shard=(rank, N)` under torchrun each rank draws its share of every setting's batches and rank 0
-    gathers, scores and writes (the other ranks return None); DDIM's images are one process's exactly."""
+    gathers, scores and writes (the other ranks return None); DDIM's images are one process's exactly.
+
+    `select=K > 1` keeps, for every image, the best of K candidates by the pipeline's CLIP (the sampler's
+    `select`); the CLIP score is then no longer an independent judge (the oracle still is)."""
     out = Path(out_dir)
     main = shard is None or shard[0] == 0
     if main:
@@ -179,7 +183,8 @@ def evaluate(pipe, splits: dict, out_dir: str | Path, *, n: int = 8,
         for w in guidances if k == 0 or compare_at is None else [w for w in guidances if w in compare_at]:
             started = time.perf_counter()
             raw = pipe.sample(captions, n, guidance=w, threshold=threshold, steps=steps, sampler=sampler,
-                              seed=seed, batch_size=batch_size, progress=progress and main, shard=shard)
+                              seed=seed, batch_size=batch_size, progress=progress and main, shard=shard,
+                              **({"select": select} if select > 1 else {}))
             raw = gather_batches(raw, len(captions) * n, batch_size, shard)  # rank 0: every rank's, in order
             if raw is None:  # another rank: rank 0 scores
                 continue
@@ -197,7 +202,7 @@ def evaluate(pipe, splits: dict, out_dir: str | Path, *, n: int = 8,
                     print(f"{name} threshold={threshold} w={w:g}: caption accuracy {row['accuracy'].get('caption')}, "
                           f"Fréchet {row['frechet']}, CLIP score {row['clip_score']}", flush=True)
     result = {"meta": {**(meta or {}), "captions": {k: list(v[0]) for k, v in splits.items()}, "n": n,
-                       "steps": steps, "sampler": sampler, "seed": seed, "space": pipe.space,
+                       "steps": steps, "sampler": sampler, "seed": seed, "space": pipe.space, "select": select,
                        "threads": torch.get_num_threads(), "device": str(pipe.device)},
               "real": real, "rows": rows}
     if not main:
@@ -222,6 +227,9 @@ def markdown(result: dict) -> str:
              f"setting's whole sampling call, decoding included, both splits together). Fréchet distance in the CLIP image tower's features, against the split's real "
              f"images; the `real` rows score those images against their own captions (their Fréchet "
              f"distance is one half against the other: the floor at this sample size).", "",
+             *([f"Each sample is the best of {meta['select']} candidates by this CLIP's score (reranking), so "
+                f"the CLIP score column is not an independent judge here; the oracle's columns are.", ""]
+               if meta.get("select", 1) > 1 else []),
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def line(split, threshold, w, r):

@@ -67,6 +67,9 @@ class UNetTrainConfig(LoopKeys):
     condition: str = "caption"
     train_size: int = 20000  # scenes of the train split
     caption_dropout: float = 0.1  # share of captions replaced by "" (∅), so one model is also unconditional
+    # share of captions that lose one object's colour (the object chosen per image): "a circle at the top
+    # left" then shows circles of every colour, so the shape word is learned apart from the colour word
+    colour_dropout: float = 0.0
     steps: int = 4000
     batch_size: int = 64
     lr: float = 2e-4
@@ -111,8 +114,9 @@ class UNetBatches:
 
     def __init__(self, x0: torch.Tensor, captions: list[str], clip, num_timesteps: int, batch_size: int,
                  seed: int, caption_dropout: float, per_row: dict[str, torch.Tensor] | None = None,
-                 embeddings: torch.Tensor | None = None):
+                 embeddings: torch.Tensor | None = None, colour_dropout: float = 0.0):
         self.x0, self.T, self.batch_size, self.seed, self.p = x0, num_timesteps, batch_size, seed, caption_dropout
+        self.p_colour = colour_dropout
         self.per_row = per_row or {}  # more inputs, one row per image (a ControlNet's hints)
         if embeddings is not None:  # unCLIP's decoder: each image's own CLIP embedding, then a zero token (∅)
             from .unclip import embedding_context
@@ -122,10 +126,12 @@ class UNetBatches:
             self.mask = torch.cat([mask, mask[:1]])
             self.caption_index, self.null = torch.arange(len(embeddings)), len(embeddings)
             return
-        distinct = list(dict.fromkeys([*captions, ""]))
+        variants = colour_variants(captions, seed) if colour_dropout > 0 else []
+        distinct = list(dict.fromkeys([*captions, *variants, ""]))
         self.states, self.mask = encode_captions(clip, distinct)
         where = {c: k for k, c in enumerate(distinct)}
         self.caption_index = torch.tensor([where[c] for c in captions])
+        self.variant_index = torch.tensor([where[c] for c in variants]) if variants else None
         self.null = where[""]
 
     def __call__(self, step: int) -> dict[str, torch.Tensor]:
@@ -135,10 +141,35 @@ class UNetBatches:
         t = torch.randint(0, self.T, (len(rows),), generator=g)
         noise = torch.randn(x0.shape, generator=g)
         dropped = torch.rand(len(rows), generator=g) < self.p
-        caption = torch.where(dropped, torch.full_like(rows, self.null), self.caption_index[rows])
+        caption = self.caption_index[rows]
+        if self.variant_index is not None:  # drawn after the others, so a run without it sees the same batches
+            shorter = torch.rand(len(rows), generator=g) < self.p_colour
+            caption = torch.where(shorter, self.variant_index[rows], caption)
+        caption = torch.where(dropped, torch.full_like(rows, self.null), caption)
         return {"x0": x0, "t": t, "noise": noise, "context": self.states[caption],
                 "context_mask": self.mask[caption], "dropped": dropped,
                 **{k: v[rows] for k, v in self.per_row.items()}}
+
+
+def colour_variants(captions: list[str], seed: int) -> list[str]:
+    """For each caption, the same caption with one object's colour left out (the object drawn by a generator
+    seeded by `seed`), still true of the image: an unstated attribute is free."""
+    from dataclasses import replace as with_
+
+    from .shapes import caption as caption_of, parse_caption
+
+    r, out = np.random.default_rng([seed, 7919]), []
+    for text in captions:
+        scene = parse_caption(text)
+        stated = [(k, "colour") for k, o in enumerate(scene.objects) if o.colour]
+        if not stated:
+            out.append(text)
+            continue
+        k, attr = stated[int(r.integers(len(stated)))]
+        objects = list(scene.objects)
+        objects[k] = with_(objects[k], **{attr: None})
+        out.append(caption_of(with_(scene, objects=tuple(objects))))
+    return out
 
 
 def unet_loss(unet: UNet, diffusion: GaussianDiffusion, batch: dict) -> torch.Tensor:
@@ -207,6 +238,11 @@ def train_unet(unet_cfg: UNetConfig, diffusion_cfg: DiffusionConfig, train: UNet
                         f"use unet.prediction=v (or diffusion.schedule=linear)")
     if isinstance(train.caption_dropout, bool) or not 0 <= train.caption_dropout < 1:
         raise UserError(f"train.caption_dropout must be in [0, 1), got {train.caption_dropout!r}")
+    a = train.colour_dropout
+    if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 <= a <= 1:
+        raise UserError(f"train.colour_dropout must be in [0, 1], got {a!r}")
+    if a and train.condition != "caption":
+        raise UserError("train.colour_dropout shortens captions: it needs train.condition=caption")
     from .unclip import CONDITIONS, image_embeddings, write_conditioning
 
     if train.condition not in CONDITIONS:
@@ -230,7 +266,8 @@ def train_unet(unet_cfg: UNetConfig, diffusion_cfg: DiffusionConfig, train: UNet
     images, captions = np.asarray(data["image"], dtype=np.uint8), [str(c) for c in dataset["caption"]]
     embeddings = image_embeddings(clip, images_to_tensor(images)) if train.condition == "image_embedding" else None
     batches = UNetBatches(encode_images(images, autoencoder), captions, clip, diffusion.num_timesteps,
-                          train.batch_size, train.seed, train.caption_dropout, embeddings=embeddings)
+                          train.batch_size, train.seed, train.caption_dropout, embeddings=embeddings,
+                          colour_dropout=train.colour_dropout)
     del images
 
     torch.manual_seed(train.seed)

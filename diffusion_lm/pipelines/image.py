@@ -122,9 +122,13 @@ class ImagePipeline:
                batch_size: int = 64, callback: Optional[Callable[[dict], None]] = None,
                progress: bool = False, known: Optional[Known] = None, control=None,
                control_scale: float = 1.0, controls: Optional[Sequence[Control]] = None,
-               control_config: Optional[GuidanceConfig] = None, shard: Optional[tuple[int, int]] = None) -> torch.Tensor:
+               control_config: Optional[GuidanceConfig] = None, shard: Optional[tuple[int, int]] = None,
+               select: int = 1) -> torch.Tensor:
         """Images (len(captions) · n, 3, 32, 32) in [−1, 1] before clipping, caption by caption; with
         `shard=(i, N)`, only the images of shard i's batches (diffusion_lm.sharding), concatenated.
+
+        `select=K` draws K candidates for every image and keeps the one the pipeline's CLIP scores
+        highest against its caption (DALL·E's CLIP reranking), at K times the cost.
 
         `known` (values and mask of the UNet's input shape, one row per image drawn) holds those
         positions to the given x_0 through the core's masked replacement (see `inpaint`). `control`
@@ -138,13 +142,30 @@ class ImagePipeline:
         captions = [captions] if isinstance(captions, str) else list(captions)
         if not captions:
             raise UserError("no captions to draw")
-        _check_counts(n=n, batch_size=batch_size, steps=steps)
+        _check_counts(n=n, batch_size=batch_size, steps=steps, select=select)
+        if select > 1 and (shard is not None or known is not None or control is not None or controls):
+            raise UserError("select (CLIP reranking) works on plain caption sampling in one process: "
+                            "not with shard, known pixels, a ControlNet hint or guidance controls")
         states, mask = self.caption_states(captions)
-        rows = torch.arange(len(captions)).repeat_interleave(n)
-        return self.draw(states, mask, rows, guidance=guidance, steps=steps, sampler=sampler, eta=eta,
-                         threshold=threshold, seed=seed, batch_size=batch_size, callback=callback, progress=progress,
-                         known=known, control=control, control_scale=control_scale, controls=controls,
-                         control_config=control_config, shard=shard)
+        rows = torch.arange(len(captions)).repeat_interleave(n * select)
+        out = self.draw(states, mask, rows, guidance=guidance, steps=steps, sampler=sampler, eta=eta,
+                        threshold=threshold, seed=seed, batch_size=batch_size, callback=callback, progress=progress,
+                        known=known, control=control, control_scale=control_scale, controls=controls,
+                        control_config=control_config, shard=shard)
+        return out if select == 1 else self.rerank(out, captions, n, select)
+
+    @torch.no_grad()
+    def rerank(self, candidates: torch.Tensor, captions: Sequence[str], n: int, select: int) -> torch.Tensor:
+        """From `candidates` (len(captions) · n · select images, each image's `select` candidates in a run),
+        the one per image whose CLIP embedding (of the image clipped to [−1, 1]) is closest to its caption's."""
+        dev = next(self.clip.parameters()).device
+        text = self.clip.encode_text(list(captions)).float()  # (C, D), unit vectors
+        image = torch.cat([self.clip.encode_image(candidates[lo: lo + 256].clamp(-1, 1).to(dev)).float()
+                           for lo in range(0, len(candidates), 256)])
+        owner = torch.arange(len(captions), device=dev).repeat_interleave(n * select)
+        cos = (image * text[owner]).sum(-1).view(len(captions) * n, select)
+        best = cos.argmax(-1).cpu() + torch.arange(len(captions) * n) * select
+        return candidates[best]
 
     @torch.no_grad()
     def draw(self, states: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor, *, guidance: float = 4.0,
