@@ -13,6 +13,9 @@
 # the best of 4 draws by the classifiers' score less B × the base LM's mean NLL (B = 1 on semantic, whose
 # classifier scores one fact; 10 where the classifiers sum over positions or spans); uncontrolled, the base
 # LM guiding the first 50 of 200 steps. About four times the Diffusion-LM rows' time again.
+# CHECKPOINT=<folder or shipped:name> (environment) runs the Diffusion-LM rows with another model (its
+# classifiers stay the shipped ones, so it must share their embeddings: optim.freeze_embeddings) and skips
+# the throughput bench, which times the shipped model.
 # A generation file that already exists is kept (delete it to redo it); the full run from nothing takes
 # about 1.5 to 2 hours on the 2-core CPU in one process, most of it Diffusion-LM's tree and spans rows.
 set -euo pipefail
@@ -24,6 +27,7 @@ case $PROCS in ''|*[!0-9]*|0) echo "error: procs must be a whole number >= 1, go
 LIMIT_ARG=()
 if [ -n "${LIMIT:-}" ]; then LIMIT_ARG=(limit="$LIMIT"); fi
 if [ -n "${BATCH:-}" ]; then LIMIT_ARG+=(batch_size="$BATCH"); fi
+CKPT=(); if [ -n "${CHECKPOINT:-}" ]; then CKPT=(checkpoint="$CHECKPOINT"); fi
 mkdir -p "$OUT"
 files=()
 gen() {  # gen <file> <diffusion-lm command...>: run it with output=<file> unless the file exists
@@ -38,7 +42,7 @@ gen() {  # gen <file> <diffusion-lm command...>: run it with output=<file> unles
   echo "wrote   $file ($(( $(date +%s) - t0 )) s)"
 }
 for task in semantic pos tree spans length compose; do
-  gen "$OUT/diffusion-lm-$task.jsonl" generate task=$task targets=shipped
+  gen "$OUT/diffusion-lm-$task.jsonl" generate task=$task targets=shipped "${CKPT[@]}"
   gen "$OUT/fudge-$task.jsonl" baseline method=fudge task=$task targets=shipped
 done
 gen "$OUT/pplm-semantic.jsonl" baseline method=pplm task=semantic targets=shipped
@@ -46,11 +50,11 @@ if [ -n "${LM_ROWS:-}" ]; then
   for task in semantic pos tree spans length compose; do
     B=10; if [ $task = semantic ]; then B=1; fi
     gen "$OUT/diffusion-lm-lm-$task.jsonl" generate task=$task targets=shipped select=4 lm_rerank=$B \
-      "system='Diffusion-LM + base LM'"
+      "${CKPT[@]}" "system='Diffusion-LM + base LM'"
   done
   files+=("$OUT/diffusion-lm-lm-uncontrolled.jsonl")
   if [ ! -s "$OUT/diffusion-lm-lm-uncontrolled.jsonl" ]; then
-    $BIN/python scripts/uncontrolled_rows.py output="$OUT/diffusion-lm-lm-uncontrolled.jsonl" ${LIMIT:+n=$LIMIT} \
+    $BIN/python scripts/uncontrolled_rows.py output="$OUT/diffusion-lm-lm-uncontrolled.jsonl" ${LIMIT:+n=$LIMIT} "${CKPT[@]}" \
       lm_guidance=1 lm_guidance_t=1500-1999 "system=Diffusion-LM + base LM (no control)" \
       > "$OUT/diffusion-lm-lm-uncontrolled.jsonl.log" 2>&1 || { echo "failed: LM-guided uncontrolled rows"; exit 2; }
   fi
@@ -58,7 +62,7 @@ fi
 # the floors: each model's plain samples against the same targets (ctrl by chance, lm of the unsteered model)
 files+=("$OUT/diffusion-lm-uncontrolled.jsonl")  # one process: 200 plain samples in 4 batches, a minute
 if [ ! -s "$OUT/diffusion-lm-uncontrolled.jsonl" ]; then
-  $BIN/python scripts/uncontrolled_rows.py output="$OUT/diffusion-lm-uncontrolled.jsonl" ${LIMIT:+n=$LIMIT} \
+  $BIN/python scripts/uncontrolled_rows.py output="$OUT/diffusion-lm-uncontrolled.jsonl" ${LIMIT:+n=$LIMIT} "${CKPT[@]}" \
     > "$OUT/diffusion-lm-uncontrolled.jsonl.log" 2>&1 || { echo "failed: uncontrolled rows"; exit 2; }
 fi
 for task in semantic pos tree spans length compose; do
@@ -66,7 +70,7 @@ for task in semantic pos tree spans length compose; do
     targets=shipped "system='base-lm (no control)'"
 done
 SPEED=()
-if [ -z "${LIMIT:-}" ]; then
+if [ -z "${LIMIT:-}" ] && [ -z "${CHECKPOINT:-}" ]; then
   if [ ! -s "$OUT/throughput.json" ]; then
     $BIN/python scripts/bench_control.py sentences=10 out="$OUT/throughput.json" > "$OUT/throughput.log" 2>&1
   fi

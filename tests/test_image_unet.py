@@ -230,7 +230,7 @@ def test_colour_dropout_shows_a_quarter_of_the_images_under_their_caption_less_o
     with pytest.raises(UserError, match="colour_dropout"):
         from diffusion_lm.image.train import train_unet
 
-        cfg, diffusion, train = unet_train_setup(Path("/nonexistent/never"), colour_dropout=1.5)
+        cfg, diffusion, train = unet_train_setup(Path("/nonexistent/never"), colour_dropout=1.0)
         train_unet(cfg, diffusion, train, progress=False, dataset=data, autoencoder=tiny_autoencoder(), clip=clip)
 
 
@@ -328,20 +328,25 @@ def test_guidance_zero_is_the_unconditional_model_and_one_the_conditional(pipe):
 
 
 def test_select_keeps_each_images_best_candidate_by_clip(pipe):
-    """select=K: image j is, of its K candidates (the K·n draw's rows j·K .. j·K+K−1), the one with the
-    highest CLIP cosine to its caption, found here by brute force; bad select is one line."""
+    """select=K: image j is, of its K candidates (rows j, j + C·n, j + 2·C·n, … of the K·C·n draw), the one
+    with the highest CLIP cosine to its caption, found here by brute force; candidate 0 is the select=1 image
+    (same x_T, DDIM), so no image scores lower than without reranking; bad select is one line."""
     captions = ["a small red circle at the top left", "a blue square"]
     n, k = 2, 3
+    images = len(captions) * n
     got = pipe.sample(captions, n, guidance=2, steps=4, seed=3, select=k)
-    assert got.shape == (len(captions) * n, 3, 32, 32)
-    candidates = pipe.sample([c for c in captions for _ in range(n * k)], 1, guidance=2, steps=4, seed=3)
+    assert got.shape == (images, 3, 32, 32)
+    per_row = [c for c in captions for _ in range(n)] * k
+    candidates = pipe.sample(per_row, 1, guidance=2, steps=4, seed=3)
+    plain = pipe.sample(captions, n, guidance=2, steps=4, seed=3)
+    assert torch.allclose(candidates[:images], plain, atol=1e-5)  # one batch of 12 against one of 4
     text = pipe.clip.encode_text(captions)
-    for j in range(len(captions) * n):
-        group = candidates[j * k: (j + 1) * k]
+    for j in range(images):
+        group = candidates[j::images]
         cos = pipe.clip.encode_image(group.clamp(-1, 1)) @ text[j // n]
         assert torch.equal(got[j], group[int(cos.argmax())]), j
-    assert torch.equal(pipe.sample(captions, n, guidance=2, steps=4, seed=3, select=1),
-                       pipe.sample(captions, n, guidance=2, steps=4, seed=3))
+        assert float(cos.max()) >= float(cos[0])
+    assert torch.equal(pipe.sample(captions, n, guidance=2, steps=4, seed=3, select=1), plain)
     for bad in (0, -1, 1.5, True):
         with pytest.raises(UserError, match="select"):
             pipe.sample(captions, n, steps=4, select=bad)
@@ -609,3 +614,10 @@ def test_train_unet_init_from_starts_at_the_given_weights_and_refuses_another_sh
     cfg, diffusion, train = unet_train_setup(tmp_path / "bad", steps=2, init_from=str(tmp_path / "nothing"))
     with pytest.raises(UserError, match="train.init_from"):
         train_unet(cfg, diffusion, train, progress=False, dataset=data, autoencoder=ae, clip=clip)
+    from diffusion_lm.image.unclip import write_conditioning  # a decoder of CLIP image embeddings is not a caption UNet
+
+    write_conditioning(tmp_path / "first", "image_embedding", cfg.clip_fingerprint)
+    cfg, diffusion, train = unet_train_setup(tmp_path / "bad", steps=2, init_from=str(tmp_path / "first"))
+    with pytest.raises(UserError, match="train.init_from.*conditioned on image_embedding"):
+        train_unet(cfg, diffusion, train, progress=False, dataset=data, autoencoder=ae, clip=clip)
+    assert not (tmp_path / "bad").exists()

@@ -387,3 +387,11 @@ def test_freeze_embeddings_keeps_the_words_where_the_classifiers_read_them(tiny_
     assert run([*common, "optim.freeze_embeddings=maybe", f"run.out_dir={tmp_path / 'bad'}"]) == 2
     err = capsys.readouterr().err.strip()
     assert "optim.freeze_embeddings" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "bad").exists()
+    # a resume keeps the setting it started with: dropping the flag would start training the embeddings
+    longer = [a.replace("optim.steps=3", "optim.steps=5") for a in common]
+    assert run([*longer, f"run.out_dir={tmp_path / 'frozen'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "optim.freeze_embeddings=true" in err and len(err.splitlines()) == 1, err
+    assert run([*longer, "optim.freeze_embeddings=true", f"run.out_dir={tmp_path / 'frozen'}"]) == 0
+    assert torch.equal(load_file(str(tmp_path / "frozen" / "model.safetensors"))[emb], start[emb])

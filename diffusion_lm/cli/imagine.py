@@ -52,9 +52,9 @@ def main(cfg, command: str = "") -> int:
     guidance = check_guidance(cfg.w, "w")  # before any model loads
     select = integer(cfg, "select", 1) or 1  # null: no reranking
     if select > 1 and (cfg.init is not None or cfg.mask is not None or cfg.control is not None
-                       or cfg.prior is not None or cfg.variation is not None):
+                       or cfg.prior is not None or cfg.variation is not None or cfg.trajectory):
         raise UserError("select (CLIP reranking) works on plain caption sampling, not with inpainting, a control "
-                        "map or unCLIP")
+                        "map, unCLIP or a trajectory (which follows one candidate, not the one kept)")
     edit = read_edit(cfg.init, cfg.mask)
     if (cfg.control is None) != (cfg.controlnet is None):
         raise UserError("a control map needs both controlnet=<folder> and control=<png> (white where the objects are)")

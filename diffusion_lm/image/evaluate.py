@@ -162,7 +162,10 @@ def evaluate(pipe, splits: dict, out_dir: str | Path, *, n: int = 8,
     gathers, scores and writes (the other ranks return None); DDIM's images are one process's exactly.
 
     `select=K > 1` keeps, for every image, the best of K candidates by the pipeline's CLIP (the sampler's
-    `select`); the CLIP score is then no longer an independent judge (the oracle still is)."""
+    `select`; not at w = 0, which stays the unconditional model); the CLIP score is then no longer an
+    independent judge (the oracle still is)."""
+    if isinstance(select, bool) or not isinstance(select, int) or select < 1:
+        raise ValueError(f"select must be an integer >= 1, got {select!r}")
     out = Path(out_dir)
     main = shard is None or shard[0] == 0
     if main:
@@ -184,7 +187,8 @@ def evaluate(pipe, splits: dict, out_dir: str | Path, *, n: int = 8,
             started = time.perf_counter()
             raw = pipe.sample(captions, n, guidance=w, threshold=threshold, steps=steps, sampler=sampler,
                               seed=seed, batch_size=batch_size, progress=progress and main, shard=shard,
-                              **({"select": select} if select > 1 else {}))
+                              # w = 0 is the unconditional model: reranking it by the caption would not be
+                              **({"select": select} if select > 1 and w > 0 else {}))
             raw = gather_batches(raw, len(captions) * n, batch_size, shard)  # rank 0: every rank's, in order
             if raw is None:  # another rank: rank 0 scores
                 continue
@@ -228,7 +232,8 @@ def markdown(result: dict) -> str:
              f"images; the `real` rows score those images against their own captions (their Fréchet "
              f"distance is one half against the other: the floor at this sample size).", "",
              *([f"Each sample is the best of {meta['select']} candidates by this CLIP's score (reranking), so "
-                f"the CLIP score column is not an independent judge here; the oracle's columns are.", ""]
+                f"the CLIP score column is not an independent judge here; the oracle's columns are (w = 0 is "
+                f"not reranked: it stays the unconditional model).", ""]
                if meta.get("select", 1) > 1 else []),
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 

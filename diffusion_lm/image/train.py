@@ -239,8 +239,8 @@ def train_unet(unet_cfg: UNetConfig, diffusion_cfg: DiffusionConfig, train: UNet
     if isinstance(train.caption_dropout, bool) or not 0 <= train.caption_dropout < 1:
         raise UserError(f"train.caption_dropout must be in [0, 1), got {train.caption_dropout!r}")
     a = train.colour_dropout
-    if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 <= a <= 1:
-        raise UserError(f"train.colour_dropout must be in [0, 1], got {a!r}")
+    if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 <= a < 1:
+        raise UserError(f"train.colour_dropout must be in [0, 1), got {a!r}")
     if a and train.condition != "caption":
         raise UserError("train.colour_dropout shortens captions: it needs train.condition=caption")
     from .unclip import CONDITIONS, image_embeddings, write_conditioning
@@ -259,7 +259,8 @@ def train_unet(unet_cfg: UNetConfig, diffusion_cfg: DiffusionConfig, train: UNet
     resuming = has_checkpoint(out)
     if resuming:
         _check_same_run(out, unet_cfg, diffusion_cfg, train.condition)
-    init = _init_unet(train.init_from, unet_cfg, diffusion_cfg) if train.init_from is not None and not resuming else None
+    init = (_init_unet(train.init_from, unet_cfg, diffusion_cfg, train.condition)
+            if train.init_from is not None and not resuming else None)
     if dataset is None:
         dataset = load_shapes("train", train.train_size, train.data_seed)
     data = dataset.with_format("numpy")
@@ -303,18 +304,28 @@ def train_unet(unet_cfg: UNetConfig, diffusion_cfg: DiffusionConfig, train: UNet
     return summary
 
 
-def _init_unet(value, unet_cfg: UNetConfig, diffusion_cfg: DiffusionConfig) -> UNet:
-    """The UNet `train.init_from` names, checked against this run's UNet (shape, space, frozen parts) and process."""
+def _init_unet(value, unet_cfg: UNetConfig, diffusion_cfg: DiffusionConfig, condition: str = "caption") -> UNet:
+    """The UNet `train.init_from` names, checked against this run's UNet (shape, space, frozen parts,
+    conditioning) and process."""
     if not isinstance(value, str) or not value.strip():
         raise UserError(f"train.init_from must name a UNet folder or `shipped`, got {value!r}")
     folder = resolve_asset(value, "model", f"image-unet-{unet_cfg.space}")
     if not (Path(folder) / "config.json").is_file():
         raise UserError(f"train.init_from: no UNet in {folder} (no config.json)")
+    from .unclip import read_conditioning
+
+    if read_conditioning(folder) != condition:
+        raise UserError(f"train.init_from: {folder} is a UNet conditioned on {read_conditioning(folder)}, this run "
+                        f"trains one on {condition} (train.condition)")
     init = UNet.from_pretrained(folder)
     there, now = asdict(init.config), asdict(unet_cfg)
-    diff = [k for k in now if there.get(k) != now[k]]
+    diff = [k for k in now if k != "dropout" and there.get(k) != now[k]]  # dropout is training's, not the shape's
     if diff:
         k = diff[0]
+        if k.endswith("_fingerprint"):
+            part = k.removesuffix("_fingerprint")
+            raise UserError(f"train.init_from: {folder} was trained with another {part} (fingerprint "
+                            f"{str(there.get(k))[:12]}); set train.{part} to the one it was trained with")
         raise UserError(f"train.init_from: {folder} has unet.{k}={there.get(k)}, this run's unet.{k}={now[k]}; "
                         f"set it to match (or train from scratch)")
     process = load_json(Path(folder) / "diffusion.json")

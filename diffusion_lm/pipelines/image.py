@@ -147,7 +147,8 @@ class ImagePipeline:
             raise UserError("select (CLIP reranking) works on plain caption sampling in one process: "
                             "not with shard, known pixels, a ControlNet hint or guidance controls")
         states, mask = self.caption_states(captions)
-        rows = torch.arange(len(captions)).repeat_interleave(n * select)
+        # candidate k of every image is drawn in block k: block 0 is exactly the select=1 draw (same x_T)
+        rows = torch.arange(len(captions)).repeat_interleave(n).repeat(select)
         out = self.draw(states, mask, rows, guidance=guidance, steps=steps, sampler=sampler, eta=eta,
                         threshold=threshold, seed=seed, batch_size=batch_size, callback=callback, progress=progress,
                         known=known, control=control, control_scale=control_scale, controls=controls,
@@ -156,15 +157,17 @@ class ImagePipeline:
 
     @torch.no_grad()
     def rerank(self, candidates: torch.Tensor, captions: Sequence[str], n: int, select: int) -> torch.Tensor:
-        """From `candidates` (len(captions) · n · select images, each image's `select` candidates in a run),
-        the one per image whose CLIP embedding (of the image clipped to [−1, 1]) is closest to its caption's."""
+        """From `candidates` (`select` blocks of len(captions) · n images: candidate k of image j is row
+        k · len(captions) · n + j), the one per image whose CLIP embedding (of the image clipped to [−1, 1]) is
+        closest to its caption's."""
         dev = next(self.clip.parameters()).device
+        images = len(captions) * n
         text = self.clip.encode_text(list(captions)).float()  # (C, D), unit vectors
         image = torch.cat([self.clip.encode_image(candidates[lo: lo + 256].clamp(-1, 1).to(dev)).float()
                            for lo in range(0, len(candidates), 256)])
-        owner = torch.arange(len(captions), device=dev).repeat_interleave(n * select)
-        cos = (image * text[owner]).sum(-1).view(len(captions) * n, select)
-        best = cos.argmax(-1).cpu() + torch.arange(len(captions) * n) * select
+        owner = torch.arange(len(captions), device=dev).repeat_interleave(n).repeat(select)
+        cos = (image * text[owner]).sum(-1).view(select, images)
+        best = cos.argmax(0).cpu() * images + torch.arange(images)
         return candidates[best]
 
     @torch.no_grad()

@@ -100,6 +100,8 @@ def _check_run(run: RunConfig, optim: OptimConfig) -> None:
         raise UserError(f"run.snapshot_every must be an integer >= 1 or null, got {run.snapshot_every!r}")
     if not integer(optim.threads) or not 0 <= optim.threads <= 4096:
         raise UserError(f"optim.threads must be an integer in 0..4096 (0 = torch's default), got {optim.threads!r}")
+    if not isinstance(optim.freeze_embeddings, bool):
+        raise UserError(f"optim.freeze_embeddings must be true or false, got {optim.freeze_embeddings!r}")
     aw = optim.anchor_weight
     if isinstance(aw, bool) or not isinstance(aw, (int, float)) or not math.isfinite(aw) or aw < 0:
         raise UserError(f"optim.anchor_weight must be a finite number >= 0, got {aw!r}")
@@ -162,8 +164,6 @@ def train(data: DataConfig, model_cfg: DiffusionLMConfig, optim: OptimConfig, ru
             raise UserError(f"optim.init_from: {init[0]} has {k}={init[1].config_dict().get(k)}, this run's model "
                             f"{k}={model.config_dict()[k]}; set model.{k} to match or train from scratch")
         model.load_state_dict(init[1].state_dict())
-    if not isinstance(optim.freeze_embeddings, bool):
-        raise UserError(f"optim.freeze_embeddings must be true or false, got {optim.freeze_embeddings!r}")
     if optim.freeze_embeddings:  # AdamW skips a parameter without a gradient: no update, no weight decay
         model.embedding.weight.requires_grad_(False)
     try:
@@ -180,6 +180,10 @@ def train(data: DataConfig, model_cfg: DiffusionLMConfig, optim: OptimConfig, ru
             raise UserError(f"{out} was started with the global RNG's noise, so it resumes in one process without "
                             f"optim.step_seeded_noise (runs meant for torchrun start with optim.step_seeded_noise=true)")
         seeded = was
+        frozen = saved.get("optim", {}).get("freeze_embeddings", False) if isinstance(saved, dict) else False
+        if bool(frozen) != optim.freeze_embeddings:  # a resume must not start (or stop) training the embeddings
+            raise UserError(f"{out} was started with optim.freeze_embeddings={str(bool(frozen)).lower()}; resume it "
+                            f"with the same setting (or choose another run.out_dir)")
     if not resuming and distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)
         save_pretrained(model, tokenizer, out, diffusion=diffusion)  # config + tokenizer first, for resume to check
