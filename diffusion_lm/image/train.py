@@ -118,6 +118,7 @@ class UNetBatches:
         self.x0, self.T, self.batch_size, self.seed, self.p = x0, num_timesteps, batch_size, seed, caption_dropout
         self.p_colour = colour_dropout
         self.per_row = per_row or {}  # more inputs, one row per image (a ControlNet's hints)
+        self.variant_index = None  # rows of each caption with one colour left out (train.colour_dropout)
         if embeddings is not None:  # unCLIP's decoder: each image's own CLIP embedding, then a zero token (∅)
             from .unclip import embedding_context
 
