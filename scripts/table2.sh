@@ -11,8 +11,9 @@
 # throughput bench: a quick check of the script itself (e.g. LIMIT=12 BATCH=6 with procs 1 and 2).
 # LM_ROWS=1 adds the "Diffusion-LM + base LM" rows (docs/experiments/fluency_guidance.md): under control,
 # the best of 4 draws by the classifiers' score less B × the base LM's mean NLL (B = 1 on semantic, whose
-# classifier scores one fact; 10 where the classifiers sum over positions or spans); uncontrolled, the base
-# LM guiding the first 50 of 200 steps. About four times the Diffusion-LM rows' time again.
+# classifier scores one fact; 10 where the classifiers sum over positions or spans); uncontrolled, the best
+# of 4 draws by the base LM alone. About four times the Diffusion-LM rows' time again. LM_ROWS=semantic,pos
+# (a comma-separated list of tasks) adds them for those tasks only.
 # CHECKPOINT=<folder or shipped:name> (environment) runs the Diffusion-LM rows with another model (its
 # classifiers stay the shipped ones, so it must share their embeddings: optim.freeze_embeddings) and skips
 # the throughput bench, which times the shipped model.
@@ -24,6 +25,15 @@ BIN=.venv/bin
 OUT=${1:-runs/table2}
 PROCS=${2:-1}
 case $PROCS in ''|*[!0-9]*|0) echo "error: procs must be a whole number >= 1, got '$PROCS'" >&2; exit 2;; esac
+LM_TASKS="semantic pos tree spans length compose"
+if [ -n "${LM_ROWS:-}" ] && [ "$LM_ROWS" != 1 ]; then
+  LM_TASKS=${LM_ROWS//,/ }
+  for task in $LM_TASKS; do
+    case $task in semantic|pos|tree|spans|length|compose) ;;
+      *) echo "error: LM_ROWS must be 1 or a comma-separated list of tasks, got '$LM_ROWS'" >&2; exit 2;; esac
+  done
+  [ -n "${LM_TASKS// /}" ] || { echo "error: LM_ROWS names no task" >&2; exit 2; }
+fi
 LIMIT_ARG=()
 if [ -n "${LIMIT:-}" ]; then LIMIT_ARG=(limit="$LIMIT"); fi
 if [ -n "${BATCH:-}" ]; then LIMIT_ARG+=(batch_size="$BATCH"); fi
@@ -47,7 +57,7 @@ for task in semantic pos tree spans length compose; do
 done
 gen "$OUT/pplm-semantic.jsonl" baseline method=pplm task=semantic targets=shipped
 if [ -n "${LM_ROWS:-}" ]; then
-  for task in semantic pos tree spans length compose; do
+  for task in $LM_TASKS; do
     B=10; if [ $task = semantic ]; then B=1; fi
     gen "$OUT/diffusion-lm-lm-$task.jsonl" generate task=$task targets=shipped select=4 lm_rerank=$B \
       "${CKPT[@]}" "system='Diffusion-LM + base LM'"
@@ -55,7 +65,7 @@ if [ -n "${LM_ROWS:-}" ]; then
   files+=("$OUT/diffusion-lm-lm-uncontrolled.jsonl")
   if [ ! -s "$OUT/diffusion-lm-lm-uncontrolled.jsonl" ]; then
     $BIN/python scripts/uncontrolled_rows.py output="$OUT/diffusion-lm-lm-uncontrolled.jsonl" ${LIMIT:+n=$LIMIT} "${CKPT[@]}" \
-      lm_guidance=1 lm_guidance_t=1500-1999 "system=Diffusion-LM + base LM (no control)" \
+      select=4 lm_rerank=1 "system=Diffusion-LM + base LM (no control)" \
       > "$OUT/diffusion-lm-lm-uncontrolled.jsonl.log" 2>&1 || { echo "failed: LM-guided uncontrolled rows"; exit 2; }
   fi
 fi

@@ -166,6 +166,7 @@ def test_module_entry_point_exit_code():
     ("uncontrolled_rows", ["n=0"]),                       # below the minimum
     ("uncontrolled_rows", ["lm_guidance=-1"]),            # below the minimum
     ("uncontrolled_rows", ["lm_guidance_t=late"]),        # not LO-HI
+    ("uncontrolled_rows", ["select=4"]),                  # more draws than one but nothing to pick by
     ("fluency_recipes", ["recipes=plain,guide:x"]),       # a bad recipe
     ("fluency_recipes", ["n=1"]),                         # below the minimum
     ("control_strength", ["task=colour"]),                # unknown task
