@@ -19,7 +19,7 @@ _FOLDERS = {
     "teacher": "models/teacher-lm",
     "parser": "models/parser-wsj-charlstm",
 }
-DEFAULT_CHECKPOINT = "diffusion-lm-cpu"
+DEFAULT_CHECKPOINT = "diffusion-lm-cpu-frozen"  # diffusion-lm-cpu continued, embeddings frozen
 
 
 def assets_dir() -> Path:

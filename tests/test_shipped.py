@@ -37,7 +37,7 @@ def test_shipped_cpu_preset_model_matches_the_preset_and_samples_words():
     cfg = compose("train", ["preset=cpu"])
     preset = {k: v for k, v in cfg.model.items() if k != "_target_"}
     optim_steps = cfg.optim.steps
-    folder = resolve_checkpoint("shipped")  # the default model is the cpu preset's
+    folder = resolve_checkpoint("shipped:diffusion-lm-cpu")  # the cpu preset's model, where the default began
     model, tok, diffusion = from_pretrained(folder)
     assert (model.config.hidden, model.config.layers, model.config.emb_dim) == (preset["hidden"], preset["layers"], preset["emb_dim"])
     trained = json.loads(open(f"{folder}/manifest.json").read())["train_config"]
@@ -49,6 +49,22 @@ def test_shipped_cpu_preset_model_matches_the_preset_and_samples_words():
                                                                                   cfg.diffusion.steps)
     out = generate(model, tok, diffusion, 2, SampleConfig(steps=10), seed=0, progress=False)
     assert len(out) == 2 and all(tok.word_id(w) is not None for s in out for w in s.split())
+
+
+def test_default_model_is_the_cpu_preset_model_continued_with_its_embeddings_frozen():
+    from safetensors.torch import load_file
+
+    default, start = resolve_checkpoint("shipped"), resolve_checkpoint("shipped:diffusion-lm-cpu")
+    assert default != start
+    a, b = load_file(f"{default}/model.safetensors"), load_file(f"{start}/model.safetensors")
+    assert a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
+    assert torch.equal(a["embedding.weight"], b["embedding.weight"])  # the words the classifiers read
+    assert not torch.equal(a["pos_emb"], b["pos_emb"])  # and the rest trained on
+    manifest = json.loads(open(f"{default}/manifest.json").read())
+    optim = manifest["train_config"]["optim"]
+    assert optim["freeze_embeddings"] is True and optim["init_from"] == "shipped:diffusion-lm-cpu"
+    started = json.loads(open(f"{start}/manifest.json").read())["train_config"]["optim"]["steps"]
+    assert manifest["steps_total"] == started + optim["steps"]
 
 
 def test_shipped_classifiers_fit_the_shipped_model_and_steer_it(tmp_path):
