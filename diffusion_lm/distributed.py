@@ -16,6 +16,7 @@ Gloo on the CPU, NCCL on GPUs. With one process (no torchrun) everything here is
 """
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 
@@ -49,8 +50,19 @@ def setup() -> None:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     # gloo for the small CPU tensors the loop all-reduces (logged terms, the clock), NCCL for CUDA gradients
     dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo")
+    # leave the group before the interpreter tears down: gloo's threads destroyed while still running
+    # have aborted a rank at exit ("terminate called without an active exception") under load
+    atexit.register(_leave)
     if dist.get_rank() != 0:
         sys.stdout = open(os.devnull, "w")
+
+
+def _leave() -> None:
+    if dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:  # a peer already gone: nothing left to tidy
+            pass
 
 
 def check_batch(batch_size: int, key: str = "train.batch_size") -> None:
