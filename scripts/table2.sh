@@ -25,11 +25,12 @@ BIN=.venv/bin
 OUT=${1:-runs/table2}
 PROCS=${2:-1}
 case $PROCS in ''|*[!0-9]*|0) echo "error: procs must be a whole number >= 1, got '$PROCS'" >&2; exit 2;; esac
-LM_TASKS="semantic pos tree spans length compose"
+TASKS="semantic pos tree spans length compose"
+LM_TASKS=$TASKS
 if [ -n "${LM_ROWS:-}" ] && [ "$LM_ROWS" != 1 ]; then
   LM_TASKS=${LM_ROWS//,/ }
   for task in $LM_TASKS; do
-    case $task in semantic|pos|tree|spans|length|compose) ;;
+    case " $TASKS " in *" $task "*) ;;
       *) echo "error: LM_ROWS must be 1 or a comma-separated list of tasks, got '$LM_ROWS'" >&2; exit 2;; esac
   done
   [ -n "${LM_TASKS// /}" ] || { echo "error: LM_ROWS names no task" >&2; exit 2; }
@@ -51,7 +52,7 @@ gen() {  # gen <file> <diffusion-lm command...>: run it with output=<file> unles
   "${run[@]}" "$@" "${LIMIT_ARG[@]}" output="$file" > "$file.log" 2>&1 || { echo "failed: $* (see $file.log)"; exit 2; }
   echo "wrote   $file ($(( $(date +%s) - t0 )) s)"
 }
-for task in semantic pos tree spans length compose; do
+for task in $TASKS; do
   gen "$OUT/diffusion-lm-$task.jsonl" generate task=$task targets=shipped "${CKPT[@]}"
   gen "$OUT/fudge-$task.jsonl" baseline method=fudge task=$task targets=shipped
 done
@@ -75,7 +76,7 @@ if [ ! -s "$OUT/diffusion-lm-uncontrolled.jsonl" ]; then
   $BIN/python scripts/uncontrolled_rows.py output="$OUT/diffusion-lm-uncontrolled.jsonl" ${LIMIT:+n=$LIMIT} "${CKPT[@]}" \
     > "$OUT/diffusion-lm-uncontrolled.jsonl.log" 2>&1 || { echo "failed: uncontrolled rows"; exit 2; }
 fi
-for task in semantic pos tree spans length compose; do
+for task in $TASKS; do
   gen "$OUT/base-lm-uncontrolled-$task.jsonl" baseline method=fudge fudge.strength=0 task=$task \
     targets=shipped "system='base-lm (no control)'"
 done

@@ -18,9 +18,9 @@ from pathlib import Path
 
 
 def main(argv: list[str]) -> None:
-    from diffusion_lm.assets import resolve_asset, resolve_checkpoint
+    from diffusion_lm.assets import resolve_asset
     from diffusion_lm.eval.targets import load_targets
-    from diffusion_lm.text import SampleConfig, from_pretrained, generate
+    from diffusion_lm.pipelines.text import DiffusionLMPipeline
 
     from diffusion_lm.scripting import fail, number, parse
 
@@ -37,15 +37,9 @@ def main(argv: list[str]) -> None:
         t_range = [int(v) for v in window.split("-")] if window else None
     except ValueError:
         fail(f"lm_guidance_t must be LO-HI, got {window!r}")
-    if weight or select > 1 or rerank:
-        from diffusion_lm.pipelines.text import DiffusionLMPipeline
-
-        pipe = DiffusionLMPipeline.from_pretrained(args["checkpoint"], device="cpu")
-        pipe.set_fluency("shipped", t_range)
-        texts = pipe.sample(n=n, seed=0, batch_size=50, lm_guidance=weight, select=select, lm_rerank=rerank)
-    else:
-        model, tok, diffusion = from_pretrained(resolve_checkpoint(args["checkpoint"]))
-        texts = generate(model, tok, diffusion, n, SampleConfig(), batch_size=50, seed=0)
+    pipe = DiffusionLMPipeline.from_pretrained(args["checkpoint"], device="cpu")
+    pipe.set_fluency("shipped", t_range)  # plain sampling (no weight, one draw) never loads the base LM
+    texts = pipe.sample(n=n, seed=0, batch_size=50, lm_guidance=weight, select=select, lm_rerank=rerank)
     rows = []
     for task, recs in load_targets(resolve_asset("shipped", "targets")).items():
         rows += [{"task": task, "target": r["target"], "text": s, "system": args["system"]}

@@ -121,7 +121,7 @@ class DiffusionLMPipeline:
     @classmethod
     def from_pretrained(cls, checkpoint: str = "shipped", classifiers: dict[str, str] | None = None,
                         device: str = "auto") -> "DiffusionLMPipeline":
-        """`shipped` (the cpu preset's model and the classifiers trained for it), `shipped:<name>`, or a
+        """`shipped` (the default model and the classifiers trained for it), `shipped:<name>`, or a
         folder from `diffusion-lm train`; `classifiers` maps pos / tree / semantic to folders."""
         unknown = sorted(set(classifiers or {}) - set(CLASSIFIER_KINDS))
         if unknown:
