@@ -621,3 +621,47 @@ def test_train_unet_init_from_starts_at_the_given_weights_and_refuses_another_sh
     with pytest.raises(UserError, match="train.init_from.*conditioned on image_embedding"):
         train_unet(cfg, diffusion, train, progress=False, dataset=data, autoencoder=ae, clip=clip)
     assert not (tmp_path / "bad").exists()
+
+
+def test_caption_layers_start_as_the_identity_and_can_be_added_to_a_trained_unet(tmp_path):
+    """unet.text_layers: new caption layers leave the UNet's output unchanged (both residual branches end at
+    zero), so train.init_from may grow them onto a UNet trained without; the layers mix the caption's tokens
+    once trained (a token's state then depends on the others), and ignore padding."""
+    from diffusion_lm.image.train import train_unet
+
+    torch.manual_seed(0)
+    base = perturbed(UNet(tiny_config()))
+    grown = UNet(tiny_config(text_layers=2))
+    missing, unexpected = grown.load_state_dict(base.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("text.") for k in missing)
+    x, t, ctx = torch.randn(3, 4, 8, 8), torch.tensor([1, 5, 9]), torch.randn(3, 5, 16)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], dtype=torch.bool)
+    with torch.no_grad():
+        assert torch.equal(grown(x, t, ctx, mask), base(x, t, ctx, mask))
+        perturbed(grown.text, 0.2)
+        out = grown.read_caption(ctx, mask)
+        changed = ctx.clone()
+        changed[0, 1] += torch.randn(16)  # another real token of row 0
+        assert not torch.allclose(grown.read_caption(changed, mask)[0, 0], out[0, 0])
+        changed = ctx.clone()
+        changed[0, 4] += 100 * torch.randn(16)  # padding of row 0
+        assert torch.allclose(grown.read_caption(changed, mask)[0, :3], out[0, :3], atol=1e-6)
+    with pytest.raises(UserError, match="unet.text_layers"):
+        UNet(tiny_config(text_layers=-1))
+    with pytest.raises(UserError, match="unet.text_layers.*divisible"):
+        UNet(tiny_config(text_layers=1, heads=3, channels=6, groups=3))
+
+    ae, clip, data = tiny_autoencoder(), tiny_clip(), captioned_scenes(16)
+    cfg, diffusion, train = unet_train_setup(tmp_path / "first", steps=2)
+    train_unet(cfg, diffusion, train, progress=False, dataset=data, autoencoder=ae, clip=clip)
+    cfg, diffusion, train = unet_train_setup(tmp_path / "next", steps=2, lr=1e-12, warmup=0,
+                                             init_from=str(tmp_path / "first"))
+    train_unet(replace(cfg, text_layers=1), diffusion, train, progress=False, dataset=data, autoencoder=ae, clip=clip)
+    a, b = (UNet.from_pretrained(tmp_path / d) for d in ("first", "next"))
+    assert b.config.text_layers == 1 and len(b.text) == 1
+    sa, sb = a.state_dict(), b.state_dict()
+    assert all(torch.allclose(sa[k], sb[k], atol=1e-6) for k in sa)
+    cfg, diffusion, train = unet_train_setup(tmp_path / "bad", steps=2, init_from=str(tmp_path / "next"))
+    with pytest.raises(UserError, match="train.init_from.*unet.text_layers"):  # layers are never dropped
+        train_unet(cfg, diffusion, train, progress=False, dataset=data, autoencoder=ae, clip=clip)
+    assert not (tmp_path / "bad").exists()

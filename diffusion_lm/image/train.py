@@ -274,8 +274,10 @@ def train_unet(unet_cfg: UNetConfig, diffusion_cfg: DiffusionConfig, train: UNet
 
     torch.manual_seed(train.seed)
     unet = UNet(unet_cfg).to(device)
-    if init is not None:
-        unet.load_state_dict(init.state_dict())
+    if init is not None:  # caption layers the init lacks (unet.text_layers grown) keep their identity start
+        missing, unexpected = unet.load_state_dict(init.state_dict(), strict=False)
+        if unexpected or any(not k.startswith("text.") for k in missing):
+            raise UserError(f"train.init_from: {train.init_from}'s weights do not fit this run's UNet")
     if not resuming and distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)
         if train.condition != "caption":
@@ -320,7 +322,9 @@ def _init_unet(value, unet_cfg: UNetConfig, diffusion_cfg: DiffusionConfig, cond
                         f"trains one on {condition} (train.condition)")
     init = UNet.from_pretrained(folder)
     there, now = asdict(init.config), asdict(unet_cfg)
-    diff = [k for k in now if k != "dropout" and there.get(k) != now[k]]  # dropout is training's, not the shape's
+    # dropout is training's, not the shape's; caption layers may be added (they start as the identity)
+    grow = there.get("text_layers", 0) < now["text_layers"]
+    diff = [k for k in now if k != "dropout" and not (k == "text_layers" and grow) and there.get(k) != now[k]]
     if diff:
         k = diff[0]
         if k.endswith("_fingerprint"):

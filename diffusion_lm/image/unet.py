@@ -62,6 +62,9 @@ class UNetConfig:
     dropout: float = 0.0
     groups: int = 16  # GroupNorm groups (must divide every level's width)
     prediction: str = "v"  # v | eps (eps is ill-conditioned where alpha_bar_T ~ 0: see eps_conditioning)
+    # trainable transformer layers over the frozen caption states before any cross-attention reads them (0: none);
+    # they start as the identity, so a UNet trained without them can be continued with them (train.init_from)
+    text_layers: int = 0
     # set by the trainer: fingerprints of the frozen parts it was trained with, checked wherever it is used
     autoencoder_fingerprint: Optional[str] = None
     clip_fingerprint: Optional[str] = None
@@ -92,6 +95,11 @@ class UNetConfig:
                                 f"unet.groups ({self.groups}) and unet.heads ({self.heads})")
         if not 0 <= self.dropout < 1:
             raise UserError(f"unet.dropout must be in [0, 1), got {self.dropout}")
+        if isinstance(self.text_layers, bool) or not isinstance(self.text_layers, int) or self.text_layers < 0:
+            raise UserError(f"unet.text_layers must be a non-negative integer, got {self.text_layers!r}")
+        if self.text_layers and self.context_dim % self.heads:
+            raise UserError(f"unet.text_layers: the caption width {self.context_dim} must be divisible by "
+                            f"unet.heads ({self.heads})")
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -170,6 +178,23 @@ class SpatialTransformer(nn.Module):
         return x + self.proj_out(h).transpose(1, 2).reshape(B, C, H, W)
 
 
+class CaptionLayer(nn.Module):
+    """A pre-norm transformer layer over the caption's token states (self-attention over the real tokens,
+    then an MLP). Both residual branches end in a zero-initialised projection, so a new layer is the identity."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim, dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), zero(nn.Linear(4 * dim, dim)))
+        zero(self.attn.out)
+
+    def forward(self, x, mask=None):
+        n = self.norm1(x)
+        x = x + self.attn(n, n, mask)
+        return x + self.mlp(self.norm2(x))
+
+
 class Stage(nn.ModuleList):
     """Layers run in order, each given what it needs (openaimodel's TimestepEmbedSequential)."""
 
@@ -228,6 +253,16 @@ class UNet(nn.Module):
                     side *= 2
                 self.up.append(Stage(layers))
         self.out = nn.Sequential(nn.GroupNorm(c.groups, ch), nn.SiLU(), zero(nn.Conv2d(ch, c.in_channels, 3, padding=1)))
+        # the caption's own layers (unet.text_layers), trained with the UNet on the frozen text tower's states
+        self.text = nn.ModuleList(CaptionLayer(c.context_dim, c.heads) for _ in range(c.text_layers))
+
+    def read_caption(self, context: Optional[torch.Tensor], context_mask: Optional[torch.Tensor] = None):
+        """The caption states every cross-attention reads: the text tower's, through `unet.text_layers` layers."""
+        if context is None:
+            return None
+        for layer in self.text:
+            context = layer(context, context_mask)
+        return context
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, context: Optional[torch.Tensor] = None,
                 context_mask: Optional[torch.Tensor] = None, residuals: Optional[list[torch.Tensor]] = None
@@ -236,7 +271,8 @@ class UNet(nn.Module):
         caption's token states `context` (B, L, context_dim) and `context_mask` (B, L), True at real tokens.
         `residuals` (a ControlNet's, one per skip and, last, one for the middle) are added to the skips
         and the middle block's output."""
-        h, hs, temb = self.encode(x_t, t, context, context_mask)
+        context = self.read_caption(context, context_mask)
+        h, hs, temb = self._encode(x_t, t, context, context_mask)
         if residuals is not None:
             if len(residuals) != len(hs) + 1:
                 raise ValueError(f"expected {len(hs) + 1} residuals (one per skip and the middle), got {len(residuals)}")
@@ -249,6 +285,9 @@ class UNet(nn.Module):
     def encode(self, x_t: torch.Tensor, t: torch.Tensor, context=None, context_mask=None, added=None):
         """The down path and the middle: (middle output, the skips, the timestep embedding). `added` (B, C, S, S)
         joins conv_in's output (a ControlNet's hint)."""
+        return self._encode(x_t, t, self.read_caption(context, context_mask), context_mask, added)
+
+    def _encode(self, x_t, t, context, context_mask, added=None):
         temb = self.time_mlp(timestep_embedding(t, self.config.channels))
         h = self.conv_in(x_t)
         if added is not None:
