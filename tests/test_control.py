@@ -38,6 +38,10 @@ def test_guidance_is_identity_without_strength_or_on_skipped_steps():
     assert torch.equal(off(x, x_t=x, mean=mean, variance=var, t=torch.tensor([1]), index=3), x)
     late = ControlGuidance([Control(Toward(), torch.ones(1, 3, 2))], GuidanceConfig(skip_last=2))
     assert torch.equal(late(x, x_t=x, mean=mean, variance=var, t=torch.tensor([1]), index=1), x)
+    thin = ControlGuidance([Control(Toward(), torch.ones(1, 3, 2))], GuidanceConfig(every=3))
+    moved = [not torch.equal(thin(x, x_t=x, mean=mean, variance=var, t=torch.tensor([1]), index=i), x)
+             for i in range(1, 8)]
+    assert moved == [False, False, True, False, False, True, False]  # one step in 3, counted from the end
 
 
 def test_controls_compose_by_summing():

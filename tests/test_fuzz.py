@@ -211,7 +211,8 @@ KEYS = {
         "n": COUNT, "select": COUNT, "batch_size": COUNT, "seed": SIZE, "limit": COUNT, "middle": COUNT,
         "sample.steps": SIZE, "sample.sampler": WORD, "sample.eta": NUMBER, "sample.variance": WORD,
         "sample.clamp": WORD, "guidance.strength": NUMBER, "guidance.updates": COUNT,
-        "guidance.step_size": NUMBER, "guidance.skip_last": COUNT, "device": WORD, "length_shape": WORD,
+        "guidance.step_size": NUMBER, "guidance.skip_last": COUNT, "guidance.every": COUNT, "device": WORD,
+        "length_shape": WORD,
         "task": WORD, "system": WORD, "classifiers.pos": WORD, "checkpoint": WORD, "targets": WORD,
         "target": WORD + NUMBER}),
     "sample": (["n=1", "sample.steps=2"], {

@@ -45,6 +45,7 @@ class GuidanceConfig:
     updates: int = 3            # K Adagrad steps per diffusion step
     step_size: float = 0.1      # Adagrad learning rate
     skip_last: int = 1          # diffusion steps at the end without control
+    every: int = 1              # guide one diffusion step in `every` (counted from the end); the others are plain
 
 
 @dataclass
@@ -64,7 +65,7 @@ class ControlGuidance:
         cfg = self.config
         strength = 1.0 if cfg.strength is None else cfg.strength
         active = [c for c in self.controls if c.active(t)]
-        if index < cfg.skip_last or cfg.updates <= 0 or strength == 0 or not active:
+        if index < cfg.skip_last or index % cfg.every or cfg.updates <= 0 or strength == 0 or not active:
             return x_prev
         x = x_prev.detach().clone().requires_grad_(True)
         opt = torch.optim.Adagrad([x], lr=cfg.step_size)

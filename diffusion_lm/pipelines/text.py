@@ -204,8 +204,9 @@ class DiffusionLMPipeline:
             chosen = get_task(task).default_strength
         g.strength = _weight("strength", chosen)  # at 1e308 the update overflowed float32: every word [UNK]
         if not (isinstance(g.updates, int) and g.updates >= 0 and math.isfinite(g.step_size) and g.step_size > 0
-                and isinstance(g.skip_last, int) and g.skip_last >= 0):
-            raise UserError("guidance needs updates >= 0, step_size > 0 and skip_last >= 0")
+                and isinstance(g.skip_last, int) and g.skip_last >= 0
+                and isinstance(g.every, int) and not isinstance(g.every, bool) and g.every >= 1):
+            raise UserError("guidance needs updates >= 0, step_size > 0, skip_last >= 0 and every >= 1")
         return g
 
     # ---- uncontrolled ----------------------------------------------------------------------
