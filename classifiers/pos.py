@@ -91,6 +91,10 @@ class PosClassifier(nn.Module):
         return torch.cat([lp, universal], dim=-1)
 
     def log_prob(self, x_t: torch.Tensor, t: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if x_t.shape[1] < target.shape[1]:  # a sampler trimmed to the batch's held lengths: no tag past its end
+            if (target[:, x_t.shape[1]:] >= 0).any():
+                raise ValueError(f"POS target has tags past the sampled length {x_t.shape[1]}")
+            target = target[:, :x_t.shape[1]]
         lp = self.class_log_probs(x_t, t).gather(-1, target.clamp_min(0)[..., None])[..., 0]
         return (lp * (target >= 0)).sum(-1)
 

@@ -129,8 +129,10 @@ class TreeClassifier(nn.Module):
         counts = Counter(lab for row in oracle_rows for lab in constituents(parse_bracketed(row))[1].values())
         labels = [EMPTY] + sorted(lab for lab, c in counts.items() if c >= min_count)
         lengths = [len(parse_bracketed(row).leaves()) for row in oracle_rows]
-        return cls(space, encoder, labels, lengths=lengths, tails=span_tails(oracle_rows, space.max_len - 2),
-                   exemplars=oracle_rows[:EXEMPLARS])
+        # span features as wide as the encoder's (128 for the default encoder, as before; a smaller tagger
+        # for fast decoding shrinks its n^2 span MLP with it)
+        return cls(space, encoder, labels, span_hidden=encoder.hidden, lengths=lengths,
+                   tails=span_tails(oracle_rows, space.max_len - 2), exemplars=oracle_rows[:EXEMPLARS])
 
     # ---- labels and targets -----------------------------------------------------------------
     def label_id(self, chain: str, strict: bool = True) -> int | None:
@@ -226,11 +228,17 @@ class TreeClassifier(nn.Module):
 
     # ---- scores ---------------------------------------------------------------------------
     def potentials(self, x_t: torch.Tensor, t: torch.Tensor, words: int | None = None) -> torch.Tensor:
-        """(B, N, N, NT) label scores of every span of word positions (the first `words` positions only, if given)."""
+        """(B, N, N, NT) label scores of every span [i, j], i <= j, of word positions (the first `words` positions
+        only, if given); entries with j < i are 0."""
         n = self.size if words is None else words
         h = self.encoder(x_t, t)[:, 1:1 + n]
-        z = F.gelu(self.left(h)[:, :, None] + self.right(h)[:, None, :])
-        return self.out(z)
+        # Only spans i <= j exist, and the inside pass reads nothing else: the span MLP runs on those
+        # n(n+1)/2 pairs, half the n^2 grid, and the lower triangle stays 0.
+        i, j = torch.triu_indices(n, n, device=h.device)
+        z = self.out(F.gelu(self.left(h)[:, i] + self.right(h)[:, j]))
+        pot = z.new_zeros(h.shape[0], n, n, z.shape[-1])
+        pot[:, i, j] = z
+        return pot
 
     @staticmethod
     def _log_partition(potentials: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -57,7 +57,7 @@ def main(argv: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for system in systems:
-        pipe = (DiffusionLMPipeline.from_pretrained("shipped") if system == "diffusion-lm"
+        pipe = (DiffusionLMPipeline.from_pretrained("shipped", dict(cfg.classifiers)) if system == "diffusion-lm"
                 else BaselinePipeline.from_pretrained(system))
         for n in sizes:
             for task in tasks:

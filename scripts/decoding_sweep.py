@@ -62,6 +62,9 @@ def main(argv: list[str]) -> None:
         targets = targets_from_file(task, "shipped", limit)
         for c in configs:
             cfg = compose("generate", [f"task={task}", *c])
+            if dict(cfg.classifiers) != pipe.classifier_paths:  # classifiers.pos=<folder>: another tagger, say
+                pipe = DiffusionLMPipeline(pipe.model, pipe.tokenizer, pipe.diffusion, dict(cfg.classifiers),
+                                           pipe.device)
             pipe.classifiers_for(task, cfg.length_shape)  # loaded before the clock starts
             start = time.time()
             made = pipe.generate(task, targets=targets, seed=cfg.seed, batch_size=limit, select=cfg.select,

@@ -257,3 +257,32 @@ def test_tree_log_prob_over_the_longest_sentence_equals_the_full_inside_pass():
             - clf._log_partition(pot, target.lengths))
     assert pot.shape[1] == 10 and int(target.lengths.max()) == 5
     assert torch.allclose(clf.log_prob(x, t, target), full, atol=1e-4)
+
+
+def test_tree_span_scores_on_the_upper_triangle_equal_the_full_grid_and_the_rest_is_unread():
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    space = type(SPACE)(SPACE.emb_dim, 12, SPACE.vocab_size, SPACE.fingerprint)
+    clf = TreeClassifier(space, SMALL, [EMPTY, "NP", "S", "VP"]).eval()
+    x, t = torch.randn(2, 12, space.emb_dim), torch.tensor([3, 700])
+    pot = clf.potentials(x, t, 6)
+    h = clf.encoder(x, t)[:, 1:7]
+    grid = clf.out(F.gelu(clf.left(h)[:, :, None] + clf.right(h)[:, None, :]))  # every (i, j), as before
+    upper = torch.ones(6, 6, dtype=torch.bool).triu()
+    assert torch.allclose(pot[:, upper], grid[:, upper], atol=1e-6) and (pot[:, ~upper] == 0).all()
+    lengths = torch.tensor([6, 4])  # the inside pass never reads j < i: the partition is the full grid's
+    assert torch.allclose(clf._log_partition(pot, lengths), clf._log_partition(grid, lengths), atol=1e-4)
+
+
+def test_pos_log_prob_on_a_trimmed_sequence_reads_the_tags_inside_it():
+    torch.manual_seed(0)
+    from diffusion_lm.tasks.tagsets import ptb_tags
+
+    space = type(SPACE)(SPACE.emb_dim, 12, SPACE.vocab_size, SPACE.fingerprint)
+    clf = PosClassifier(space, SMALL, sorted(ptb_tags())).eval()
+    row, n = clf.target("DT NN VBZ")
+    x, t = torch.randn(1, space.max_len, space.emb_dim), torch.tensor([10])
+    assert clf.log_prob(x[:, :n + 2], t, row[None]).shape == (1,)
+    with pytest.raises(ValueError, match="past the sampled length"):
+        clf.log_prob(x[:, :n], t, row[None])

@@ -161,3 +161,24 @@ def test_early_exit_settings_fail_cleanly(tiny_model):
                      ({"exit_confidence": 2.0}, "exit_confidence")]:
         with pytest.raises(UserError, match=msg):
             sample_latents(model, diffusion, 1, SampleConfig(steps=5, **bad), progress=False)
+
+
+def test_pad_margin_samples_only_the_batchs_longest_sentence_and_still_holds_lengths(tiny_model):
+    from diffusion_lm.pipelines import DiffusionLMPipeline
+
+    pipe = DiffusionLMPipeline.from_pretrained(str(tiny_model), device="cpu")
+    L = pipe.model.config.max_len
+    for margin, want in [(0, 8 + 2), (3, 8 + 2 + 3), (L, L)]:
+        seen = []
+        texts = pipe("length", targets=[3, 8], length_shape=False, progress=False,
+                     sample=SampleConfig(steps=5, exit_patience=1, pad_margin=margin),
+                     callback=lambda d: seen.append(d["x_t"].shape[1]))
+        assert [len(t.split()) for t in texts] == [3, 8]  # the held lengths are exact in the shorter sequence
+        assert set(seen) == {min(want, L)}
+    seen = []
+    texts = pipe("infill", left="The Eagle", right="pub .", middle=3, n=2, progress=False,
+                 sample=SampleConfig(steps=5, pad_margin=1), callback=lambda d: seen.append(d["x_t"].shape[1]))
+    assert set(seen) == {1 + 2 + 3 + 2 + 1 + 1} and all(t.split()[:2] == ["The", "Eagle"] for t in texts)
+    for bad in (-1, 1.5, L + 1):
+        with pytest.raises(UserError, match="pad_margin"):
+            sample_latents(pipe.model, pipe.diffusion, 1, SampleConfig(steps=5, pad_margin=bad), progress=False)

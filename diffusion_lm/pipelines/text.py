@@ -31,7 +31,7 @@ from ..runtime import pick_device
 from ..sharding import owned_batches
 from ..tasks import get_task
 from ..text import SampleConfig, from_pretrained, generate
-from ..text.constraints import infill_constraint, length_constraint, words_only
+from ..text.constraints import infill_constraint, length_constraint, truncate, words_only
 from ..text.model import DiffusionLM
 from ..text.tokenizer import WordTokenizer
 
@@ -320,10 +320,19 @@ class DiffusionLMPipeline:
             chunk = jobs[b:b + batch_size]
             reqs = [requests[i] for i, _ in chunk]
             known = hook = None
+            cfg_b = sample_cfg
             if task == "infill":
                 known = infill_constraint(model, tok, left, right, middle, len(chunk))
+                span = len(left.split()) + middle + len(right.split()) + 2
             elif reqs[0].length is not None:
                 known = length_constraint(model, tok, [r.length for r in reqs])
+                span = max(r.length for r in reqs) + 2  # START, the words, END
+            if known is not None and sample_cfg.pad_margin is not None:
+                # The positions past END are held PAD in every row: sample only the batch's longest sentence and
+                # pad_margin of them. The denoiser and classifiers then run on a shorter sequence than they were
+                # trained on (measured in docs/experiments/fast_decoding.md); decoding stops at END either way.
+                cfg_b = replace(sample_cfg, length=min(L, span + sample_cfg.pad_margin))
+                known = truncate(known, cfg_b.length)
             if classifiers:
                 hook = ControlGuidance(controls_for(reqs, classifiers, self.device), gcfg)
             exclude = None if known is None else words_only(known, tok, len(tok))
@@ -333,7 +342,7 @@ class DiffusionLMPipeline:
                 accept = partial(_controls_met, floor=math.log(sample_cfg.exit_confidence))
             texts, best = None, None
             for k in range(select):  # best of `select` draws by the controls' own log p(c | words) at t = 0
-                draw = generate(model, tok, self.diffusion, len(chunk), sample_cfg, batch_size=len(chunk),
+                draw = generate(model, tok, self.diffusion, len(chunk), cfg_b, batch_size=len(chunk),
                                 seed=seed + b + 100003 * k, known=known, exclude=exclude, step_hook=steer,
                                 callback=callback, progress=progress, exit_accept=accept)
                 if select == 1:

@@ -44,6 +44,12 @@ def length_constraint(model: DiffusionLM, tokenizer: WordTokenizer, lengths: lis
     return _known(model, ids, ids >= 0)
 
 
+def truncate(known: Known, length: int) -> Known:
+    """The first `length` positions of a constraint: what a sampler of that sequence length holds."""
+    return Known(values=known.values[:, :length], mask=known.mask[:, :length], noised=known.noised,
+                 resample=known.resample)
+
+
 def infill_constraint(model: DiffusionLM, tokenizer: WordTokenizer, left: str, right: str, n_middle: int,
                       batch: int) -> Known:
     """left words, n_middle free positions, right words, END, PAD: the model fills the middle."""

@@ -33,6 +33,8 @@ class SampleConfig:
     exit_patience: int = 0  # stop a sentence once its clamped x̂_0 (its words) has stayed the same this many steps
     exit_confidence: float = 0.0  # under control, and only if the controls' classifiers give those words (t = 0)
     #                               at least this probability; 0 = settled words are enough
+    pad_margin: Optional[int] = None  # where a batch's lengths are held: sample only its longest sentence (START …
+    #                                   END) and this many PAD positions after; the rest is PAD. None = every position
 
 
 class _SelfConditioned:
@@ -75,6 +77,9 @@ def check_sample_config(cfg: SampleConfig, diffusion, max_len: int, key: str = "
         raise UserError(f"unknown {key}.variance {cfg.variance!r}; choose small or large")
     if cfg.length is not None and not 1 <= cfg.length <= max_len:
         raise UserError(f"{key}.length must be in [1, {max_len}] for this model, got {cfg.length}")
+    m = cfg.pad_margin
+    if m is not None and (isinstance(m, bool) or not isinstance(m, int) or not 0 <= m <= max_len):
+        raise UserError(f"{key}.pad_margin must be null or an integer in [0, {max_len}], got {m!r}")
     if isinstance(cfg.exit_patience, bool) or not isinstance(cfg.exit_patience, int) or cfg.exit_patience < 0:
         raise UserError(f"{key}.exit_patience must be an integer >= 0 (0 = no early exit), got {cfg.exit_patience!r}")
     c = cfg.exit_confidence
