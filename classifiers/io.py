@@ -45,9 +45,15 @@ def load_classifier(directory, device: str | torch.device = "cpu", kind: str | N
         raise UserError(f"{where}: {e}") from None
     cls = KINDS[cfg.pop("kind")]
     cfg.pop("metrics", None)
+    # how hard this classifier pulls, relative to λ: 1 unless calibrated when it was shipped (a small classifier
+    # whose log-probabilities are flatter than the default one's may need more)
+    weight = cfg.pop("guidance_weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight <= 100:
+        raise UserError(f"{where}: guidance_weight must be a number in (0, 100], got {weight!r}")
     try:
         clf = build_checked(lambda: cls(space, encoder, **cfg), state, str(d))
     except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
         raise UserError(f"{d}/config.json does not describe a {cls.kind} classifier: {e}") from None
     load_weights(clf, state, str(d))
+    clf.guidance_weight = float(weight)
     return clf.to(device).eval()

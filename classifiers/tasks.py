@@ -111,5 +111,5 @@ def controls_for(requests: list[Request], classifiers: dict, device=None) -> lis
             batched = torch.stack(targets).to(device)
         else:
             batched = classifiers[kind].stack_targets(targets).to(device)
-        out.append(Control(classifiers[kind], batched))
+        out.append(Control(classifiers[kind], batched, getattr(classifiers[kind], "guidance_weight", 1.0)))
     return out

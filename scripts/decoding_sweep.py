@@ -29,7 +29,7 @@ def main(argv: list[str]) -> None:
 
     from diffusion_lm.assets import resolve_asset
     from diffusion_lm.config import build, compose
-    from diffusion_lm.eval.metrics import METRICS
+    from diffusion_lm.eval.metrics import METRICS, target_text
     from diffusion_lm.io import write_jsonl
     from diffusion_lm.lm import ARLM
     from diffusion_lm.pipelines import DiffusionLMPipeline
@@ -72,7 +72,7 @@ def main(argv: list[str]) -> None:
                                  length_shape=cfg.length_shape, progress=False)
             seconds = time.time() - start
             texts = [g.text for g in made]
-            ctrl = METRICS[task]().compute(predictions=texts, references=[g.target for g in made])["scores"]
+            ctrl = METRICS[task]().compute(predictions=texts, references=[target_text(task, g.target) for g in made])["scores"]
             lm = teacher.perplexity(texts)
             name = " ".join(c)
             write_jsonl(out.parent / f"{task}-{name.replace(' ', '_').replace('/', '-')}.jsonl",

@@ -286,3 +286,24 @@ def test_pos_log_prob_on_a_trimmed_sequence_reads_the_tags_inside_it():
     assert clf.log_prob(x[:, :n + 2], t, row[None]).shape == (1,)
     with pytest.raises(ValueError, match="past the sampled length"):
         clf.log_prob(x[:, :n], t, row[None])
+
+
+def test_a_classifiers_guidance_weight_is_read_from_its_folder_and_weighs_its_control(tiny_classifiers, tmp_path):
+    import shutil
+
+    from classifiers.tasks import controls_for, parse_request
+
+    out, _ = tiny_classifiers
+    assert load_classifier(out / "pos").guidance_weight == 1.0  # folders without one: weight 1, as before
+    heavy = tmp_path / "pos"
+    shutil.copytree(out / "pos", heavy)
+    cfg = json.loads((heavy / "config.json").read_text())
+    (heavy / "config.json").write_text(json.dumps({**cfg, "guidance_weight": 2.5}))
+    clf = load_classifier(heavy)
+    assert clf.guidance_weight == 2.5
+    req = parse_request("pos", "DT NN", {"pos": clf}, clf.space.max_len - 2, torch.Generator().manual_seed(0))
+    assert [c.weight for c in controls_for([req], {"pos": clf})] == [2.5]
+    for bad in (0, -1, "2", True, 1e9):
+        (heavy / "config.json").write_text(json.dumps({**cfg, "guidance_weight": bad}))
+        with pytest.raises(UserError, match="guidance_weight"):
+            load_classifier(heavy)
