@@ -2,6 +2,7 @@
 
     python scripts/ship_model.py [kind=diffusion|teacher|parser|...] [run=<folder>] [name=<asset name>] [command="..."]
         [notes=<file.json>]   (a JSON object merged into the manifest: e.g. a continued run's history and hours)
+        [guidance_weight=W]   (kind=classifier: how hard it pulls relative to λ, written into its config.json)
 
     kind=diffusion  run=runs/cpu      name=diffusion-lm-cpu     (diffusion-lm train preset=cpu)
     kind=teacher    run=runs/teacher  name=teacher-lm           (diffusion-lm train-lm)
@@ -94,7 +95,8 @@ def manifest_for(kind: str, run: Path, report: Path | None = None) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    args = parse(argv, {"kind": "diffusion", "run": "", "name": "", "command": "", "report": "", "notes": ""})
+    args = parse(argv, {"kind": "diffusion", "run": "", "name": "", "command": "", "report": "", "notes": "",
+                       "guidance_weight": ""})
     kind = args["kind"]
     if kind not in KINDS:
         fail(f"unknown kind {kind!r}; choose {', '.join(KINDS)}")
@@ -124,6 +126,17 @@ def main(argv: list[str]) -> None:
     for f in files:
         if (run / f).exists():
             shutil.copy(run / f, tmp / f)
+    if args["guidance_weight"]:
+        if kind != "classifier":
+            fail("guidance_weight= is for kind=classifier")
+        try:
+            weight = float(args["guidance_weight"])
+        except ValueError:
+            fail(f"guidance_weight must be a number, got {args['guidance_weight']!r}")
+        if not 0 < weight <= 100:
+            fail(f"guidance_weight must be in (0, 100], got {weight}")
+        config = json.loads((tmp / "config.json").read_text())
+        (tmp / "config.json").write_text(json.dumps({**config, "guidance_weight": weight}, indent=2) + "\n")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     manifest = {"kind": kind, "commit": commit, "trained_on": "2-core CPU, fp32", **manifest_for(kind, run, Path(args["report"]) if args["report"] else None)}
     if args["command"]:  # the exact command, where the run's preset has changed since or overrides were given
