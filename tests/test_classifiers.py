@@ -307,3 +307,24 @@ def test_a_classifiers_guidance_weight_is_read_from_its_folder_and_weighs_its_co
         (heavy / "config.json").write_text(json.dumps({**cfg, "guidance_weight": bad}))
         with pytest.raises(UserError, match="guidance_weight"):
             load_classifier(heavy)
+
+
+def test_the_inside_pass_equals_torch_structs_tree_crf_in_value_and_gradient():
+    import warnings
+
+    from torch_struct import TreeCRF
+
+    torch.manual_seed(0)
+    pot = torch.randn(4, 9, 9, 5, requires_grad=True)
+    pot.data[0, 2, 6] = -1e4  # a forbidden span, as the constrained pass masks them
+    lengths = torch.tensor([9, 5, 3, 1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = TreeCRF(pot, lengths=lengths).partition
+    got = TreeClassifier._log_partition(pot, lengths)
+    assert torch.allclose(got, want, atol=1e-4)
+    g_want, = torch.autograd.grad(want.sum(), pot)
+    g_got, = torch.autograd.grad(got.sum(), pot)
+    assert torch.allclose(g_got, g_want, atol=1e-5)
+    one = torch.zeros(1, 3, 3, 1)  # one label, all scores 0: log Z = log (number of binary trees) = log Catalan(n−1)
+    assert torch.allclose(TreeClassifier._log_partition(one, torch.tensor([3])), torch.tensor([2.0]).log())
