@@ -24,6 +24,13 @@ def save_classifier(clf, directory, metrics: dict | None = None, dtype: torch.dt
     save_pretrained(directory, config, clf.state_dict(), dtype=dtype)
 
 
+def check_guidance_weight(weight, where: str) -> float:
+    """A classifier's guidance_weight (its pull relative to λ): a number in (0, 100], else a one-line error."""
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight <= 100:
+        raise UserError(f"{where}: guidance_weight must be a number in (0, 100], got {weight!r}")
+    return float(weight)
+
+
 def load_classifier(directory, device: str | torch.device = "cpu", kind: str | None = None):
     d = Path(directory)
     if not d.is_dir():
@@ -47,13 +54,11 @@ def load_classifier(directory, device: str | torch.device = "cpu", kind: str | N
     cfg.pop("metrics", None)
     # how hard this classifier pulls, relative to λ: 1 unless calibrated when it was shipped (a small classifier
     # whose log-probabilities are flatter than the default one's may need more)
-    weight = cfg.pop("guidance_weight", 1.0)
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight <= 100:
-        raise UserError(f"{where}: guidance_weight must be a number in (0, 100], got {weight!r}")
+    weight = check_guidance_weight(cfg.pop("guidance_weight", 1.0), where)
     try:
         clf = build_checked(lambda: cls(space, encoder, **cfg), state, str(d))
     except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
         raise UserError(f"{d}/config.json does not describe a {cls.kind} classifier: {e}") from None
     load_weights(clf, state, str(d))
-    clf.guidance_weight = float(weight)
+    clf.guidance_weight = weight
     return clf.to(device).eval()

@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from classifiers.io import check_guidance_weight
 from diffusion_lm.io import quantize_int8
 from diffusion_lm.scripting import fail, parse, run_script
 
@@ -100,6 +101,14 @@ def main(argv: list[str]) -> None:
     kind = args["kind"]
     if kind not in KINDS:
         fail(f"unknown kind {kind!r}; choose {', '.join(KINDS)}")
+    weight = None
+    if args["guidance_weight"]:  # checked before anything is written
+        if kind != "classifier":
+            fail("guidance_weight= is for kind=classifier")
+        try:
+            weight = check_guidance_weight(float(args["guidance_weight"]), "ship_model.py")
+        except ValueError:
+            fail(f"guidance_weight must be a number, got {args['guidance_weight']!r}")
     default_run, default_name, files = KINDS[kind]
     run = Path(args["run"] or default_run)
     name = args["name"] or (default_name or f"classifier-{(_json(run / 'config.json') or {}).get('kind')}")
@@ -126,15 +135,7 @@ def main(argv: list[str]) -> None:
     for f in files:
         if (run / f).exists():
             shutil.copy(run / f, tmp / f)
-    if args["guidance_weight"]:
-        if kind != "classifier":
-            fail("guidance_weight= is for kind=classifier")
-        try:
-            weight = float(args["guidance_weight"])
-        except ValueError:
-            fail(f"guidance_weight must be a number, got {args['guidance_weight']!r}")
-        if not 0 < weight <= 100:
-            fail(f"guidance_weight must be in (0, 100], got {weight}")
+    if weight is not None:
         config = json.loads((tmp / "config.json").read_text())
         (tmp / "config.json").write_text(json.dumps({**config, "guidance_weight": weight}, indent=2) + "\n")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()

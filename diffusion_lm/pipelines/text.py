@@ -31,7 +31,7 @@ from ..runtime import pick_device
 from ..sharding import owned_batches
 from ..tasks import get_task
 from ..text import SampleConfig, from_pretrained, generate
-from ..text.constraints import infill_constraint, length_constraint, truncate, words_only
+from ..text.constraints import infill_constraint, length_constraint, trim_padding, words_only
 from ..text.model import DiffusionLM
 from ..text.tokenizer import WordTokenizer
 
@@ -323,16 +323,14 @@ class DiffusionLMPipeline:
             cfg_b = sample_cfg
             if task == "infill":
                 known = infill_constraint(model, tok, left, right, middle, len(chunk))
-                span = len(left.split()) + middle + len(right.split()) + 2
             elif reqs[0].length is not None:
                 known = length_constraint(model, tok, [r.length for r in reqs])
-                span = max(r.length for r in reqs) + 2  # START, the words, END
             if known is not None and sample_cfg.pad_margin is not None:
                 # The positions past END are held PAD in every row: sample only the batch's longest sentence and
                 # pad_margin of them. The denoiser and classifiers then run on a shorter sequence than they were
                 # trained on (measured in docs/experiments/fast_decoding.md); decoding stops at END either way.
-                cfg_b = replace(sample_cfg, length=min(L, span + sample_cfg.pad_margin))
-                known = truncate(known, cfg_b.length)
+                known = trim_padding(model, tok, known, sample_cfg.pad_margin)
+                cfg_b = replace(sample_cfg, length=known.values.shape[1])
             if classifiers:
                 hook = ControlGuidance(controls_for(reqs, classifiers, self.device), gcfg)
             exclude = None if known is None else words_only(known, tok, len(tok))

@@ -44,8 +44,14 @@ def length_constraint(model: DiffusionLM, tokenizer: WordTokenizer, lengths: lis
     return _known(model, ids, ids >= 0)
 
 
-def truncate(known: Known, length: int) -> Known:
-    """The first `length` positions of a constraint: what a sampler of that sequence length holds."""
+def trim_padding(model: DiffusionLM, tokenizer: WordTokenizer, known: Known, margin: int) -> Known:
+    """The constraint cut to the positions worth sampling: up to the last one that some row does not hold as
+    PAD (START … END of the batch's longest sentence), plus `margin` PAD positions."""
+    with torch.no_grad():
+        pad = model.embed(torch.tensor([tokenizer.pad_id], device=known.values.device))[0]
+    is_pad = known.mask[..., 0] & (known.values == pad).all(-1)  # (B, L): held as PAD
+    tail = is_pad.all(0).flip(0).cumprod(0).sum()  # trailing positions that are PAD in every row
+    length = min(is_pad.shape[1], int(is_pad.shape[1] - tail) + margin)
     return Known(values=known.values[:, :length], mask=known.mask[:, :length], noised=known.noised,
                  resample=known.resample)
 
