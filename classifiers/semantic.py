@@ -19,6 +19,8 @@ pairs that targets may name.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -121,6 +123,13 @@ class SemanticClassifier(nn.Module):
             run = run + match[:, j:j + L, j] * used[:, j:j + 1]
         miss = torch.log1p(-run.exp().clamp(max=1 - 1e-6)).sum(-1)  # log Π_s (1 − p_s)
         return torch.log((-torch.expm1(miss)).clamp_min(1e-12))  # log(1 − Π_s (1 − p_s))
+
+    @torch.no_grad()
+    def satisfied(self, x0: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """(B,) bool: do the words x0 (clamped, t = 0) state the value, p(stated) > 1/2? (Early exit's check,
+        `sample.exit_met`: stated or not is what the metric asks, so a finished sentence can be checked.)"""
+        t = torch.zeros(len(x0), dtype=torch.long, device=x0.device)
+        return self.log_prob(x0, t, target) > math.log(0.5)
 
     # ---- training ---------------------------------------------------------------------------
     collate = staticmethod(collate_rows)

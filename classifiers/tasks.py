@@ -21,7 +21,7 @@ the span parser's marginal log p(span in tree) is used alone.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import torch
@@ -42,6 +42,8 @@ class Request:
 
     parts: list[tuple[str, Any]] = field(default_factory=list)  # (classifier kind, that classifier's target)
     length: int | None = None
+    steer: tuple[str, ...] = ()  # kinds whose target only shapes the sentence (a borrowed tree's tags), not
+    #                                a control the sentence must meet (Control.required); the same in every batch row
 
 
 def _tree_request(tree, classifiers: dict, borrowed: bool = False) -> Request:
@@ -56,7 +58,7 @@ def _tree_request(tree, classifiers: dict, borrowed: bool = False) -> Request:
 
 def _length(goal: Target, classifiers: dict, generator: torch.Generator) -> Request:
     if "pos" in classifiers:  # steer toward the tags of a training sentence of that length
-        return Request([("pos", classifiers["pos"].length_row(goal.length, generator))], goal.length)
+        return Request([("pos", classifiers["pos"].length_row(goal.length, generator))], goal.length, steer=("pos",))
     return Request(length=goal.length)
 
 
@@ -73,11 +75,11 @@ def _spans(goal: Target, classifiers: dict, generator: torch.Generator) -> Reque
     clf, target = classifiers["tree"], goal.source
     clf.span_target(target, clf.size)  # checks the label and the range
     shape = clf.exemplar(target, generator)
-    if shape is not None and "pos" in classifiers:
-        return _tree_request(shape, classifiers, borrowed=True)
+    if shape is not None and "pos" in classifiers:  # the borrowed tree's tags are a shape, not the target
+        return replace(_tree_request(shape, classifiers, borrowed=True), steer=("pos",))
     n = clf.span_length(target, generator)
     no_tags = [("pos", classifiers["pos"].tree_row([]))] if "pos" in classifiers else []  # batch alike
-    return Request([("tree", clf.span_target(target, n)), *no_tags], n)
+    return Request([("tree", clf.span_target(target, n)), *no_tags], n, steer=("pos",))
 
 
 def _semantic(goal: Target, classifiers: dict, generator: torch.Generator) -> Request:
@@ -111,5 +113,6 @@ def controls_for(requests: list[Request], classifiers: dict, device=None) -> lis
             batched = torch.stack(targets).to(device)
         else:
             batched = classifiers[kind].stack_targets(targets).to(device)
-        out.append(Control(classifiers[kind], batched, getattr(classifiers[kind], "guidance_weight", 1.0)))
+        out.append(Control(classifiers[kind], batched, getattr(classifiers[kind], "guidance_weight", 1.0),
+                           required=kind not in requests[0].steer))
     return out

@@ -3,13 +3,16 @@
     python scripts/decoding_sweep.py tasks=pos,tree limit=50 \
         configs="sample.steps=200 guidance.updates=3; sample.steps=50; sample.steps=20" \
         [x=sample.steps] [out=runs/decoding_sweep/sweep.json] [png=runs/decoding_sweep/sweep.png]
+    python scripts/decoding_sweep.py merge=runs/a/sweep.json,runs/b/sweep.json x=speed out=docs/merged.json
 
 Each config (separated by `;`) is a list of `diffusion-lm generate` overrides. For every task and config
 it runs the generate pipeline on the first `limit` shipped targets in one batch of `limit` (the models
 loaded before the clock starts), then scores the sentences with the task's oracle metric (ctrl ↑) and
 the teacher LM (lm ↓, mean per-sentence perplexity), as `diffusion-lm evaluate` does. Writes the points
 as JSON and a PNG of ctrl, lm and sentences/s against the override named by `x`, one line per setting
-of the other overrides, a panel row per task.
+of the other overrides, a panel row per task. `x=speed` plots ctrl and lm against sentences/s instead, one
+labelled point per setting (the trade-off). `merge=` runs nothing: it joins sweeps already written (runs
+side by side, say) into one JSON and PNG.
 """
 from __future__ import annotations
 
@@ -38,7 +41,10 @@ def main(argv: list[str]) -> None:
 
     args = parse(argv, {"tasks": "pos,tree", "limit": "50", "x": "sample.steps", "threads": "0",
                         "configs": "sample.steps=200; sample.steps=50; sample.steps=20",
-                        "out": "runs/decoding_sweep/sweep.json", "png": ""})
+                        "out": "runs/decoding_sweep/sweep.json", "png": "", "merge": ""})
+    if args["merge"]:
+        _merge([Path(f) for f in args["merge"].split(",") if f], args["x"], Path(args["out"]), args["png"])
+        return
     limit = number(args, "limit", minimum=1)
     if number(args, "threads", minimum=0):
         torch.set_num_threads(number(args, "threads"))
@@ -88,12 +94,62 @@ def main(argv: list[str]) -> None:
     print(f"written: {out}, {png}")
 
 
+def _merge(files: list[Path], x_key: str, out: Path, png: str) -> None:
+    from diffusion_lm.scripting import fail
+
+    points = []
+    for f in files:
+        try:
+            got = json.loads(f.read_text())
+        except (OSError, ValueError) as e:
+            fail(f"merge: cannot read sweep {f}: {e}")
+        if not isinstance(got, list) or not all(isinstance(p, dict) and {"task", "config", "ctrl", "lm",
+                                                                         "sentences_per_s"} <= p.keys() for p in got):
+            fail(f"merge: {f} is not a decoding_sweep.py output (a list of points)")
+        points += got
+    if not points:
+        fail("merge: no sweep files given")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(points, indent=2) + "\n")
+    png_path = Path(png or out.with_suffix(".png"))
+    plot(points, x_key, png_path)
+    print(f"written: {out}, {png_path}")
+
+
+def _plot_speed(points: list[dict], png: Path) -> None:
+    """ctrl and lm against sentences/s, one labelled point per task and setting."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    tasks = list(dict.fromkeys(p["task"] for p in points))
+    fig, axes = plt.subplots(len(tasks), 2, figsize=(13, 4.2 * len(tasks)), squeeze=False)
+    for row, task in zip(axes, tasks):
+        pts = [p for p in points if p["task"] == task]
+        for ax, key, title in zip(row, ("ctrl", "lm"), ("ctrl ↑ (%)", "lm ↓ (teacher ppl)")):
+            ax.scatter([p["sentences_per_s"] for p in pts], [p[key] for p in pts])
+            for p in pts:  # the overrides, shortened: sample.steps=50 -> steps=50
+                label = " ".join(w.split(".", 1)[-1] if "=" in w.split(".", 1)[-1] else w for w in p["config"])
+                ax.annotate(label or "defaults", (p["sentences_per_s"], p[key]), fontsize=6, xytext=(3, 3),
+                            textcoords="offset points")
+            ax.set_title(f"{task}: {title} against sentences/s")
+            ax.set_xlabel("sentences/s ↑ (log)")
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.grid(alpha=0.3)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+
+
 def plot(points: list[dict], x_key: str, png: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if x_key == "speed":
+        return _plot_speed(points, png)
     tasks = list(dict.fromkeys(p["task"] for p in points))
     fig, axes = plt.subplots(len(tasks), 3, figsize=(13, 3.2 * len(tasks)), squeeze=False)
     for row, task in zip(axes, tasks):

@@ -328,3 +328,11 @@ def test_the_inside_pass_equals_torch_structs_tree_crf_in_value_and_gradient():
     assert torch.allclose(g_got, g_want, atol=1e-5)
     one = torch.zeros(1, 3, 3, 1)  # one label, all scores 0: log Z = log (number of binary trees) = log Catalan(n−1)
     assert torch.allclose(TreeClassifier._log_partition(one, torch.tensor([3])), torch.tensor([2.0]).log())
+
+
+def test_semantic_satisfied_is_whether_the_value_is_stated_at_t0(monkeypatch):
+    clf, tok = _semantic()
+    target = clf.stack_targets([clf.target("food : Italian")] * 2)
+    lp = torch.log(torch.tensor([0.6, 0.4]))
+    monkeypatch.setattr(clf, "log_prob", lambda x, t, tg: lp if (t == 0).all() else None)
+    assert clf.satisfied(torch.zeros(2, 6, 4), target).tolist() == [True, False]

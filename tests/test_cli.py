@@ -171,6 +171,8 @@ def test_module_entry_point_exit_code():
     ("fluency_recipes", ["n=1"]),                         # below the minimum
     ("control_strength", ["task=colour"]),                # unknown task
     ("bench_control", ["systems=gpt4"]),                  # unknown system
+    ("decoding_sweep", ["merge=runs/no-such-sweep.json"]),  # nothing to merge there
+    ("decoding_sweep", ["merge=docs/fluency_cpu_h128.json"]),  # not a sweep's points
     ("bench_train", ["steps=abc"]),                       # not a number
     ("bench_train", ["profile=-1"]),                      # below the minimum
     ("bench_train", ["rounds=0"]),                        # below the minimum
@@ -189,6 +191,18 @@ def test_fluency_compare_draws_curves_against_steps(tmp_path):
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_decoding_sweep_merges_sweeps_and_plots_control_against_speed(tmp_path):
+    out = tmp_path / "merged.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "decoding_sweep.py"),
+                           "merge=docs/decoding_steps.json,docs/decoding_small_classifiers.json", "x=speed",
+                           f"out={out}"], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    merged = json.loads(out.read_text())
+    parts = [json.loads((ROOT / "docs" / f).read_text()) for f in ("decoding_steps.json", "decoding_small_classifiers.json")]
+    assert merged == parts[0] + parts[1]
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_script_args_overlay_defaults():

@@ -158,7 +158,8 @@ def test_fewer_steps_and_early_exit_still_hold_lengths_and_infill_contexts(tiny_
 def test_early_exit_settings_fail_cleanly(tiny_model):
     model, tok, diffusion = from_pretrained(tiny_model)
     for bad, msg in [({"exit_patience": -1}, "exit_patience"), ({"exit_patience": 1.5}, "exit_patience"),
-                     ({"exit_confidence": 2.0}, "exit_confidence")]:
+                     ({"exit_confidence": 2.0}, "exit_confidence"), ({"exit_met": 1.5}, "exit_met"),
+                     ({"exit_met": "yes"}, "exit_met")]:
         with pytest.raises(UserError, match=msg):
             sample_latents(model, diffusion, 1, SampleConfig(steps=5, **bad), progress=False)
 
@@ -182,3 +183,40 @@ def test_pad_margin_samples_only_the_batchs_longest_sentence_and_still_holds_len
     for bad in (-1, 1.5, L + 1):
         with pytest.raises(UserError, match="pad_margin"):
             sample_latents(pipe.model, pipe.diffusion, 1, SampleConfig(steps=5, pad_margin=bad), progress=False)
+
+
+def test_exit_met_checks_the_required_controls_that_can_check_words():
+    from diffusion_lm.core.guidance import Control, ControlGuidance
+
+    class Check:
+        def __init__(self, ok):
+            self.ok = torch.tensor(ok)
+
+        def satisfied(self, x0, target):
+            return self.ok[:len(x0)]
+
+    class NoCheck:  # a classifier without a check (POS, the tree CRF): never vetoes
+        pass
+
+    x0 = torch.zeros(3, 4, 2)
+    hook = ControlGuidance([Control(Check([True, True, False]), None), Control(NoCheck(), None),
+                            Control(Check([False] * 3), None, required=False)])  # a shape steer: not required
+    assert hook.met(x0).tolist() == [True, True, False]
+    both = ControlGuidance([Control(Check([True, True, False]), None), Control(Check([True, False, True]), None)])
+    assert both.met(x0).tolist() == [True, False, False]  # every control must hold
+
+
+def test_shape_steers_are_not_required_controls(tiny_model):
+    from classifiers.tasks import controls_for, parse_request
+
+    class Pos:
+        def length_row(self, n, g):
+            return torch.full((8,), -1)
+
+        def target(self, tags):
+            return torch.zeros(8, dtype=torch.long), 2
+
+    g = torch.Generator().manual_seed(0)
+    length = controls_for([parse_request("length", 3, {"pos": Pos()}, 6, g)], {"pos": Pos()})
+    pos = controls_for([parse_request("pos", "DT NN", {"pos": Pos()}, 6, g)], {"pos": Pos()})
+    assert [c.required for c in length] == [False] and [c.required for c in pos] == [True]

@@ -60,6 +60,17 @@ class ControlGuidance:
         return sum(c.weight * c.classifier.log_prob(x, t, c.target) for c in (self.controls if controls is None
                                                                               else controls))
 
+    @torch.no_grad()
+    def met(self, x0: torch.Tensor) -> torch.Tensor:
+        """(B,) bool: does each finished sample x0 meet the required controls whose classifier can check one (a
+        `satisfied(x0, target) -> (B,) bool` method; text's semantic classifier has one)? Controls without a
+        check are taken as met."""
+        ok = torch.ones(len(x0), dtype=torch.bool, device=x0.device)
+        for c in self.controls:
+            if c.required and hasattr(c.classifier, "satisfied"):
+                ok &= c.classifier.satisfied(x0, c.target)
+        return ok
+
     def __call__(self, x_prev: torch.Tensor, *, x_t: torch.Tensor, mean: torch.Tensor, variance: torch.Tensor,
                  t: torch.Tensor, index: int) -> torch.Tensor:
         cfg = self.config

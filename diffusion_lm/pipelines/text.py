@@ -73,13 +73,19 @@ def targets_from_file(task: str, path: str, limit: int | None = None) -> list:
     return [r["target"] for r in rows][:limit]
 
 
-def _controls_met(x0: torch.Tensor, hook: ControlGuidance, floor: float) -> torch.Tensor:
-    """Early exit's veto: do the settled words (clamped x̂_0) meet the controls, log p(c | words, t = 0) ≥ floor?
-    (The fluency LM's term, if guiding, is no control to meet.)"""
-    hook = replace(hook, controls=[c for c in hook.controls if c.required])
-    with torch.enable_grad():  # some classifiers (the tree CRF) differentiate internally
-        zeros = torch.zeros(len(x0), dtype=torch.long, device=x0.device)
-        return hook.log_prob(x0, zeros).detach() >= floor
+def _controls_met(x0: torch.Tensor, hook: ControlGuidance, floor: float | None = None,
+                  check: bool = False) -> torch.Tensor:
+    """Early exit's veto: do the settled words (clamped x̂_0) meet the controls? With a `floor`, the required
+    controls' log p(c | words, t = 0) must reach it (sample.exit_confidence); with `check`, every control whose
+    classifier can check the words must hold (sample.exit_met). A shape steer or the fluency LM's term is no
+    control to meet."""
+    ok = hook.met(x0) if check else torch.ones(len(x0), dtype=torch.bool, device=x0.device)
+    if floor is not None:
+        hook = replace(hook, controls=[c for c in hook.controls if c.required])
+        with torch.enable_grad():  # some classifiers (the tree CRF) differentiate internally
+            zeros = torch.zeros(len(x0), dtype=torch.long, device=x0.device)
+            ok &= hook.log_prob(x0, zeros).detach() >= floor
+    return ok
 
 
 def _weight(name: str, value) -> float:
@@ -336,8 +342,11 @@ class DiffusionLMPipeline:
             exclude = None if known is None else words_only(known, tok, len(tok))
             steer = self._fluency(hook, lm_guidance, gcfg)
             accept = None
-            if hook is not None and sample_cfg.exit_patience and sample_cfg.exit_confidence > 0:
-                accept = partial(_controls_met, floor=math.log(sample_cfg.exit_confidence))
+            if hook is not None and sample_cfg.exit_patience and (sample_cfg.exit_confidence > 0 or
+                                                                  sample_cfg.exit_met):
+                accept = partial(_controls_met, floor=(math.log(sample_cfg.exit_confidence)
+                                                       if sample_cfg.exit_confidence > 0 else None),
+                                 check=sample_cfg.exit_met)
             texts, best = None, None
             for k in range(select):  # best of `select` draws by the controls' own log p(c | words) at t = 0
                 draw = generate(model, tok, self.diffusion, len(chunk), cfg_b, batch_size=len(chunk),

@@ -33,6 +33,8 @@ class SampleConfig:
     exit_patience: int = 0  # stop a sentence once its clamped x̂_0 (its words) has stayed the same this many steps
     exit_confidence: float = 0.0  # under control, and only if the controls' classifiers give those words (t = 0)
     #                               at least this probability; 0 = settled words are enough
+    exit_met: bool = False  # under control, and only once the controls that can check the settled words hold
+    #                         (semantic: the value is stated; POS and tree have no such check)
     pad_margin: Optional[int] = None  # where a batch's lengths are held: sample only its longest sentence (START …
     #                                   END) and this many PAD positions after; the rest is PAD. None = every position
 
@@ -82,6 +84,8 @@ def check_sample_config(cfg: SampleConfig, diffusion, max_len: int, key: str = "
         raise UserError(f"{key}.pad_margin must be null or an integer in [0, {max_len}], got {m!r}")
     if isinstance(cfg.exit_patience, bool) or not isinstance(cfg.exit_patience, int) or cfg.exit_patience < 0:
         raise UserError(f"{key}.exit_patience must be an integer >= 0 (0 = no early exit), got {cfg.exit_patience!r}")
+    if not isinstance(cfg.exit_met, bool):
+        raise UserError(f"{key}.exit_met must be true or false, got {cfg.exit_met!r}")
     c = cfg.exit_confidence
     if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 <= c <= 1:
         raise UserError(f"{key}.exit_confidence must be a probability in [0, 1], got {c!r}")
