@@ -6,8 +6,8 @@
     python scripts/decoding_sweep.py merge=runs/a/sweep.json,runs/b/sweep.json x=speed out=docs/merged.json
 
 Each config (separated by `;`) is a list of `diffusion-lm generate` overrides. For every task and config
-it runs the generate pipeline on the first `limit` shipped targets in one batch of `limit` (the models
-loaded before the clock starts), then scores the sentences with the task's oracle metric (ctrl ↑) and
+it runs the generate pipeline on the first `limit` shipped targets in one batch (or in batches of `batch`;
+the models loaded before the clock starts), then scores the sentences with the task's oracle metric (ctrl ↑) and
 the teacher LM (lm ↓, mean per-sentence perplexity), as `diffusion-lm evaluate` does. Writes the points
 as JSON and a PNG of ctrl, lm and sentences/s against the override named by `x`, one line per setting
 of the other overrides, a panel row per task. `x=speed` plots ctrl and lm against sentences/s instead, one
@@ -41,11 +41,12 @@ def main(argv: list[str]) -> None:
 
     args = parse(argv, {"tasks": "pos,tree", "limit": "50", "x": "sample.steps", "threads": "0",
                         "configs": "sample.steps=200; sample.steps=50; sample.steps=20",
-                        "out": "runs/decoding_sweep/sweep.json", "png": "", "merge": ""})
+                        "out": "runs/decoding_sweep/sweep.json", "png": "", "merge": "", "batch": "0"})
     if args["merge"]:
         _merge([Path(f) for f in args["merge"].split(",") if f], args["x"], Path(args["out"]), args["png"])
         return
     limit = number(args, "limit", minimum=1)
+    batch = number(args, "batch", minimum=0) or limit  # sentences per batch; 0 = all `limit` in one
     if number(args, "threads", minimum=0):
         torch.set_num_threads(number(args, "threads"))
     tasks = [t for t in args["tasks"].split(",") if t]
@@ -73,7 +74,7 @@ def main(argv: list[str]) -> None:
                                            pipe.device)
             pipe.classifiers_for(task, cfg.length_shape)  # loaded before the clock starts
             start = time.time()
-            made = pipe.generate(task, targets=targets, seed=cfg.seed, batch_size=limit, select=cfg.select,
+            made = pipe.generate(task, targets=targets, seed=cfg.seed, batch_size=batch, select=cfg.select,
                                  guidance=build(cfg, "guidance"), sample=build(cfg, "sample"),
                                  length_shape=cfg.length_shape, progress=False)
             seconds = time.time() - start
@@ -85,7 +86,7 @@ def main(argv: list[str]) -> None:
                         [{"task": task, "target": g.target, "text": g.text, "system": name} for g in made])
             points.append({"task": task, "config": c, "ctrl": round(statistics.fmean(ctrl), 2),
                            "lm": round(statistics.fmean(lm), 2), "lm_median": round(statistics.median(lm), 2),
-                           "sentences": len(texts), "seconds": round(seconds, 2),
+                           "sentences": len(texts), "batch": batch, "seconds": round(seconds, 2),
                            "sentences_per_s": round(len(texts) / seconds, 3), "threads": torch.get_num_threads()})
             print(json.dumps(points[-1]), flush=True)
     out.write_text(json.dumps(points, indent=2) + "\n")

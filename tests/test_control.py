@@ -136,6 +136,23 @@ def test_early_exit_returns_the_settled_x0_and_drops_rows_from_the_batch():
         sample(model, diffusion, (3, 2, 2), early_exit=EarlyExit(0), model_kwargs=kwargs, progress=False)
 
 
+def test_a_vetoed_row_stops_once_its_x0_has_stayed_the_same_for_the_veto_limit():
+    from diffusion_lm.core.sampling import EarlyExit
+
+    diffusion = GaussianDiffusion(get_betas("sqrt", 40)).respace(20)
+    values = torch.arange(3.0)[:, None, None].expand(3, 2, 2).contiguous()
+    model = _Counting(values)
+    veto = lambda x0, hook: x0[:, 0, 0] != 1.0  # row 1 is never accepted
+    out = sample(model, diffusion, (3, 2, 2), early_exit=EarlyExit(2, veto, veto_limit=4),
+                 model_kwargs={"row_ids": torch.arange(3)}, generator=torch.Generator().manual_seed(0), progress=False)
+    assert torch.equal(out, values)  # every row returns its settled x̂_0, the vetoed one too
+    assert model.rows_seen == [3, 3, 3, 1, 1]  # row 1 unchanged for 4 steps: out, 15 steps early
+    for bad in (1, 2.5, True):
+        with pytest.raises(ValueError, match="veto_limit"):
+            sample(model, diffusion, (3, 2, 2), early_exit=EarlyExit(2, veto, veto_limit=bad),
+                   model_kwargs={"row_ids": torch.arange(3)}, progress=False)
+
+
 @pytest.mark.parametrize("steps", [100, 20, 5])
 def test_fewer_steps_and_early_exit_still_hold_lengths_and_infill_contexts(tiny_model, steps):
     model, tok, diffusion = from_pretrained(tiny_model)
@@ -159,7 +176,9 @@ def test_early_exit_settings_fail_cleanly(tiny_model):
     model, tok, diffusion = from_pretrained(tiny_model)
     for bad, msg in [({"exit_patience": -1}, "exit_patience"), ({"exit_patience": 1.5}, "exit_patience"),
                      ({"exit_confidence": 2.0}, "exit_confidence"), ({"exit_met": 1.5}, "exit_met"),
-                     ({"exit_met": "yes"}, "exit_met")]:
+                     ({"exit_met": "yes"}, "exit_met"),
+                     ({"exit_patience": 10, "exit_met_patience": 5}, "exit_met_patience"),
+                     ({"exit_met_patience": 2.5}, "exit_met_patience")]:
         with pytest.raises(UserError, match=msg):
             sample_latents(model, diffusion, 1, SampleConfig(steps=5, **bad), progress=False)
 

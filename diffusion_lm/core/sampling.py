@@ -63,11 +63,13 @@ class EarlyExit:
     x̂_0 never repeats exactly and nothing stops early. A stopped row's output is that x̂_0, and the
     row leaves the batch, so the steps left cost only the rows still running. `accept(x0, step_hook)`
     may veto a settled row (it gets the settled rows' x̂_0 and the step hook narrowed to them, and
-    returns a bool per row): text uses it to require that the controls are met.
+    returns a bool per row): text uses it to require that the controls are met. A vetoed row whose x̂_0
+    then stays the same for `veto_limit` steps stops all the same: nothing is changing it.
     """
 
     patience: int
     accept: Optional[Callable[[torch.Tensor, Any], torch.Tensor]] = None
+    veto_limit: Optional[int] = None  # a vetoed row stops anyway once x̂_0 has stayed the same this many steps
 
 
 def take_rows(obj, rows: torch.Tensor, batch: int):
@@ -180,6 +182,11 @@ def sample(
     if early_exit is not None and (isinstance(early_exit.patience, bool) or not isinstance(early_exit.patience, int)
                                    or early_exit.patience < 1):
         raise ValueError(f"EarlyExit.patience must be an integer >= 1, got {early_exit.patience!r}")
+    if early_exit is not None and early_exit.veto_limit is not None and (
+            isinstance(early_exit.veto_limit, bool) or not isinstance(early_exit.veto_limit, int)
+            or early_exit.veto_limit < early_exit.patience):
+        raise ValueError(f"EarlyExit.veto_limit must be null or an integer >= patience ({early_exit.patience}), "
+                         f"got {early_exit.veto_limit!r}")
     x = noise.to(device, dtype) if noise is not None else _randn(shape, generator, device, dtype)
     known_values = known_mask = None
     if known is not None:
@@ -240,8 +247,10 @@ def sample(
             last_x0 = x0
             settled = (same >= early_exit.patience).nonzero().squeeze(1)
             if len(settled) and early_exit.accept is not None:
-                ok = early_exit.accept(x0[settled], take_rows(step_hook, settled, len(x)))
-                settled = settled[ok.to(device)]
+                ok = early_exit.accept(x0[settled], take_rows(step_hook, settled, len(x))).to(device)
+                if early_exit.veto_limit is not None:
+                    ok = ok | (same[settled] >= early_exit.veto_limit)
+                settled = settled[ok]
             if not len(settled):
                 continue
             out[rows[settled]] = x0[settled]

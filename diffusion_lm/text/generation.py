@@ -35,6 +35,8 @@ class SampleConfig:
     #                               at least this probability; 0 = settled words are enough
     exit_met: bool = False  # under control, and only once the controls that can check the settled words hold
     #                         (semantic: the value is stated; POS and tree have no such check)
+    exit_met_patience: Optional[int] = None  # ... yet an unmet sentence whose words stay the same this many steps
+    #                                          leaves all the same (None: it runs to the last step)
     pad_margin: Optional[int] = None  # where a batch's lengths are held: sample only its longest sentence (START …
     #                                   END) and this many PAD positions after; the rest is PAD. None = every position
 
@@ -86,6 +88,10 @@ def check_sample_config(cfg: SampleConfig, diffusion, max_len: int, key: str = "
         raise UserError(f"{key}.exit_patience must be an integer >= 0 (0 = no early exit), got {cfg.exit_patience!r}")
     if not isinstance(cfg.exit_met, bool):
         raise UserError(f"{key}.exit_met must be true or false, got {cfg.exit_met!r}")
+    m = cfg.exit_met_patience
+    if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < max(cfg.exit_patience, 1)):
+        raise UserError(f"{key}.exit_met_patience must be null or an integer >= exit_patience "
+                        f"({cfg.exit_patience}), got {m!r}")
     c = cfg.exit_confidence
     if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 <= c <= 1:
         raise UserError(f"{key}.exit_confidence must be a probability in [0, 1], got {c!r}")
@@ -121,7 +127,7 @@ def sample_latents(model: DiffusionLM, diffusion: GaussianDiffusion, n: int, cfg
         raise UserError(str(e)) from None
     model_fn = _SelfConditioned(model) if c.self_condition else model
     x0_transform = _Clamp(model, exclude) if cfg.clamp else None
-    early_exit = EarlyExit(cfg.exit_patience, exit_accept) if cfg.exit_patience else None
+    early_exit = EarlyExit(cfg.exit_patience, exit_accept, cfg.exit_met_patience) if cfg.exit_patience else None
     device = next(model.parameters()).device
     try:
         return sample(model_fn, diffusion, (n, length, c.emb_dim), sampler=cfg.sampler, eta=cfg.eta,
