@@ -13,7 +13,9 @@
 # the best of 4 draws by the classifiers' score less B × the base LM's mean NLL (B = 1 on semantic, whose
 # classifier scores one fact; 10 where the classifiers sum over positions or spans); uncontrolled, the best
 # of 4 draws by the base LM alone. About four times the Diffusion-LM rows' time again. LM_ROWS=semantic,pos
-# (a comma-separated list of tasks) adds them for those tasks only.
+# (a comma-separated list of tasks) adds them for those tasks only. LM_FAST=1 draws those four with the fast
+# sampler and small classifiers instead (`sample=fast classifiers=small`, "Diffusion-LM (fast) + base LM"): about
+# the plain Diffusion-LM rows' time instead of four times it (docs/experiments/fast_decoding.md).
 # CHECKPOINT=<folder or shipped:name> (environment) runs the Diffusion-LM rows with another model (its
 # classifiers stay the shipped ones, so it must share their embeddings: optim.freeze_embeddings) and skips
 # the throughput bench, which times the shipped model.
@@ -35,6 +37,12 @@ if [ -n "${LM_ROWS:-}" ] && [ "$LM_ROWS" != 1 ]; then
   done
   [ -n "${LM_TASKS// /}" ] || { echo "error: LM_ROWS names no task" >&2; exit 2; }
 fi
+LM_NAME="Diffusion-LM + base LM" LM_FILE=diffusion-lm-lm LM_SAMPLE=()
+case ${LM_FAST:-0} in
+  0) ;;
+  1) LM_NAME="Diffusion-LM (fast) + base LM" LM_FILE=diffusion-lm-fast-lm LM_SAMPLE=(sample=fast classifiers=small);;
+  *) echo "error: LM_FAST must be 0 or 1, got '$LM_FAST'" >&2; exit 2;;
+esac
 LIMIT_ARG=()
 if [ -n "${LIMIT:-}" ]; then LIMIT_ARG=(limit="$LIMIT"); fi
 if [ -n "${BATCH:-}" ]; then LIMIT_ARG+=(batch_size="$BATCH"); fi
@@ -60,8 +68,8 @@ gen "$OUT/pplm-semantic.jsonl" baseline method=pplm task=semantic targets=shippe
 if [ -n "${LM_ROWS:-}" ]; then
   for task in $LM_TASKS; do
     B=10; if [ $task = semantic ]; then B=1; fi
-    gen "$OUT/diffusion-lm-lm-$task.jsonl" generate task=$task targets=shipped select=4 lm_rerank=$B \
-      "${CKPT[@]}" "system='Diffusion-LM + base LM'"
+    gen "$OUT/$LM_FILE-$task.jsonl" generate task=$task targets=shipped select=4 lm_rerank=$B \
+      "${LM_SAMPLE[@]}" "${CKPT[@]}" "system='$LM_NAME'"
   done
   files+=("$OUT/diffusion-lm-lm-uncontrolled.jsonl")
   if [ ! -s "$OUT/diffusion-lm-lm-uncontrolled.jsonl" ]; then

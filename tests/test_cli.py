@@ -210,3 +210,17 @@ def test_script_args_overlay_defaults():
 
     assert parse(["n=8", "out=a=b"], {"n": "64", "out": ""}) == {"n": "8", "out": "a=b"}
 
+
+
+@pytest.mark.parametrize("env, message", [({"LM_FAST": "2"}, "LM_FAST must be 0 or 1"),
+                                          ({"LM_ROWS": "colour"}, "LM_ROWS must be 1 or"),
+                                          ({}, "procs must be a whole number")])
+def test_table2_script_rejects_bad_settings_before_running_anything(tmp_path, env, message):
+    import os
+
+    out = tmp_path / "t2"
+    procs = ["0"] if not env else []
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "table2.sh"), str(out), *procs], capture_output=True,
+                          text=True, env={**os.environ, **env}, timeout=60)
+    assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not out.exists()
