@@ -342,11 +342,12 @@ class DiffusionLMPipeline:
             exclude = None if known is None else words_only(known, tok, len(tok))
             steer = self._fluency(hook, lm_guidance, gcfg)
             accept = None
-            if hook is not None and sample_cfg.exit_patience and (sample_cfg.exit_confidence > 0 or
-                                                                  sample_cfg.exit_met):
+            # the check only where a control can be checked (semantic): POS and tree rows exit with no veto call
+            check = sample_cfg.exit_met and hook is not None and any(
+                c.required and hasattr(c.classifier, "satisfied") for c in hook.controls)
+            if hook is not None and sample_cfg.exit_patience and (sample_cfg.exit_confidence > 0 or check):
                 accept = partial(_controls_met, floor=(math.log(sample_cfg.exit_confidence)
-                                                       if sample_cfg.exit_confidence > 0 else None),
-                                 check=sample_cfg.exit_met)
+                                                       if sample_cfg.exit_confidence > 0 else None), check=check)
             texts, best = None, None
             for k in range(select):  # best of `select` draws by the controls' own log p(c | words) at t = 0
                 draw = generate(model, tok, self.diffusion, len(chunk), cfg_b, batch_size=len(chunk),
