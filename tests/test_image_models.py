@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from conftest import kill_at
@@ -16,7 +17,8 @@ from diffusion_lm.cli.main import run
 from diffusion_lm.errors import UserError
 from diffusion_lm.image.autoencoder import AutoencoderConfig, AutoencoderKL, kl_divergence, psnr
 from diffusion_lm.image.clip import ClipConfig, ClipModel, clip_score, info_nce, retrieval, retrieval_scores
-from diffusion_lm.image.shapes import VOCAB
+from diffusion_lm.image.data import hard_negatives, is_heldout, make_batch
+from diffusion_lm.image.shapes import VOCAB, parse_caption
 
 TINY_AE = dict(channels=8, channel_mult=[1, 1, 2], groups=4)
 TINY_CLIP = dict(embed_dim=16, image_channels=8, image_mult=[1, 2], groups=4, width=16, layers=1, heads=2, mlp_ratio=2)
@@ -133,6 +135,25 @@ def test_clip_shapes_and_the_empty_caption():
     assert s.shape == (3,) and (s >= 0).all() and (s <= 100).all()
 
 
+def test_lexical_states_follow_the_contextual_ones_and_ignore_the_context():
+    clip = ClipModel(ClipConfig(**TINY_CLIP)).eval()
+    lexical = ClipModel(ClipConfig(**TINY_CLIP, lexical_states=True)).eval()
+    lexical.load_state_dict(clip.state_dict())  # the option adds no weights
+    captions = ["a small red circle left of a large cyan square", "a small blue circle left of a large cyan square", ""]
+    states, mask = clip.text_states(captions)
+    both, both_mask = lexical.text_states(captions)
+    L = clip.config.max_len
+    assert both.shape == (3, 2 * L, 16) and torch.equal(both_mask, torch.cat([mask, mask], 1))
+    assert torch.equal(both[:, :L], states) and (both[~both_mask] == 0).all()
+    # a word's lexical state depends on the word and its place only: "red" -> "blue" changes that one token
+    changed = (both[0, L:] - both[1, L:]).abs().sum(-1) > 0
+    assert changed.nonzero().flatten().tolist() == [3]  # <bos> a small RED
+    assert (states[0] - states[1]).abs().sum(-1)[mask[0]].gt(0).all()  # the contextual states all change
+    assert torch.equal(lexical.encode_text(captions), clip.encode_text(captions))  # the embedding is the same
+    with pytest.raises(UserError, match="lexical_states"):
+        ClipModel(ClipConfig(**TINY_CLIP, lexical_states="yes"))
+
+
 def test_unknown_words_and_long_captions_are_one_line_errors():
     clip = ClipModel(ClipConfig(**TINY_CLIP))
     with pytest.raises(UserError, match="unknown word 'purpleish'"):
@@ -179,6 +200,62 @@ def test_clip_loss_and_retrieval_scores():
     assert retrieval(clip, x[:3], ["a red circle", "a blue square", "a green diamond"])["n"] == 3
 
 
+def test_hard_negatives_swap_what_a_bag_of_words_cannot_tell_apart():
+    two = "a small red circle left of a large cyan square"
+    assert hard_negatives(two) == {
+        "relation": "a small red circle right of a large cyan square",
+        "colour": "a small cyan circle left of a large red square",
+        "size": "a large red circle left of a small cyan square",
+        "shape": "a small red square left of a large cyan circle"}
+    # a held-out caption (blue square) keeps only what is not held out, unless probing
+    assert set(hard_negatives("a small red circle left of a large blue square")) == {"colour", "shape"}
+    assert len(hard_negatives("a small red circle left of a large blue square", allow_heldout=True)) == 4
+    # a size stated for one object moves to the other; equal attributes are not swapped
+    assert hard_negatives("a red circle above a small red circle") == {
+        "relation": "a red circle below a small red circle", "size": "a small red circle above a red circle"}
+    one = hard_negatives("a small red circle at the top left")
+    assert one == {"one_shape": "a small red square at the top left", "one_colour": "a small yellow circle at the top left",
+                   "one_size": "a large red circle at the top left", "one_position": "a small red circle at the top"}
+    # a negative naming a held-out composition (blue square; a circle directly above a square) is left out
+    assert "one_shape" not in hard_negatives("a small blue circle at the top")
+    assert hard_negatives("a small blue circle at the top", allow_heldout=True)["one_shape"] == \
+        "a small blue square at the top"
+    assert "relation" not in hard_negatives("a red circle below a red square")
+    captions = make_batch("train", 300, 0)[1]
+    for c in captions:
+        for neg in hard_negatives(c).values():
+            assert neg != c and not is_heldout(parse_caption(neg))
+    with pytest.raises(UserError, match="unknown word"):
+        hard_negatives("a red blob")
+
+
+def test_clip_loss_with_hard_negatives_matches_the_closed_form():
+    img = F.normalize(torch.tensor([[1.0, 0.0], [0.6, 0.8]]), dim=-1)
+    txt = F.normalize(torch.tensor([[0.9, 0.1], [0.0, 1.0]]), dim=-1)
+    neg = F.normalize(torch.tensor([[0.8, 0.6], [1.0, 1.0]]), dim=-1)
+    clip = ClipModel(ClipConfig(**TINY_CLIP))
+    s = clip.temperature_scale().item()
+    ids = torch.tensor([[1, 5, 2], [1, 6, 2]])
+
+    def ce(row, k):
+        return -row[k] + math.log(sum(math.exp(v) for v in row))
+
+    sim, negsim = (s * img @ txt.t()).tolist(), (s * img @ neg.t()).tolist()
+    rows = [ce(sim[i] + negsim[i], i) for i in range(2)]  # each image against both captions and both negatives
+    cols = [ce([sim[0][j], sim[1][j]], j) for j in range(2)]  # each caption against the images only
+    loss, terms = clip.pair_loss(img, txt, ids, neg, torch.tensor([[1, 7, 2], [1, 8, 2]]))
+    assert loss.item() == pytest.approx(0.5 * (sum(rows) / 2 + sum(cols) / 2), rel=1e-5)
+    assert terms["neg_acc"].item() == pytest.approx(sum(sim[i][i] > negsim[i][i] for i in range(2)) / 2)
+    # a negative that is another pair's caption is that image's positive too
+    loss, _ = clip.pair_loss(img, txt, ids, neg, torch.tensor([[1, 6, 2], [1, 8, 2]]))
+    rows[1] = 0.5 * (ce(sim[1] + negsim[1], 1) + ce(sim[1] + negsim[1], 2))
+    assert loss.item() == pytest.approx(0.5 * (sum(rows) / 2 + sum(cols) / 2), rel=1e-5)
+    # through the captions: negatives add terms and keep the gradient
+    loss, terms = clip.loss(images(2), ["a red circle left of a blue square", "a small green diamond at the top"],
+                            ["a red circle right of a blue square", "a large green diamond at the top"])
+    assert loss.requires_grad and "neg_acc" in terms
+
+
 def test_clip_round_trip_and_bad_folders(tmp_path):
     clip = ClipModel(ClipConfig(**TINY_CLIP)).eval()
     clip.save_pretrained(tmp_path / "clip")
@@ -195,15 +272,16 @@ def test_clip_round_trip_and_bad_folders(tmp_path):
 
 
 # ---- the trainers, through the CLI -------------------------------------------------------------
-COMMANDS = {"autoencoder": ("train-autoencoder", "autoencoder_preset=tiny"), "clip": ("train-clip", "clip_preset=tiny")}
+COMMANDS = {"autoencoder": ("train-autoencoder", "autoencoder_preset=tiny"), "clip": ("train-clip", "clip_preset=tiny"),
+            "clip_neg": ("train-clip", "clip_preset=tiny", "train.hard_negatives=true")}
 
 
 def train_tiny(kind: str, out) -> int:
-    name, preset = COMMANDS[kind]
-    return run([name, preset, f"train.out_dir={out}"])
+    name, *args = COMMANDS[kind]
+    return run([name, *args, f"train.out_dir={out}"])
 
 
-@pytest.mark.parametrize("kind", ["autoencoder", "clip"])
+@pytest.mark.parametrize("kind", ["autoencoder", "clip", "clip_neg"])
 def test_tiny_training_writes_the_folder_and_resumes_exactly_after_a_kill(kind, tmp_path, monkeypatch):
     a, b = tmp_path / "a", tmp_path / "b"
     assert train_tiny(kind, a) == 0
@@ -221,6 +299,10 @@ def test_tiny_training_writes_the_folder_and_resumes_exactly_after_a_kill(kind, 
     else:
         ClipModel.from_pretrained(a)
         assert metrics["test"]["sets"] == 2 and "image_to_text_top1" in metrics["test"] and "heldout" in metrics
+        assert {"relation", "colour", "one_shape"} <= set(metrics["test"]["binding"])
+        assert 0 <= metrics["heldout"]["binding"]["relation"]["accuracy"] <= 1
+        log = [json.loads(line) for line in (a / "train_log.jsonl").read_text().splitlines()]
+        assert any("neg_acc" in str(r) for r in log) == (kind == "clip_neg")
 
     restore = kill_at(monkeypatch, 4)
     assert train_tiny(kind, b) == 130  # the CLI's answer to an interrupt

@@ -327,6 +327,24 @@ def test_guidance_zero_is_the_unconditional_model_and_one_the_conditional(pipe):
     assert np.array_equal(images, pipe([caption, "a blue square"], 2, guidance=2, steps=5, batch_size=3))
 
 
+def test_a_clip_with_lexical_states_conditions_the_same_way():
+    """clip.lexical_states doubles the context (contextual states, then the words' own embeddings); the UNet's
+    cross-attention takes any length, and w = 1 is still the conditional model on that context."""
+    from diffusion_lm.pipelines.image import ImagePipeline
+
+    torch.manual_seed(0)
+    clip = tiny_clip()
+    clip.config.lexical_states = True
+    lexical = ImagePipeline(perturbed(UNet(tiny_config())), GaussianDiffusion.from_config(DiffusionConfig("cosine", 100)),
+                            clip, tiny_autoencoder())
+    caption = "a small red circle left of a large cyan square"
+    assert lexical.clip.text_states([caption])[0].shape[1] == 2 * clip.config.max_len
+    with_words = lexical.sample(caption, 2, guidance=1, steps=5, seed=1)
+    assert torch.equal(with_words, direct(lexical, caption, 2, 5, 1))
+    clip.config.lexical_states = False  # the same weights without the words' own tokens: another context
+    assert not torch.allclose(lexical.sample(caption, 2, guidance=1, steps=5, seed=1), with_words, atol=1e-5)
+
+
 def test_select_keeps_each_images_best_candidate_by_clip(pipe):
     """select=K: image j is, of its K candidates (rows j, j + C·n, j + 2·C·n, … of the K·C·n draw), the one
     with the highest CLIP cosine to its caption, found here by brute force; candidate 0 is the select=1 image

@@ -93,6 +93,10 @@ class ClipConfig:
     mlp_ratio: int = 4
     max_len: int = MAX_WORDS + 2  # <bos> + the longest caption + <eos>
     init_temperature: float = 0.07
+    # what conditions a UNet (text_states; training is the same either way): false, the last layer's token
+    # states; true, those followed by each word's own input embedding (token + position, layer-normed), so
+    # cross-attention can read a word apart from the context the contrastive tower mixed into its state
+    lexical_states: bool = False
 
     def validate(self) -> None:
         for name in ("embed_dim", "image_channels", "image_blocks", "groups", "width", "layers", "heads",
@@ -109,6 +113,8 @@ class ClipConfig:
             raise UserError(f"clip.heads={self.heads} must divide clip.width={self.width}")
         if self.max_len < 2:
             raise UserError("clip.max_len must be at least 2 (<bos> and <eos>)")
+        if not isinstance(self.lexical_states, bool):
+            raise UserError(f"clip.lexical_states must be true or false, got {self.lexical_states!r}")
         if not 0 < self.init_temperature < 1:
             raise UserError(f"clip.init_temperature must be in (0, 1), got {self.init_temperature!r}")
 
@@ -190,9 +196,14 @@ class ClipModel(nn.Module):
     # ---- the text tower -----------------------------------------------------------------------
     def text_states(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """The last layer's token states (B, max_len, width) and the mask (B, max_len), True at real
-        tokens (padding states are zeroed). "" gives [<bos> <eos>]: the unconditional states."""
+        tokens (padding states are zeroed). "" gives [<bos> <eos>]: the unconditional states. With
+        `lexical_states` the words' own input embeddings (layer-normed) follow: (B, 2 max_len, width)."""
         ids, mask = self.tokenize(captions)
-        return self._states(ids, mask), mask
+        states = self._states(ids, mask)
+        if not self.config.lexical_states:
+            return states, mask
+        words = F.layer_norm(self.token(ids) + self.position[: ids.shape[1]], (self.config.width,)) * mask[..., None]
+        return torch.cat([states, words], 1), torch.cat([mask, mask], 1)
 
     def _states(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         h = self.token(ids) + self.position[: ids.shape[1]]
@@ -224,22 +235,50 @@ class ClipModel(nn.Module):
     def temperature_scale(self) -> torch.Tensor:
         return self.logit_scale.exp().clamp(max=MAX_SCALE)
 
-    def loss(self, x: torch.Tensor, captions: Sequence[str]) -> tuple[torch.Tensor, dict]:
-        """(loss, {loss, scale, acc}): the symmetric InfoNCE of a batch of pairs (repeated captions are
-        shared positives), the temperature's inverse and the in-batch image -> text top-1."""
+    def loss(self, x: torch.Tensor, captions: Sequence[str],
+             negatives: Optional[Sequence[str]] = None) -> tuple[torch.Tensor, dict]:
+        """(loss, {loss, scale, acc[, neg_acc]}): the symmetric InfoNCE of a batch of pairs (repeated captions
+        are shared positives), the temperature's inverse and the in-batch image -> text top-1. `negatives`
+        (hard negatives, e.g. data.hard_negative of each caption) are extra captions that every image is
+        contrasted with (image -> text only: no image is theirs); neg_acc is the share of images scored
+        above their own negative."""
         ids, mask = self.tokenize(captions)
-        return self.pair_loss(self.encode_image(x), self._text_embedding(ids, mask), ids)
+        img, txt = self.encode_image(x), self._text_embedding(ids, mask)
+        if not negatives:
+            return self.pair_loss(img, txt, ids)
+        neg_ids, neg_mask = self.tokenize(negatives)
+        return self.pair_loss(img, txt, ids, self._text_embedding(neg_ids, neg_mask), neg_ids)
 
-    def pair_loss(self, img: torch.Tensor, txt: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    def pair_loss(self, img: torch.Tensor, txt: torch.Tensor, ids: torch.Tensor, neg: Optional[torch.Tensor] = None,
+                  neg_ids: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict]:
         """`loss` from the pairs' image and text embeddings (B, D) and caption ids (B, L): under torchrun the
-        embeddings gathered from every rank (diffusion_lm.distributed.gather_with_grad)."""
+        embeddings gathered from every rank (diffusion_lm.distributed.gather_with_grad). With `neg` (N, D)
+        and `neg_ids` (N, L) the image -> text rows also range over the negatives (a negative that is some
+        pair's caption is that image's positive too)."""
         scale = self.temperature_scale()
         logits = scale * img @ txt.t()
-        _, groups = torch.unique(ids, dim=0, return_inverse=True)
-        loss = info_nce(logits, groups)
+        B = logits.shape[0]
+        if neg is None:
+            _, groups = torch.unique(ids, dim=0, return_inverse=True)
+            loss = info_nce(logits, groups)
+            with torch.no_grad():
+                acc = (groups[logits.argmax(1)] == groups).float().mean()
+            return loss, {"loss": loss, "scale": scale.detach(), "acc": acc}
+        _, groups = torch.unique(torch.cat([ids, neg_ids]), dim=0, return_inverse=True)
+        rows_logits = torch.cat([logits, scale * img @ neg.t()], dim=1)  # (B, B + N)
+        same = (groups[:B, None] == groups[None, :]).to(logits.dtype)
+        rows = -(same / same.sum(1, keepdim=True) * F.log_softmax(rows_logits, dim=1)).sum(1).mean()
+        pairs = same[:, :B]  # text -> image: each caption against the batch's images, as without negatives
+        cols = -(pairs / pairs.sum(1, keepdim=True) * F.log_softmax(logits.t(), dim=1)).sum(1).mean()
+        loss = 0.5 * (rows + cols)
         with torch.no_grad():
-            acc = (groups[logits.argmax(1)] == groups).float().mean()
-        return loss, {"loss": loss, "scale": scale.detach(), "acc": acc}
+            acc = (groups[rows_logits.argmax(1)] == groups[:B]).float().mean()
+            terms = {"loss": loss, "scale": scale.detach(), "acc": acc}
+            if neg.shape[0] == B:  # negative k is pair k's; one equal to its own caption is not counted
+                real = groups[B:] != groups[:B]
+                wins = logits.diagonal() > scale * (img * neg).sum(-1)
+                terms["neg_acc"] = wins[real].float().mean() if real.any() else acc
+        return loss, terms
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

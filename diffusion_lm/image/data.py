@@ -124,6 +124,42 @@ def make_batch(split: str, n: int, seed: int = 0, return_scenes: bool = False):
     return (images, captions, scenes) if return_scenes else (images, captions)
 
 
+SWAPS = ("relation", "colour", "size", "shape")  # the hard-negative kinds of a two-object caption
+_SWAP_KINDS = SWAPS + ("one_shape", "one_colour", "one_size", "one_position")
+
+
+def hard_negatives(text: str, allow_heldout: bool = False) -> dict[str, str]:
+    """Captions made of (nearly) the same words that describe another scene, by kind, for training and
+    probing CLIP's binding (as NegCLIP's swapped captions): for two objects, the converse relation with the
+    objects kept in order ("a circle left of a square" -> "a circle right of a square") and each attribute
+    swapped between the objects where they differ (a size stated for one of them moves to the other); for one object, each stated attribute changed to the
+    next value of its list. A negative that would name a held-out composition is left out unless
+    `allow_heldout` (probing), so training on negatives never writes a held-out caption."""
+    from .shapes import CONVERSE, POSITIONS, parse_caption
+    scene = parse_caption(text)
+    out: dict[str, Scene] = {}
+    if len(scene.objects) == 2:
+        a, b = scene.objects
+        out["relation"] = Scene((a, b), CONVERSE[scene.relation])
+        for attr in ("colour", "size", "shape"):
+            va, vb = getattr(a, attr), getattr(b, attr)
+            if va != vb:  # a size stated for one object only moves to the other
+                out[attr] = Scene((replace(a, **{attr: vb}), replace(b, **{attr: va})), scene.relation)
+    else:
+        (o,) = scene.objects
+        for attr, values in (("shape", SHAPES), ("colour", COLOURS), ("size", SIZES), ("position", POSITIONS)):
+            v = getattr(o, attr)
+            if v is not None:
+                out[f"one_{attr}"] = Scene((replace(o, **{attr: values[(values.index(v) + 1) % len(values)]}),))
+    return {k: caption(s) for k, s in out.items() if allow_heldout or not is_heldout(s)}
+
+
+def hard_negative(text: str, r: random.Random) -> str | None:
+    """One of `hard_negatives(text)` drawn with r (None when there is none)."""
+    options = list(hard_negatives(text).values())
+    return r.choice(options) if options else None
+
+
 def features():
     import datasets
     return datasets.Features({"image": datasets.Array3D((IMAGE_SIZE, IMAGE_SIZE, 3), "uint8"),
@@ -175,5 +211,5 @@ def load_shapes(split: str, n: int | None = None, seed: int = 0):
 
 
 __all__ = ["SPLITS", "SPLIT_SIZES", "HELDOUT_PAIRS", "HELDOUT_ARRANGEMENTS", "DROP_SIZE", "arrangement",
-           "heldout_kind", "is_heldout", "make_batch", "load_shapes", "as_arrays", "images_of", "to_dataset", "features", "COLOURS", "SHAPES",
+           "heldout_kind", "is_heldout", "hard_negatives", "hard_negative", "make_batch", "load_shapes", "as_arrays", "images_of", "to_dataset", "features", "COLOURS", "SHAPES",
            "SIZES"]

@@ -15,6 +15,7 @@ loss_curve.png and metrics.json (see AutoencoderTrainConfig and ClipTrainConfig)
 from __future__ import annotations
 
 import copy
+import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from . import oracle
 from .autoencoder import (REC_LOSSES, AutoencoderConfig, AutoencoderKL, AutoencoderVQ, PatchDiscriminator, VQConfig,
                           code_perplexity, load_autoencoder, psnr)
 from .clip import ClipConfig, ClipModel, info_nce, retrieval_scores
-from .data import load_shapes, make_batch
+from .data import hard_negative, hard_negatives, load_shapes, make_batch
 from .evaluate import save_grid
 from .unet import MAX_EPS_GAIN, SPACES, UNet, UNetConfig, eps_gain, images_to_tensor, match_parts, tensor_to_images
 
@@ -723,6 +724,13 @@ def step_batch(step: int, batch_size: int, data_seed: int) -> tuple[torch.Tensor
     return images_to_tensor(images), captions
 
 
+def step_negatives(captions: list[str], step: int, data_seed: int) -> list[str]:
+    """A hard negative of each caption of `step` (data.hard_negative, seeded by the step, so a resumed run
+    draws the same); a caption without one stands for itself, which the loss counts as a positive."""
+    r = random.Random(f"hard-negatives/{int(data_seed)}/{int(step)}")
+    return [hard_negative(c, r) or c for c in captions]
+
+
 def held_images(split: str, n: int, data_seed: int) -> tuple[np.ndarray, list[str]]:
     """n images of `split` for calibration and metrics; for train, a stream no training step draws."""
     return make_batch(split, n, -1 - data_seed if split == "train" else data_seed)
@@ -914,6 +922,7 @@ class ClipTrainConfig(LoopKeys):
     ema_decay: float | None = None
     test_size: int = 1000  # test pairs, scored in sets of retrieval_set
     retrieval_set: int = 100  # retrieval is among this many captions (the bar: top-1 among 100)
+    hard_negatives: bool = False  # contrast each image with a swapped caption too (data.hard_negative)
 
 
 @torch.no_grad()
@@ -941,6 +950,26 @@ def clip_metrics(clip: ClipModel, images: np.ndarray, captions: list[str], set_s
     perm = torch.randperm(len(captions), generator=torch.Generator().manual_seed(0))
     out["clip_score"] = round(float(100 * cos.clamp_min(0).mean()), 3)
     out["clip_score_shuffled"] = round(float(100 * (img * txt[perm]).sum(-1).clamp_min(0).mean()), 3)
+    out["binding"] = binding_scores(clip, img, captions)
+    return out
+
+
+@torch.no_grad()
+def binding_scores(clip: ClipModel, img: torch.Tensor, captions: list[str]) -> dict:
+    """For each kind of data.hard_negatives (the converse relation, an attribute swapped between the two
+    objects, one attribute of a lone object changed), the share of images whose own caption CLIP scores
+    above that negative (chance 0.5; a bag-of-words model scores the swaps at chance), and its count."""
+    wins: dict[str, list[bool]] = {}
+    for k, c in enumerate(captions):
+        for kind, neg in hard_negatives(c, allow_heldout=True).items():
+            wins.setdefault(kind, []).append((k, neg))
+    out = {}
+    for kind, pairs in sorted(wins.items()):
+        idx = [k for k, _ in pairs]
+        own = clip.encode_text([captions[k] for k in idx]).float().cpu()
+        neg = clip.encode_text([n for _, n in pairs]).float().cpu()
+        out[kind] = {"accuracy": round(float(((img[idx] * own).sum(-1) > (img[idx] * neg).sum(-1)).float().mean()), 4),
+                     "n": len(idx)}
     return out
 
 
@@ -970,14 +999,19 @@ def train_clip(model_cfg: ClipConfig, train: ClipTrainConfig, *, full_config: di
 
     def loss_at(step: int):
         x, captions = step_batch(step, train.batch_size, train.data_seed)
+        negatives = step_negatives(captions, step, train.data_seed) if train.hard_negatives else None
         if distributed.world()[1] == 1:
-            return clip.loss(x.to(device), captions)
+            return clip.loss(x.to(device), captions, negatives)
         # under torchrun: each rank embeds its slice of the pairs; the embeddings are gathered (differentiably)
         # and every rank takes the InfoNCE of the whole global batch
         ids, mask = clip.tokenize(captions)
         img = distributed.gather_with_grad(clip.encode_image(distributed.shard(x).to(device)))
         txt = distributed.gather_with_grad(clip._text_embedding(distributed.shard(ids), distributed.shard(mask)))
-        return clip.pair_loss(img, txt, ids)
+        if negatives is None:
+            return clip.pair_loss(img, txt, ids)
+        neg_ids, neg_mask = clip.tokenize(negatives)
+        neg = distributed.gather_with_grad(clip._text_embedding(distributed.shard(neg_ids), distributed.shard(neg_mask)))
+        return clip.pair_loss(img, txt, ids, neg, neg_ids)
 
     def write_model(state) -> None:
         _exported(clip, state.ema).save_pretrained(out)
