@@ -345,6 +345,23 @@ def test_a_clip_with_lexical_states_conditions_the_same_way():
     assert not torch.allclose(lexical.sample(caption, 2, guidance=1, steps=5, seed=1), with_words, atol=1e-5)
 
 
+def test_clip_shipped_is_the_shipped_clip_the_unet_was_trained_with(tmp_path, monkeypatch):
+    import diffusion_lm.assets as assets
+    from diffusion_lm.image.unet import fingerprint
+    from diffusion_lm.pipelines.image import shipped_clip_for
+
+    torch.manual_seed(0)
+    a, b = tiny_clip(), tiny_clip()
+    a.save_pretrained(tmp_path / "models" / "image-clip")
+    b.save_pretrained(tmp_path / "models" / "image-clip-neg")
+    monkeypatch.setattr(assets, "assets_dir", lambda: tmp_path)
+    for clip, name in ((a, "a"), (b, "b")):
+        unet = UNet(tiny_config(clip_fingerprint=fingerprint(clip)))
+        assert fingerprint(shipped_clip_for(unet)) == fingerprint(clip), name
+    for unknown in (None, "0123456789abcdef"):  # no match: image-clip (match_parts then names a mismatch)
+        assert fingerprint(shipped_clip_for(UNet(tiny_config(clip_fingerprint=unknown)))) == fingerprint(a)
+
+
 def test_select_keeps_each_images_best_candidate_by_clip(pipe):
     """select=K: image j is, of its K candidates (rows j, j + C·n, j + 2·C·n, … of the K·C·n draw), the one
     with the highest CLIP cosine to its caption, found here by brute force; candidate 0 is the select=1 image

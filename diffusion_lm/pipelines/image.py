@@ -42,6 +42,24 @@ def check_guidance(w, key: str = "guidance") -> float:
     return float(w)
 
 
+def shipped_clip_for(unet: UNet) -> ClipModel:
+    """`clip=shipped`: the shipped CLIP pair (image-clip, image-clip-neg, ...) whose fingerprint the UNet
+    was trained with, so a shipped UNet needs no CLIP named; image-clip when none matches (match_parts
+    then names the mismatch)."""
+    from ..assets import assets_dir
+    from ..image.unet import fingerprint
+
+    wanted = unet.config.clip_fingerprint
+    default = Path(resolve_asset("shipped", "model", "image-clip"))
+    for folder in [default, *sorted(p for p in (assets_dir() / "models").glob("image-clip*") if p != default)]:
+        if not (folder / "config.json").is_file():
+            continue
+        clip = ClipModel.from_pretrained(folder)
+        if wanted is None or fingerprint(clip) == wanted:
+            return clip
+    return ClipModel.from_pretrained(default)
+
+
 class ImagePipeline:
     context = "caption"  # what the UNet cross-attends to (the unCLIP pipeline's decoder: the image embedding)
 
@@ -79,7 +97,9 @@ class ImagePipeline:
                 raise UserError(f"{unet_path} is a latent UNet and needs its autoencoder (autoencoder=<folder>)")
             autoencoder = load_autoencoder(resolve_asset(autoencoder_dir, "model", "image-autoencoder"))
             autoencoder = autoencoder.to(device)
-        clip = ClipModel.from_pretrained(resolve_asset(clip_dir, "model", "image-clip")).to(device)
+        clip = shipped_clip_for(unet) if clip_dir == "shipped" else \
+            ClipModel.from_pretrained(resolve_asset(clip_dir, "model", "image-clip"))
+        clip = clip.to(device)
         controlnet = None
         if controlnet_dir is not None:
             controlnet = ControlNet.from_pretrained(resolve_asset(controlnet_dir, "model", "image-controlnet"), unet,
