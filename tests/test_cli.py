@@ -177,6 +177,8 @@ def test_module_entry_point_exit_code():
     ("bench_train", ["profile=-1"]),                      # below the minimum
     ("bench_train", ["rounds=0"]),                        # below the minimum
     ("bench_train", ["preset=nope"]),                     # hydra cannot compose the config
+    ("clip_binding", ["n=0"]),                            # below the minimum
+    ("clip_binding", ["clips=runs/no-such-clip"]),        # UserError from the toolkit
 ])
 def test_scripts_reject_bad_arguments_with_exit_2(script, argv):
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / f"{script}.py"), *argv], capture_output=True, text=True)

@@ -6,6 +6,7 @@ unbroken run bit for bit.
 """
 import json
 import math
+import random
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ from diffusion_lm.cli.main import run
 from diffusion_lm.errors import UserError
 from diffusion_lm.image.autoencoder import AutoencoderConfig, AutoencoderKL, kl_divergence, psnr
 from diffusion_lm.image.clip import ClipConfig, ClipModel, clip_score, info_nce, retrieval, retrieval_scores
-from diffusion_lm.image.data import hard_negatives, is_heldout, make_batch
+from diffusion_lm.image.data import hard_negative, hard_negatives, is_heldout, make_batch
 from diffusion_lm.image.shapes import VOCAB, parse_caption
 
 TINY_AE = dict(channels=8, channel_mult=[1, 1, 2], groups=4)
@@ -135,6 +136,29 @@ def test_clip_shapes_and_the_empty_caption():
     assert s.shape == (3,) and (s >= 0).all() and (s <= 100).all()
 
 
+def test_attention_pooling_reads_where_things_are(tmp_path):
+    torch.manual_seed(0)
+    clip = ClipModel(ClipConfig(**TINY_CLIP, image_pool="attention")).eval()
+    x = images(3)
+    assert clip.encode_image(x).shape == (3, 16) and clip.image_features(x).shape == (3, 16)
+    # the mean over the grid cannot tell two objects from the same two trading places; attention pooling can
+    mean = ClipModel(ClipConfig(**TINY_CLIP)).eval()
+    side = 16  # TINY_CLIP: two levels, 32 -> 16
+    grid = torch.zeros(1, 16, side, side)
+    grid[..., 8, 2], grid[..., 8, 12] = torch.randn(16), torch.randn(16)
+    swapped = grid.clone()
+    swapped[..., 8, 2], swapped[..., 8, 12] = grid[..., 8, 12], grid[..., 8, 2]
+    with torch.no_grad():
+        assert torch.allclose(mean.image.pooled(grid), mean.image.pooled(swapped), atol=1e-6)
+        assert (clip.image.pooled(grid) - clip.image.pooled(swapped)).abs().max() > 1e-5
+    with pytest.raises(UserError, match="attention pooling"):
+        clip.image.pooled(torch.zeros(1, 16, 8, 8))
+    clip.save_pretrained(tmp_path / "clip")
+    assert torch.equal(ClipModel.from_pretrained(tmp_path / "clip").encode_image(x), clip.encode_image(x))
+    with pytest.raises(UserError, match="image_pool"):
+        ClipModel(ClipConfig(**TINY_CLIP, image_pool="max"))
+
+
 def test_lexical_states_follow_the_contextual_ones_and_ignore_the_context():
     clip = ClipModel(ClipConfig(**TINY_CLIP)).eval()
     lexical = ClipModel(ClipConfig(**TINY_CLIP, lexical_states=True)).eval()
@@ -204,15 +228,18 @@ def test_hard_negatives_swap_what_a_bag_of_words_cannot_tell_apart():
     two = "a small red circle left of a large cyan square"
     assert hard_negatives(two) == {
         "relation": "a small red circle right of a large cyan square",
+        "order": "a large cyan square left of a small red circle",
         "colour": "a small cyan circle left of a large red square",
         "size": "a large red circle left of a small cyan square",
         "shape": "a small red square left of a large cyan circle"}
     # a held-out caption (blue square) keeps only what is not held out, unless probing
     assert set(hard_negatives("a small red circle left of a large blue square")) == {"colour", "shape"}
-    assert len(hard_negatives("a small red circle left of a large blue square", allow_heldout=True)) == 4
+    assert len(hard_negatives("a small red circle left of a large blue square", allow_heldout=True)) == 5
     # a size stated for one object moves to the other; equal attributes are not swapped
     assert hard_negatives("a red circle above a small red circle") == {
-        "relation": "a red circle below a small red circle", "size": "a small red circle above a red circle"}
+        "relation": "a red circle below a small red circle", "order": "a small red circle above a red circle",
+        "size": "a small red circle above a red circle"}
+    assert "order" not in hard_negatives("a red circle above a red circle")  # the same caption
     one = hard_negatives("a small red circle at the top left")
     assert one == {"one_shape": "a small red square at the top left", "one_colour": "a small yellow circle at the top left",
                    "one_size": "a large red circle at the top left", "one_position": "a small red circle at the top"}
@@ -221,6 +248,11 @@ def test_hard_negatives_swap_what_a_bag_of_words_cannot_tell_apart():
     assert hard_negatives("a small blue circle at the top", allow_heldout=True)["one_shape"] == \
         "a small blue square at the top"
     assert "relation" not in hard_negatives("a red circle below a red square")
+    # drawing: only the kinds asked for, and None where the caption has none of them
+    r = random.Random(0)
+    assert {hard_negative(two, r, ["relation", "order"]) for _ in range(40)} == {
+        "a small red circle right of a large cyan square", "a large cyan square left of a small red circle"}
+    assert hard_negative("a small red circle at the top left", r, ["relation"]) is None
     captions = make_batch("train", 300, 0)[1]
     for c in captions:
         for neg in hard_negatives(c).values():
@@ -329,3 +361,8 @@ def test_a_resumed_run_with_another_model_is_refused(tmp_path, capsys):
     assert "different autoencoder.channels" in capsys.readouterr().err
     assert run(["train-clip", "clip_preset=tiny", f"train.out_dir={tmp_path / 'c'}", "train.batch_size=1"]) == 2
     assert "at least 2" in capsys.readouterr().err
+    for bad, message in (("train.negative_kinds=[bogus]", "negative_kinds"), ("train.negative_kinds=[]", "negative_kinds"),
+                         ("clip.image_pool=max", "image_pool")):
+        assert run(["train-clip", "clip_preset=tiny", f"train.out_dir={tmp_path / 'n'}", "train.hard_negatives=true",
+                    bad]) == 2
+        assert message in capsys.readouterr().err and not (tmp_path / "n").exists()

@@ -34,7 +34,7 @@ from torch import nn
 from .. import io
 from ..errors import UserError
 from .autoencoder import Downsample, ResBlock
-from .shapes import MAX_WORDS, VOCAB
+from .shapes import IMAGE_SIZE, MAX_WORDS, VOCAB
 
 SPECIALS = ("<pad>", "<bos>", "<eos>")
 PAD, BOS, EOS = 0, 1, 2
@@ -97,6 +97,10 @@ class ClipConfig:
     # states; true, those followed by each word's own input embedding (token + position, layer-normed), so
     # cross-attention can read a word apart from the context the contrastive tower mixed into its state
     lexical_states: bool = False
+    # how the image tower pools its last grid into features: mean (translation-invariant: where things are
+    # is lost but for what the receptive fields span) | attention (CLIP's: a query, the grid's mean, attends
+    # over the grid with learned position embeddings, so left of / right of can reach the embedding)
+    image_pool: str = "mean"
 
     def validate(self) -> None:
         for name in ("embed_dim", "image_channels", "image_blocks", "groups", "width", "layers", "heads",
@@ -113,6 +117,8 @@ class ClipConfig:
             raise UserError(f"clip.heads={self.heads} must divide clip.width={self.width}")
         if self.max_len < 2:
             raise UserError("clip.max_len must be at least 2 (<bos> and <eos>)")
+        if self.image_pool not in ("mean", "attention"):
+            raise UserError(f"clip.image_pool must be mean or attention, got {self.image_pool!r}")
         if not isinstance(self.lexical_states, bool):
             raise UserError(f"clip.lexical_states must be true or false, got {self.lexical_states!r}")
         if not 0 < self.init_temperature < 1:
@@ -134,9 +140,26 @@ class ImageTower(nn.Module):
         self.body = nn.Sequential(*layers)
         self.norm = nn.GroupNorm(c.groups, ch)
         self.features = ch
+        self.pool = None
+        if c.image_pool == "attention":
+            side = IMAGE_SIZE // 2 ** (len(widths) - 1)
+            self.position = nn.Parameter(torch.randn(side * side + 1, ch) / ch ** 0.5)
+            heads = max(h for h in (8, 4, 2, 1) if ch % h == 0)
+            self.pool = nn.MultiheadAttention(ch, heads, batch_first=True)
 
     def forward(self, x):
-        return F.silu(self.norm(self.body(self.conv_in(x)))).mean((2, 3))
+        return self.pooled(F.silu(self.norm(self.body(self.conv_in(x)))))
+
+    def pooled(self, h: torch.Tensor) -> torch.Tensor:
+        """(B, C, side, side) -> (B, C): the mean over the grid, or attention pooling."""
+        if self.pool is None:
+            return h.mean((2, 3))
+        grid = h.flatten(2).transpose(1, 2)  # (B, side², C)
+        if grid.shape[1] + 1 != self.position.shape[0]:
+            raise UserError(f"the CLIP image tower with attention pooling takes {IMAGE_SIZE} x {IMAGE_SIZE} images, "
+                            f"got a {h.shape[2]} x {h.shape[3]} last grid")
+        tokens = torch.cat([grid.mean(1, keepdim=True), grid], 1) + self.position
+        return self.pool(tokens[:, :1], tokens, tokens, need_weights=False)[0][:, 0]
 
 
 class TextBlock(nn.Module):

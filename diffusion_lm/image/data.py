@@ -124,15 +124,15 @@ def make_batch(split: str, n: int, seed: int = 0, return_scenes: bool = False):
     return (images, captions, scenes) if return_scenes else (images, captions)
 
 
-SWAPS = ("relation", "colour", "size", "shape")  # the hard-negative kinds of a two-object caption
-_SWAP_KINDS = SWAPS + ("one_shape", "one_colour", "one_size", "one_position")
+SWAPS = ("relation", "order", "colour", "size", "shape")  # the hard-negative kinds of a two-object caption
 
 
 def hard_negatives(text: str, allow_heldout: bool = False) -> dict[str, str]:
     """Captions made of (nearly) the same words that describe another scene, by kind, for training and
     probing CLIP's binding (as NegCLIP's swapped captions): for two objects, the converse relation with the
-    objects kept in order ("a circle left of a square" -> "a circle right of a square") and each attribute
-    swapped between the objects where they differ (a size stated for one of them moves to the other); for one object, each stated attribute changed to the
+    objects kept in order ("a circle left of a square" -> "a circle right of a square"), the objects in
+    the other order with the relation kept ("a square left of a circle": the same bag of words), and each
+    attribute swapped between the objects where they differ (a size stated for one of them moves to the other); for one object, each stated attribute changed to the
     next value of its list. A negative that would name a held-out composition is left out unless
     `allow_heldout` (probing), so training on negatives never writes a held-out caption."""
     from .shapes import CONVERSE, POSITIONS, parse_caption
@@ -141,6 +141,8 @@ def hard_negatives(text: str, allow_heldout: bool = False) -> dict[str, str]:
     if len(scene.objects) == 2:
         a, b = scene.objects
         out["relation"] = Scene((a, b), CONVERSE[scene.relation])
+        if a != b:
+            out["order"] = Scene((b, a), scene.relation)
         for attr in ("colour", "size", "shape"):
             va, vb = getattr(a, attr), getattr(b, attr)
             if va != vb:  # a size stated for one object only moves to the other
@@ -154,9 +156,12 @@ def hard_negatives(text: str, allow_heldout: bool = False) -> dict[str, str]:
     return {k: caption(s) for k, s in out.items() if allow_heldout or not is_heldout(s)}
 
 
-def hard_negative(text: str, r: random.Random) -> str | None:
-    """One of `hard_negatives(text)` drawn with r (None when there is none)."""
-    options = list(hard_negatives(text).values())
+NEGATIVE_KINDS = SWAPS + ("one_shape", "one_colour", "one_size", "one_position")
+
+
+def hard_negative(text: str, r: random.Random, kinds=None) -> str | None:
+    """One of `hard_negatives(text)` (of the given kinds; None: all) drawn with r (None when there is none)."""
+    options = [c for k, c in hard_negatives(text).items() if kinds is None or k in kinds]
     return r.choice(options) if options else None
 
 
@@ -211,5 +216,5 @@ def load_shapes(split: str, n: int | None = None, seed: int = 0):
 
 
 __all__ = ["SPLITS", "SPLIT_SIZES", "HELDOUT_PAIRS", "HELDOUT_ARRANGEMENTS", "DROP_SIZE", "arrangement",
-           "heldout_kind", "is_heldout", "hard_negatives", "hard_negative", "make_batch", "load_shapes", "as_arrays", "images_of", "to_dataset", "features", "COLOURS", "SHAPES",
+           "heldout_kind", "is_heldout", "hard_negatives", "hard_negative", "NEGATIVE_KINDS", "make_batch", "load_shapes", "as_arrays", "images_of", "to_dataset", "features", "COLOURS", "SHAPES",
            "SIZES"]

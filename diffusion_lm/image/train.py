@@ -34,7 +34,7 @@ from . import oracle
 from .autoencoder import (REC_LOSSES, AutoencoderConfig, AutoencoderKL, AutoencoderVQ, PatchDiscriminator, VQConfig,
                           code_perplexity, load_autoencoder, psnr)
 from .clip import ClipConfig, ClipModel, info_nce, retrieval_scores
-from .data import hard_negative, hard_negatives, load_shapes, make_batch
+from .data import NEGATIVE_KINDS, hard_negative, hard_negatives, load_shapes, make_batch
 from .evaluate import save_grid
 from .unet import MAX_EPS_GAIN, SPACES, UNet, UNetConfig, eps_gain, images_to_tensor, match_parts, tensor_to_images
 
@@ -724,11 +724,11 @@ def step_batch(step: int, batch_size: int, data_seed: int) -> tuple[torch.Tensor
     return images_to_tensor(images), captions
 
 
-def step_negatives(captions: list[str], step: int, data_seed: int) -> list[str]:
-    """A hard negative of each caption of `step` (data.hard_negative, seeded by the step, so a resumed run
-    draws the same); a caption without one stands for itself, which the loss counts as a positive."""
+def step_negatives(captions: list[str], step: int, data_seed: int, kinds=None) -> list[str]:
+    """A hard negative of each caption of `step` (data.hard_negative of `kinds`, seeded by the step, so a
+    resumed run draws the same); a caption without one stands for itself, which the loss counts as a positive."""
     r = random.Random(f"hard-negatives/{int(data_seed)}/{int(step)}")
-    return [hard_negative(c, r) or c for c in captions]
+    return [hard_negative(c, r, kinds) or c for c in captions]
 
 
 def held_images(split: str, n: int, data_seed: int) -> tuple[np.ndarray, list[str]]:
@@ -923,6 +923,7 @@ class ClipTrainConfig(LoopKeys):
     test_size: int = 1000  # test pairs, scored in sets of retrieval_set
     retrieval_set: int = 100  # retrieval is among this many captions (the bar: top-1 among 100)
     hard_negatives: bool = False  # contrast each image with a swapped caption too (data.hard_negative)
+    negative_kinds: list | None = None  # the kinds drawn from (data.NEGATIVE_KINDS; None: all)
 
 
 @torch.no_grad()
@@ -982,6 +983,11 @@ def train_clip(model_cfg: ClipConfig, train: ClipTrainConfig, *, full_config: di
     loop = loop_config({"train": train})
     if train.batch_size < 2:
         raise UserError("train.batch_size must be at least 2 (InfoNCE contrasts the pairs of a batch)")
+    if not isinstance(train.hard_negatives, bool):
+        raise UserError(f"train.hard_negatives must be true or false, got {train.hard_negatives!r}")
+    kinds = None if train.negative_kinds is None else list(train.negative_kinds)
+    if kinds is not None and (not kinds or set(map(str, kinds)) - set(NEGATIVE_KINDS)):
+        raise UserError(f"train.negative_kinds must be a non-empty list of {', '.join(NEGATIVE_KINDS)}, got {kinds}")
     distributed.check_batch(train.batch_size)
     device = pick_device(train.device, "train.device")
     if train.threads:
@@ -999,7 +1005,7 @@ def train_clip(model_cfg: ClipConfig, train: ClipTrainConfig, *, full_config: di
 
     def loss_at(step: int):
         x, captions = step_batch(step, train.batch_size, train.data_seed)
-        negatives = step_negatives(captions, step, train.data_seed) if train.hard_negatives else None
+        negatives = step_negatives(captions, step, train.data_seed, kinds) if train.hard_negatives else None
         if distributed.world()[1] == 1:
             return clip.loss(x.to(device), captions, negatives)
         # under torchrun: each rank embeds its slice of the pairs; the embeddings are gathered (differentiably)
