@@ -159,6 +159,20 @@ def test_attention_pooling_reads_where_things_are(tmp_path):
         ClipModel(ClipConfig(**TINY_CLIP, image_pool="max"))
 
 
+def test_options_added_later_keep_old_fingerprints():
+    """A CLIP saved before lexical_states / image_pool existed has neither key; at their defaults they stay out
+    of the saved and fingerprinted config, so the UNets trained on such a CLIP still find it theirs."""
+    from diffusion_lm.image.unet import fingerprint
+
+    plain = ClipModel(ClipConfig(**TINY_CLIP))
+    assert not {"lexical_states", "image_pool"} & set(plain.config_dict())
+    attention = ClipModel(ClipConfig(**TINY_CLIP, image_pool="attention"))
+    assert attention.config_dict()["image_pool"] == "attention" and "lexical_states" not in attention.config_dict()
+    lexical = ClipModel(ClipConfig(**TINY_CLIP, lexical_states=True))
+    lexical.load_state_dict(plain.state_dict())
+    assert fingerprint(lexical) != fingerprint(plain)  # another context: another CLIP for the UNet
+
+
 def test_lexical_states_follow_the_contextual_ones_and_ignore_the_context():
     clip = ClipModel(ClipConfig(**TINY_CLIP)).eval()
     lexical = ClipModel(ClipConfig(**TINY_CLIP, lexical_states=True)).eval()
@@ -366,3 +380,9 @@ def test_a_resumed_run_with_another_model_is_refused(tmp_path, capsys):
         assert run(["train-clip", "clip_preset=tiny", f"train.out_dir={tmp_path / 'n'}", "train.hard_negatives=true",
                     bad]) == 2
         assert message in capsys.readouterr().err and not (tmp_path / "n").exists()
+    # a CLIP run resumed with another image pooling is refused, whichever side holds the default
+    clip_run = tmp_path / "c2"
+    assert run(["train-clip", "clip_preset=tiny", f"train.out_dir={clip_run}", "train.steps=2"]) == 0
+    capsys.readouterr()
+    assert run(["train-clip", "clip_preset=tiny", f"train.out_dir={clip_run}", "train.steps=4", "clip.image_pool=attention"]) == 2
+    assert "different clip.image_pool" in capsys.readouterr().err

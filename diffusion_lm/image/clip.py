@@ -36,6 +36,7 @@ from ..errors import UserError
 from .autoencoder import Downsample, ResBlock
 from .shapes import IMAGE_SIZE, MAX_WORDS, VOCAB
 
+LATER_OPTIONS = {"lexical_states": False, "image_pool": "mean"}  # ClipConfig keys newer than the shipped CLIP
 SPECIALS = ("<pad>", "<bos>", "<eos>")
 PAD, BOS, EOS = 0, 1, 2
 MAX_SCALE = 100.0  # exp(logit_scale) is capped here (CLIP's clamp)
@@ -307,9 +308,15 @@ class ClipModel(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     # ---- folders --------------------------------------------------------------------------------
+    def config_dict(self) -> dict:
+        """The config as saved and fingerprinted. Options added after the first CLIPs shipped are left out
+        while at their defaults, so a UNet's record of its CLIP (unet.fingerprint) still matches a CLIP
+        saved before they existed."""
+        return {k: v for k, v in asdict(self.config).items() if not (k in LATER_OPTIONS and v == LATER_OPTIONS[k])}
+
     def save_pretrained(self, directory: str | os.PathLike, state_dict: dict[str, torch.Tensor] | None = None,
                         manifest: dict | None = None) -> Path:
-        return io.save_pretrained(directory, asdict(self.config), state_dict or self.state_dict(), manifest=manifest)
+        return io.save_pretrained(directory, self.config_dict(), state_dict or self.state_dict(), manifest=manifest)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> "ClipModel":

@@ -33,7 +33,7 @@ from ..training import batch_indices, fit, has_checkpoint, loop_config
 from . import oracle
 from .autoencoder import (REC_LOSSES, AutoencoderConfig, AutoencoderKL, AutoencoderVQ, PatchDiscriminator, VQConfig,
                           code_perplexity, load_autoencoder, psnr)
-from .clip import ClipConfig, ClipModel, info_nce, retrieval_scores
+from .clip import LATER_OPTIONS, ClipConfig, ClipModel, info_nce, retrieval_scores
 from .data import NEGATIVE_KINDS, hard_negative, hard_negatives, load_shapes, make_batch
 from .evaluate import save_grid
 from .unet import MAX_EPS_GAIN, SPACES, UNet, UNetConfig, eps_gain, images_to_tensor, match_parts, tensor_to_images
@@ -736,8 +736,9 @@ def held_images(split: str, n: int, data_seed: int) -> tuple[np.ndarray, list[st
     return make_batch(split, n, -1 - data_seed if split == "train" else data_seed)
 
 
-def _check_same_model(out: Path, what: str, now: dict, ignore: tuple[str, ...] = ()) -> None:
-    saved = load_json(out / "config.json")
+def _check_same_model(out: Path, what: str, now: dict, ignore: tuple[str, ...] = (), defaults: dict | None = None) -> None:
+    """`defaults`: values a config saved before those keys existed holds implicitly."""
+    saved = {**(defaults or {}), **load_json(out / "config.json")}
     diff = [k for k in now if k not in ignore and saved.get(k) != now[k]]
     if diff:
         k = diff[0]
@@ -996,7 +997,7 @@ def train_clip(model_cfg: ClipConfig, train: ClipTrainConfig, *, full_config: di
     torch.manual_seed(train.seed)
     clip = ClipModel(model_cfg).to(device)
     if has_checkpoint(out):
-        _check_same_model(out, "clip", asdict(model_cfg))
+        _check_same_model(out, "clip", asdict(model_cfg), defaults=LATER_OPTIONS)
     elif distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)
         clip.save_pretrained(out)
