@@ -176,19 +176,26 @@ class TextBlock(nn.Module):
         return h + self.mlp(self.ln2(h))
 
 
-def info_nce(logits: torch.Tensor, groups: Optional[torch.Tensor] = None) -> torch.Tensor:
+def info_nce(logits: torch.Tensor, groups: Optional[torch.Tensor] = None, extra: Optional[torch.Tensor] = None,
+             extra_groups: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Symmetric InfoNCE of a (B, B) image × text logit matrix: the mean of the cross-entropies of the
     rows (image -> text) and of the columns (text -> image). Without `groups` the positives are the
     diagonal; with `groups` (B,) (e.g. caption ids) every pair in the same group is a positive and the
-    target is uniform over them."""
+    target is uniform over them. `extra` (B, N) are more text columns for the rows only (hard negatives:
+    captions no image is paired with), `extra_groups` (N,) their groups: one in a row's group is a positive."""
     B = logits.shape[0]
-    if groups is None:
+    if groups is None and extra is None:
         target = torch.arange(B, device=logits.device)
         return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
-    same = (groups[:, None] == groups[None, :]).to(logits.dtype)
-    target = same / same.sum(1, keepdim=True)  # symmetric: the same for the columns
-    rows = -(target * F.log_softmax(logits, dim=1)).sum(1).mean()
-    cols = -(target * F.log_softmax(logits.t(), dim=1)).sum(1).mean()
+    if groups is None:
+        groups = torch.arange(B, device=logits.device)
+    columns, row_logits = groups, logits
+    if extra is not None:
+        columns, row_logits = torch.cat([groups, extra_groups]), torch.cat([logits, extra], dim=1)
+    same = (groups[:, None] == columns[None, :]).to(logits.dtype)
+    rows = -(same / same.sum(1, keepdim=True) * F.log_softmax(row_logits, dim=1)).sum(1).mean()
+    pairs = same[:, :B]  # symmetric: the same for the columns
+    cols = -(pairs / pairs.sum(1, keepdim=True) * F.log_softmax(logits.t(), dim=1)).sum(1).mean()
     return 0.5 * (rows + cols)
 
 
@@ -282,26 +289,16 @@ class ClipModel(nn.Module):
         scale = self.temperature_scale()
         logits = scale * img @ txt.t()
         B = logits.shape[0]
-        if neg is None:
-            _, groups = torch.unique(ids, dim=0, return_inverse=True)
-            loss = info_nce(logits, groups)
-            with torch.no_grad():
-                acc = (groups[logits.argmax(1)] == groups).float().mean()
-            return loss, {"loss": loss, "scale": scale.detach(), "acc": acc}
-        _, groups = torch.unique(torch.cat([ids, neg_ids]), dim=0, return_inverse=True)
-        rows_logits = torch.cat([logits, scale * img @ neg.t()], dim=1)  # (B, B + N)
-        same = (groups[:B, None] == groups[None, :]).to(logits.dtype)
-        rows = -(same / same.sum(1, keepdim=True) * F.log_softmax(rows_logits, dim=1)).sum(1).mean()
-        pairs = same[:, :B]  # text -> image: each caption against the batch's images, as without negatives
-        cols = -(pairs / pairs.sum(1, keepdim=True) * F.log_softmax(logits.t(), dim=1)).sum(1).mean()
-        loss = 0.5 * (rows + cols)
+        _, groups = torch.unique(ids if neg is None else torch.cat([ids, neg_ids]), dim=0, return_inverse=True)
+        extra = None if neg is None else scale * img @ neg.t()
+        loss = info_nce(logits, groups[:B], extra, groups[B:])
         with torch.no_grad():
-            acc = (groups[rows_logits.argmax(1)] == groups[:B]).float().mean()
-            terms = {"loss": loss, "scale": scale.detach(), "acc": acc}
-            if neg.shape[0] == B:  # negative k is pair k's; one equal to its own caption is not counted
+            scores = logits if extra is None else torch.cat([logits, extra], dim=1)
+            terms = {"loss": loss, "scale": scale.detach(), "acc": (groups[scores.argmax(1)] == groups[:B]).float().mean()}
+            if extra is not None and neg.shape[0] == B:  # negative k is pair k's; one equal to its caption is not counted
                 real = groups[B:] != groups[:B]
-                wins = logits.diagonal() > scale * (img * neg).sum(-1)
-                terms["neg_acc"] = wins[real].float().mean() if real.any() else acc
+                wins = logits.diagonal() > extra.diagonal()
+                terms["neg_acc"] = wins[real].float().mean() if real.any() else terms["acc"]
         return loss, terms
 
     def num_parameters(self) -> int:

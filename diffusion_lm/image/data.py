@@ -28,8 +28,8 @@ import numpy as np
 
 from diffusion_lm.errors import UserError
 
-from .shapes import (COLOURS, IMAGE_SIZE, RELATIONS, SHAPES, SIZES, Obj, Scene, _complete, _place,
-                     _random_scene, caption, draw)
+from .shapes import (COLOURS, CONVERSE, IMAGE_SIZE, POSITIONS, RELATIONS, SHAPES, SIZES, Obj, Scene, _complete,
+                     _place, _random_scene, caption, draw, parse_caption)
 
 SPLITS = ("train", "valid", "test", "heldout")
 SPLIT_SIZES = {"train": 50_000, "valid": 2_000, "test": 2_000, "heldout": 2_000}  # n=None
@@ -125,6 +125,7 @@ def make_batch(split: str, n: int, seed: int = 0, return_scenes: bool = False):
 
 
 SWAPS = ("relation", "order", "colour", "size", "shape")  # the hard-negative kinds of a two-object caption
+NEGATIVE_KINDS = SWAPS + ("one_shape", "one_colour", "one_size", "one_position")
 
 
 def hard_negatives(text: str, allow_heldout: bool = False) -> dict[str, str]:
@@ -132,10 +133,9 @@ def hard_negatives(text: str, allow_heldout: bool = False) -> dict[str, str]:
     probing CLIP's binding (as NegCLIP's swapped captions): for two objects, the converse relation with the
     objects kept in order ("a circle left of a square" -> "a circle right of a square"), the objects in
     the other order with the relation kept ("a square left of a circle": the same bag of words), and each
-    attribute swapped between the objects where they differ (a size stated for one of them moves to the other); for one object, each stated attribute changed to the
-    next value of its list. A negative that would name a held-out composition is left out unless
+    attribute swapped between the objects where they differ (a size stated for one of them moves to the
+    other); for one object, each stated attribute changed to the next value of its list. A negative that would name a held-out composition is left out unless
     `allow_heldout` (probing), so training on negatives never writes a held-out caption."""
-    from .shapes import CONVERSE, POSITIONS, parse_caption
     scene = parse_caption(text)
     out: dict[str, Scene] = {}
     if len(scene.objects) == 2:
@@ -154,9 +154,6 @@ def hard_negatives(text: str, allow_heldout: bool = False) -> dict[str, str]:
             if v is not None:
                 out[f"one_{attr}"] = Scene((replace(o, **{attr: values[(values.index(v) + 1) % len(values)]}),))
     return {k: caption(s) for k, s in out.items() if allow_heldout or not is_heldout(s)}
-
-
-NEGATIVE_KINDS = SWAPS + ("one_shape", "one_colour", "one_size", "one_position")
 
 
 def hard_negative(text: str, r: random.Random, kinds=None) -> str | None:

@@ -961,17 +961,19 @@ def binding_scores(clip: ClipModel, img: torch.Tensor, captions: list[str]) -> d
     """For each kind of data.hard_negatives (the converse relation, an attribute swapped between the two
     objects, one attribute of a lone object changed), the share of images whose own caption CLIP scores
     above that negative (chance 0.5; a bag-of-words model scores the swaps at chance), and its count."""
-    wins: dict[str, list[bool]] = {}
-    for k, c in enumerate(captions):
-        for kind, neg in hard_negatives(c, allow_heldout=True).items():
-            wins.setdefault(kind, []).append((k, neg))
+    pairs = [(k, kind, neg) for k, c in enumerate(captions) for kind, neg in hard_negatives(c, allow_heldout=True).items()]
+    if not pairs:
+        return {}
+    encode = lambda texts: torch.cat([clip.encode_text(texts[lo: lo + 250]).float().cpu()  # noqa: E731
+                                      for lo in range(0, len(texts), 250)])
+    own_scores = (img * encode(captions)).sum(-1)  # each caption once
+    idx = torch.tensor([k for k, _, _ in pairs])
+    wins = own_scores[idx] > (img[idx] * encode([n for _, _, n in pairs])).sum(-1)
+    kinds = [kind for _, kind, _ in pairs]
     out = {}
-    for kind, pairs in sorted(wins.items()):
-        idx = [k for k, _ in pairs]
-        own = clip.encode_text([captions[k] for k in idx]).float().cpu()
-        neg = clip.encode_text([n for _, n in pairs]).float().cpu()
-        out[kind] = {"accuracy": round(float(((img[idx] * own).sum(-1) > (img[idx] * neg).sum(-1)).float().mean()), 4),
-                     "n": len(idx)}
+    for kind in sorted(set(kinds)):
+        mine = torch.tensor([k == kind for k in kinds])
+        out[kind] = {"accuracy": round(float(wins[mine].float().mean()), 4), "n": int(mine.sum())}
     return out
 
 
