@@ -389,6 +389,34 @@ def test_select_keeps_each_images_best_candidate_by_clip(pipe):
         pipe.sample(captions, n, steps=4, select=2, shard=(0, 2))
 
 
+def test_rerank_clip_picks_by_another_clip_pair(pipe):
+    """pipe.reranker (rerank_clip=): the same candidates, image j kept by the other CLIP's cosine to its caption,
+    while the conditioning (candidate 0 = the plain draw) is the pipeline's own CLIP."""
+    captions = ["a small red circle left of a blue square", "a blue square"]
+    n, k = 2, 3
+    images = len(captions) * n
+    torch.manual_seed(7)
+    other = tiny_clip()
+    candidates = pipe.sample([c for c in captions for _ in range(n)] * k, 1, guidance=2, steps=4, seed=3)
+    try:
+        pipe.reranker = other.eval()
+        got = pipe.sample(captions, n, guidance=2, steps=4, seed=3, select=k)
+    finally:
+        pipe.reranker = None
+    text = other.encode_text(captions)
+    picks = []
+    for j in range(images):
+        group = candidates[j::images]
+        cos = other.encode_image(group.clamp(-1, 1)) @ text[j // n]
+        picks.append(int(cos.argmax()))
+        assert torch.allclose(got[j], group[picks[-1]], atol=1e-5), j
+    own = pipe.sample(captions, n, guidance=2, steps=4, seed=3, select=k)
+    own_text = pipe.clip.encode_text(captions)
+    own_picks = [int((pipe.clip.encode_image(candidates[j::images].clamp(-1, 1)) @ own_text[j // n]).argmax())
+                 for j in range(images)]
+    assert picks != own_picks or torch.equal(got, own)  # the two CLIPs disagree somewhere here (seeded)
+
+
 def test_guidance_sampling_goes_through_classifier_free_guidance(pipe, monkeypatch):
     from diffusion_lm.pipelines import image as image_pipeline
 
@@ -523,6 +551,15 @@ def test_tiny_train_then_imagine_then_evaluate_through_the_cli(tmp_path, capsys,
                     f"out={tmp_path / 'sel.png'}"]) == 0 and (tmp_path / "sel.png").is_file()
         capsys.readouterr()
         assert "select must be at least 1" in one_line_error(capsys, ["evaluate-image", f"unet={unet}", "select=0"])
+        assert run(["evaluate-image", f"unet={unet}", *parts, "n=2", "limit=2", "real=12", "w=[4]", "select=2",
+                    f"rerank_clip={clip}", "splits=[test]", "steps=2", f"out_dir={tmp_path / 'eval3'}"]) == 0
+        assert json.loads((tmp_path / "eval3" / "report.json").read_text())["meta"]["rerank_clip"] == str(clip)
+        capsys.readouterr()
+        assert "give select > 1" in one_line_error(capsys, ["evaluate-image", f"unet={unet}", *parts,
+                                                            f"rerank_clip={clip}", f"out_dir={tmp_path / 'eval4'}"])
+        assert "give select > 1" in one_line_error(capsys, ["imagine", f"unet={unet}", *parts, f"rerank_clip={clip}",
+                                                            f"out={tmp_path / 'r.png'}"])
+        assert not (tmp_path / "eval4").exists() and not (tmp_path / "r.png").exists()
     capsys.readouterr()
 
     assert "w must be a finite number >= 0" in one_line_error(capsys, ["imagine", "w=-1", f"unet={unet}"])

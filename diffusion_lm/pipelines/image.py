@@ -42,6 +42,15 @@ def check_guidance(w, key: str = "guidance") -> float:
     return float(w)
 
 
+def check_rerank_clip(cfg, select: int) -> None:
+    """rerank_clip= only means something with select > 1: refuse it alone, in one line, rather than ignore it."""
+    value = cfg.get("rerank_clip")
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise UserError(f"rerank_clip must be a CLIP folder (from train-clip) or shipped[:name], got {value!r}")
+    if value is not None and select <= 1:
+        raise UserError("rerank_clip= picks among select= candidates: give select > 1 with it (or leave it out)")
+
+
 def shipped_clip_for(unet: UNet) -> ClipModel:
     """`clip=shipped`: the shipped CLIP pair (image-clip, image-clip-neg, ...) whose fingerprint the UNet
     was trained with, so a shipped UNet needs no CLIP named; image-clip when none matches (match_parts
@@ -69,6 +78,7 @@ class ImagePipeline:
         match_parts(unet.config, autoencoder, clip, context=self.context)
         self.unet, self.diffusion, self.clip, self.autoencoder, self.device = unet, diffusion, clip, autoencoder, device
         self.controlnet = controlnet
+        self.reranker = None  # the CLIP pair that reranks `select` candidates; None: the pipeline's own (`clip`)
         if controlnet is not None:
             check_base(controlnet.config, unet, "the ControlNet")
         # what the sampler calls: the UNet, or the UNet steered by the ControlNet's residuals (hint in model_kwargs)
@@ -107,6 +117,16 @@ class ImagePipeline:
         return cls(unet, diffusion, clip, autoencoder, device, controlnet=controlnet)
 
     # ---- parts -----------------------------------------------------------------------------
+    def set_reranker(self, clip_dir: Optional[str]) -> None:
+        """Rerank `select` candidates by another CLIP pair (a folder from train-clip, or `shipped[:name]`), e.g. one
+        trained with hard negatives that tells a caption from its swapped version; None: the pipeline's own CLIP.
+        The UNet's conditioning and every metric keep the pipeline's CLIP."""
+        if clip_dir is None:
+            self.reranker = None
+            return
+        clip = ClipModel.from_pretrained(resolve_asset(clip_dir, "model", "image-clip"))
+        self.reranker = clip.to(self.device).eval().requires_grad_(False)
+
     @property
     def space(self) -> str:
         return self.unet.config.space
@@ -179,11 +199,12 @@ class ImagePipeline:
     def rerank(self, candidates: torch.Tensor, captions: Sequence[str], n: int, select: int) -> torch.Tensor:
         """From `candidates` (`select` blocks of len(captions) · n images: candidate k of image j is row
         k · len(captions) · n + j), the one per image whose CLIP embedding (of the image clipped to [−1, 1]) is
-        closest to its caption's."""
-        dev = next(self.clip.parameters()).device
+        closest to its caption's (by `reranker` where one is set)."""
+        clip = self.reranker if self.reranker is not None else self.clip
+        dev = next(clip.parameters()).device
         images = len(captions) * n
-        text = self.clip.encode_text(list(captions)).float()  # (C, D), unit vectors
-        image = torch.cat([self.clip.encode_image(candidates[lo: lo + 256].clamp(-1, 1).to(dev)).float()
+        text = clip.encode_text(list(captions)).float()  # (C, D), unit vectors
+        image = torch.cat([clip.encode_image(candidates[lo: lo + 256].clamp(-1, 1).to(dev)).float()
                            for lo in range(0, len(candidates), 256)])
         owner = torch.arange(len(captions), device=dev).repeat_interleave(n).repeat(select)
         cos = (image * text[owner]).sum(-1).view(select, images)
