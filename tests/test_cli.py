@@ -179,6 +179,11 @@ def test_module_entry_point_exit_code():
     ("bench_train", ["preset=nope"]),                     # hydra cannot compose the config
     ("clip_binding", ["n=0"]),                            # below the minimum
     ("clip_binding", ["clips=runs/no-such-clip"]),        # UserError from the toolkit
+    ("rerank_compare", ["select=1"]),                     # nothing to rerank
+    ("rerank_compare", ["select=4", "at=2,8"]),           # more candidates than drawn
+    ("rerank_compare", ["w=strong"]),                     # not a number
+    ("rerank_compare", ["splits=train,valid,nope"]),      # unknown split
+    ("rerank_compare", ["rerankers=runs/no-such-clip"]),  # UserError from the toolkit, before any sampling
 ])
 def test_scripts_reject_bad_arguments_with_exit_2(script, argv):
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / f"{script}.py"), *argv], capture_output=True, text=True)
