@@ -6,9 +6,12 @@
 #     after the documented run), and its binding scores next to the shipped CLIP's (scripts/clip_binding.py);
 #   * the same weights with clip.lexical_states=true (the words' own embeddings after the contextual states;
 #     training with the flag gives bit-identical weights, so the folder is copied and the flag set);
-#   * two latent UNets at the one-budget comparison of scripts/vq_unclip_results.sh (3,500 steps, cpu preset),
-#     side by side, one thread each, and evaluate-image at w = 2 on 100 test + 100 held-out captions x 8.
-# Usage: bash scripts/binding_results.sh [out_dir] [steps]     (defaults runs/binding, 3500; ~90 minutes here)
+#   * two more hard-negative CLIPs with attention pooling and every kind: 1,500 steps (clip-neg2) and a 45-minute
+#     cap (clip-neg3; it stopped at 3,632 steps on the documented day, so the step count depends on the machine);
+#   * latent UNets at the one-budget comparison of scripts/vq_unclip_results.sh (3,500 steps, cpu preset) on
+#     each CLIP, two at a time, one thread each, and evaluate-image at w = 2 on 100 test + 100 held-out captions x 8;
+#   * the four CLIPs' binding scores, and CLIP reranking compared by judge on one draw (scripts/rerank_compare.py).
+# Usage: bash scripts/binding_results.sh [out_dir] [steps]     (defaults runs/binding, 3500; ~5 hours here)
 set -euo pipefail
 OUT=${1:-runs/binding}
 STEPS=${2:-3500}
@@ -30,16 +33,25 @@ cfg["lexical_states"] = True
 json.dump(cfg, open(dst, "w"), indent=2)
 EOF
 fi
+[ -s "$OUT/clip-neg2/metrics.json" ] || \
+  $BIN/diffusion-lm train-clip clip_preset=cpu train.hard_negatives=true clip.image_pool=attention \
+    train.out_dir="$OUT/clip-neg2" > "$OUT/clip-neg2.log" 2>&1 &
+[ -s "$OUT/clip-neg3/metrics.json" ] || \
+  $BIN/diffusion-lm train-clip clip_preset=cpu train.hard_negatives=true clip.image_pool=attention train.steps=4000 \
+    train.max_minutes=45 train.threads=1 train.out_dir="$OUT/clip-neg3" > "$OUT/clip-neg3.log" 2>&1 &
+wait
 BUDGET="train.steps=$STEPS train.max_minutes=null train.anneal_by_time=false"
-for run in neg neg-lex; do
-  [ -s "$OUT/unet-$run/summary.json" ] || $BIN/diffusion-lm train-unet unet_preset=cpu train.clip="$OUT/clip-$run" \
-    train.out_dir="$OUT/unet-$run" $BUDGET > "$OUT/unet-$run.log" 2>&1 &
-done
+unet() {
+  [ -s "$OUT/unet-$1/summary.json" ] || $BIN/diffusion-lm train-unet unet_preset=cpu train.clip="$OUT/clip-$1" \
+    train.out_dir="$OUT/unet-$1" $BUDGET > "$OUT/unet-$1.log" 2>&1
+  [ -s "$OUT/eval-$1/report.json" ] || $BIN/diffusion-lm evaluate-image unet="$OUT/unet-$1" clip="$OUT/clip-$1" \
+    w="[2]" limit=100 n=8 out_dir="$OUT/eval-$1" > "$OUT/eval-$1.log" 2>&1
+}
+(unet neg; unet neg2) &
+(unet neg-lex; unet neg3) &
 wait
-for run in neg neg-lex; do
-  [ -s "$OUT/eval-$run/report.json" ] || $BIN/diffusion-lm evaluate-image unet="$OUT/unet-$run" clip="$OUT/clip-$run" \
-    w="[2]" limit=100 n=8 out_dir="$OUT/eval-$run" > "$OUT/eval-$run.log" 2>&1 &
-done
-wait
-$BIN/python scripts/clip_binding.py clips=shipped,"$OUT/clip-neg" out="$OUT/clip_binding.json"
-echo "reports: $OUT/eval-neg/report.md $OUT/eval-neg-lex/report.md"
+$BIN/python scripts/clip_binding.py clips=shipped,"$OUT/clip-neg","$OUT/clip-neg2","$OUT/clip-neg3" \
+  out="$OUT/clip_binding.json"
+$BIN/python scripts/rerank_compare.py unet="$OUT/unet-neg" clip="$OUT/clip-neg" \
+  rerankers="$OUT/clip-neg,$OUT/clip-neg2,shipped" limit=50 n=4 select=4 out="$OUT/rerank_compare_probe.json"
+echo "reports: $OUT/eval-{neg,neg-lex,neg2,neg3}/report.md, $OUT/clip_binding.json, $OUT/rerank_compare_probe.json"
