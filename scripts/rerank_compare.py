@@ -9,7 +9,7 @@ For each split's first `limit` captions (those `diffusion-lm evaluate-image` dra
 candidates per image once (DDIM, 50 steps, seed 0: candidate 0 of every image is exactly evaluate-image's
 select=1 image), then keeps, per reranker, the candidate that CLIP scores highest against the caption
 (as `evaluate-image select= rerank_clip=` does, here on the images as saved, uint8); `a+b` names an ensemble that
-ranks by the mean of its CLIPs' cosines. It prints and writes the oracle's whole-caption and per-attribute
+ranks by the mean of its CLIPs' cosines (`rerank_clip=[a,b]`). It prints and writes the oracle's whole-caption and per-attribute
 accuracy of the plain draw (candidate 0), of each reranker's picks among the first k candidates for every k
 in `at` (the first k of a draw of `select` are exactly a select=k draw), and of an oracle-picked upper bound
 (an image counts if any of its k candidates is right: the best any reranker could do; not a method). Same
@@ -62,7 +62,7 @@ def main(argv: list[str]) -> None:
         members = []
         for part in (p for p in r.split("+") if p):
             pipe.set_reranker(part)
-            members.append(pipe.reranker)
+            members += pipe.reranker
         if not members:
             fail(f"empty reranker in {args['rerankers']!r}")
         judges[r] = members

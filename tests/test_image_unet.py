@@ -399,7 +399,7 @@ def test_rerank_clip_picks_by_another_clip_pair(pipe):
     other = tiny_clip()
     candidates = pipe.sample([c for c in captions for _ in range(n)] * k, 1, guidance=2, steps=4, seed=3)
     try:
-        pipe.reranker = other.eval()
+        pipe.reranker = [other.eval()]
         got = pipe.sample(captions, n, guidance=2, steps=4, seed=3, select=k)
     finally:
         pipe.reranker = None
@@ -415,6 +415,15 @@ def test_rerank_clip_picks_by_another_clip_pair(pipe):
     own_picks = [int((pipe.clip.encode_image(candidates[j::images].clamp(-1, 1)) @ own_text[j // n]).argmax())
                  for j in range(images)]
     assert picks != own_picks or torch.equal(got, own)  # the two CLIPs disagree somewhere here (seeded)
+    try:  # an ensemble ranks by the mean of its members' cosines
+        pipe.reranker = [other, pipe.clip]
+        both = pipe.sample(captions, n, guidance=2, steps=4, seed=3, select=k)
+    finally:
+        pipe.reranker = None
+    for j in range(images):
+        group = candidates[j::images].clamp(-1, 1)
+        cos = (other.encode_image(group) @ text[j // n] + pipe.clip.encode_image(group) @ own_text[j // n]) / 2
+        assert torch.allclose(both[j], candidates[j::images][int(cos.argmax())], atol=1e-5), j
 
 
 def test_guidance_sampling_goes_through_classifier_free_guidance(pipe, monkeypatch):
@@ -553,7 +562,12 @@ def test_tiny_train_then_imagine_then_evaluate_through_the_cli(tmp_path, capsys,
         assert "select must be at least 1" in one_line_error(capsys, ["evaluate-image", f"unet={unet}", "select=0"])
         assert run(["evaluate-image", f"unet={unet}", *parts, "n=2", "limit=2", "real=12", "w=[4]", "select=2",
                     f"rerank_clip={clip}", "splits=[test]", "steps=2", f"out_dir={tmp_path / 'eval3'}"]) == 0
-        assert json.loads((tmp_path / "eval3" / "report.json").read_text())["meta"]["rerank_clip"] == str(clip)
+        assert json.loads((tmp_path / "eval3" / "report.json").read_text())["meta"]["rerank_clip"] == [str(clip)]
+        assert run(["imagine", "caption=a blue square", "n=2", "steps=2", "select=2", f"unet={unet}", *parts,
+                    f"rerank_clip=[{clip},{clip}]", f"out={tmp_path / 'ens.png'}"]) == 0  # an ensemble of two
+        capsys.readouterr()
+        assert "rerank_clip must be a CLIP folder" in one_line_error(capsys, ["imagine", f"unet={unet}", *parts,
+                                                                              "select=2", "rerank_clip=[]"])
         capsys.readouterr()
         assert "give select > 1" in one_line_error(capsys, ["evaluate-image", f"unet={unet}", *parts,
                                                             f"rerank_clip={clip}", f"out_dir={tmp_path / 'eval4'}"])

@@ -49,12 +49,12 @@ def main(cfg, command: str = "") -> int:
     select = select or 1  # null: no reranking
     if select > 1 and shard is not None:
         raise UserError("select (CLIP reranking) runs in one process, not under torchrun")
-    check_rerank_clip(cfg, select)
+    rerankers = check_rerank_clip(cfg, select)
     pipe = ImagePipeline.from_pretrained(cfg.unet, cfg.autoencoder, cfg.clip, device=cfg.device)
-    pipe.set_reranker(cfg.get("rerank_clip"))
+    pipe.set_reranker(rerankers)
     result = evaluate(pipe, splits, cfg.out_dir, n=n, guidances=guidances, thresholds=thresholds,
                       compare_at=compare_at, steps=steps, sampler=cfg.sampler, seed=seed, batch_size=batch_size,
-                      meta={"command": command, "unet": cfg.unet, **({"rerank_clip": cfg.rerank_clip} if cfg.get("rerank_clip") else {})}, progress=True, shard=shard,
+                      meta={"command": command, "unet": cfg.unet, **({"rerank_clip": rerankers} if rerankers else {})}, progress=True, shard=shard,
                       select=select)
     if result is None:  # another rank: rank 0 writes
         return 0

@@ -55,7 +55,7 @@ def main(cfg, command: str = "") -> int:
                        or cfg.prior is not None or cfg.variation is not None or cfg.trajectory):
         raise UserError("select (CLIP reranking) works on plain caption sampling, not with inpainting, a control "
                         "map, unCLIP or a trajectory (which follows one candidate, not the one kept)")
-    check_rerank_clip(cfg, select)
+    rerankers = check_rerank_clip(cfg, select)
     edit = read_edit(cfg.init, cfg.mask)
     if (cfg.control is None) != (cfg.controlnet is None):
         raise UserError("a control map needs both controlnet=<folder> and control=<png> (white where the objects are)")
@@ -71,7 +71,7 @@ def main(cfg, command: str = "") -> int:
                       edit is not None or hint is not None)
     pipe = ImagePipeline.from_pretrained(cfg.unet, cfg.autoencoder, cfg.clip, device=cfg.device,
                                          controlnet_dir=cfg.controlnet)
-    pipe.set_reranker(cfg.get("rerank_clip"))
+    pipe.set_reranker(rerankers)
     recorder = ImageTrajectory(pipe, every=integer(cfg, "trajectory_every", 1)) if cfg.trajectory else None
     kw = dict(guidance=guidance, steps=steps, sampler=cfg.sampler, eta=cfg.eta, threshold=cfg.threshold, seed=seed,
               batch_size=batch_size, callback=recorder, control=hint, control_scale=float(strength))

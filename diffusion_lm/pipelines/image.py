@@ -17,6 +17,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
 from ..assets import resolve_asset
 from ..core import (ClassifierFreeGuidance, Control, ControlGuidance, DynamicThreshold, GaussianDiffusion, GuidanceConfig,
@@ -42,13 +43,18 @@ def check_guidance(w, key: str = "guidance") -> float:
     return float(w)
 
 
-def check_rerank_clip(cfg, select: int) -> None:
-    """rerank_clip= only means something with select > 1: refuse it alone, in one line, rather than ignore it."""
+def check_rerank_clip(cfg, select: int) -> Optional[list[str]]:
+    """The CLIP folders rerank_clip= names (None: the pipeline's own CLIP). It only means something with
+    select > 1: refused alone, in one line, rather than ignored."""
     value = cfg.get("rerank_clip")
-    if value is not None and (not isinstance(value, str) or not value.strip()):
-        raise UserError(f"rerank_clip must be a CLIP folder (from train-clip) or shipped[:name], got {value!r}")
+    value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+    members = value if isinstance(value, list) else [value]
+    if value is not None and (not members or not all(isinstance(v, str) and v.strip() for v in members)):
+        raise UserError(f"rerank_clip must be a CLIP folder (from train-clip) or shipped[:name], or a list of them, "
+                        f"got {value!r}")
     if value is not None and select <= 1:
         raise UserError("rerank_clip= picks among select= candidates: give select > 1 with it (or leave it out)")
+    return None if value is None else members
 
 
 def shipped_clip_for(unet: UNet) -> ClipModel:
@@ -117,15 +123,19 @@ class ImagePipeline:
         return cls(unet, diffusion, clip, autoencoder, device, controlnet=controlnet)
 
     # ---- parts -----------------------------------------------------------------------------
-    def set_reranker(self, clip_dir: Optional[str]) -> None:
-        """Rerank `select` candidates by another CLIP pair (a folder from train-clip, or `shipped[:name]`), e.g. one
-        trained with hard negatives that tells a caption from its swapped version; None: the pipeline's own CLIP.
-        The UNet's conditioning and every metric keep the pipeline's CLIP."""
-        if clip_dir is None:
+    def set_reranker(self, clip_dirs) -> None:
+        """Rerank `select` candidates by other CLIP pairs (folders from train-clip, or `shipped[:name]`), e.g. ones
+        trained with hard negatives that tell a caption from its swapped version: one folder, or a list whose
+        members rank by their mean cosine (an ensemble); None: the pipeline's own CLIP. The UNet's conditioning
+        and every metric keep the pipeline's CLIP."""
+        if clip_dirs is None:
             self.reranker = None
             return
-        clip = ClipModel.from_pretrained(resolve_asset(clip_dir, "model", "image-clip"))
-        self.reranker = clip.to(self.device).eval().requires_grad_(False)
+        folders = [clip_dirs] if isinstance(clip_dirs, str) else list(clip_dirs)
+        if not folders:
+            raise UserError("rerank_clip is an empty list: name at least one CLIP folder (or leave it out)")
+        self.reranker = [ClipModel.from_pretrained(resolve_asset(f, "model", "image-clip")).to(self.device).eval()
+                         .requires_grad_(False) for f in folders]
 
     @property
     def space(self) -> str:
@@ -199,16 +209,18 @@ class ImagePipeline:
     def rerank(self, candidates: torch.Tensor, captions: Sequence[str], n: int, select: int) -> torch.Tensor:
         """From `candidates` (`select` blocks of len(captions) · n images: candidate k of image j is row
         k · len(captions) · n + j), the one per image whose CLIP embedding (of the image clipped to [−1, 1]) is
-        closest to its caption's (by `reranker` where one is set)."""
-        clip = self.reranker if self.reranker is not None else self.clip
-        dev = next(clip.parameters()).device
+        closest to its caption's (by the mean cosine of the `reranker` CLIPs where they are set)."""
+        clips = self.reranker if self.reranker is not None else [self.clip]
         images = len(captions) * n
-        text = clip.encode_text(list(captions)).float()  # (C, D), unit vectors
-        image = torch.cat([clip.encode_image(candidates[lo: lo + 256].clamp(-1, 1).to(dev)).float()
-                           for lo in range(0, len(candidates), 256)])
-        owner = torch.arange(len(captions), device=dev).repeat_interleave(n).repeat(select)
-        cos = (image * text[owner]).sum(-1).view(select, images)
-        best = cos.argmax(0).cpu() * images + torch.arange(images)
+        owner = torch.arange(len(captions)).repeat_interleave(n).repeat(select)
+        cos = 0
+        for clip in clips:
+            dev = next(clip.parameters()).device
+            text = clip.encode_text(list(captions)).float().cpu()  # (C, D), unit vectors
+            image = torch.cat([clip.encode_image(candidates[lo: lo + 256].clamp(-1, 1).to(dev)).float().cpu()
+                               for lo in range(0, len(candidates), 256)])
+            cos = cos + (image * text[owner]).sum(-1).view(select, images) / len(clips)
+        best = cos.argmax(0) * images + torch.arange(images)
         return candidates[best]
 
     @torch.no_grad()
