@@ -52,10 +52,10 @@ def main(cfg, command: str = "") -> int:
     rerankers = check_rerank_clip(cfg, select)
     pipe = ImagePipeline.from_pretrained(cfg.unet, cfg.autoencoder, cfg.clip, device=cfg.device)
     pipe.set_reranker(rerankers)
+    meta = {"command": command, "unet": cfg.unet, **({"rerank_clip": rerankers} if rerankers else {})}
     result = evaluate(pipe, splits, cfg.out_dir, n=n, guidances=guidances, thresholds=thresholds,
                       compare_at=compare_at, steps=steps, sampler=cfg.sampler, seed=seed, batch_size=batch_size,
-                      meta={"command": command, "unet": cfg.unet, **({"rerank_clip": rerankers} if rerankers else {})}, progress=True, shard=shard,
-                      select=select)
+                      meta=meta, progress=True, shard=shard, select=select)
     if result is None:  # another rank: rank 0 writes
         return 0
     out = cfg.out_dir

@@ -84,7 +84,7 @@ class ImagePipeline:
         match_parts(unet.config, autoencoder, clip, context=self.context)
         self.unet, self.diffusion, self.clip, self.autoencoder, self.device = unet, diffusion, clip, autoencoder, device
         self.controlnet = controlnet
-        self.reranker = None  # the CLIP pair that reranks `select` candidates; None: the pipeline's own (`clip`)
+        self.reranker = None  # the CLIP pairs that rerank `select` candidates (set_reranker); None: `clip` alone
         if controlnet is not None:
             check_base(controlnet.config, unet, "the ControlNet")
         # what the sampler calls: the UNet, or the UNet steered by the ControlNet's residuals (hint in model_kwargs)
