@@ -94,12 +94,10 @@ def main(argv: list[str]) -> None:
         blocks = [cands[k * images:(k + 1) * images] for k in range(select)]
         hits = np.stack([[h["caption"] for h in oracle.match_all(b, flat)] for b in blocks])  # (select, images)
         rows_out = {"plain (candidate 0)": oracle_accuracy(blocks[0], flat)}
-        text = {r: [clip.encode_text(captions).float() for clip in members] for r, members in judges.items()}
         x = images_to_tensor(cands)
         for r, members in judges.items():
-            owner = torch.arange(len(captions)).repeat_interleave(n).repeat(select)
-            cos = sum((torch.cat([clip.encode_image(x[lo:lo + 256]).float() for lo in range(0, len(x), 256)])
-                       * t[owner]).sum(-1) for clip, t in zip(members, text[r])).view(select, images) / len(members)
+            pipe.reranker = members
+            cos = pipe.rerank_scores(x, captions, n, select)  # what `select=` ranks by, here on the uint8 images
             for k in at:
                 best = cos[:k].argmax(0).numpy()
                 picked = cands[best * images + np.arange(images)]

@@ -210,6 +210,13 @@ class ImagePipeline:
         """From `candidates` (`select` blocks of len(captions) · n images: candidate k of image j is row
         k · len(captions) · n + j), the one per image whose CLIP embedding (of the image clipped to [−1, 1]) is
         closest to its caption's (by the mean cosine of the `reranker` CLIPs where they are set)."""
+        images = len(captions) * n
+        best = self.rerank_scores(candidates, captions, n, select).argmax(0) * images + torch.arange(images)
+        return candidates[best]
+
+    @torch.no_grad()
+    def rerank_scores(self, candidates: torch.Tensor, captions: Sequence[str], n: int, select: int) -> torch.Tensor:
+        """(select, len(captions) · n): the cosine of every candidate to its caption that `rerank` ranks by."""
         clips = self.reranker if self.reranker is not None else [self.clip]
         images = len(captions) * n
         owner = torch.arange(len(captions)).repeat_interleave(n).repeat(select)
@@ -220,8 +227,7 @@ class ImagePipeline:
             image = torch.cat([clip.encode_image(candidates[lo: lo + 256].clamp(-1, 1).to(dev)).float().cpu()
                                for lo in range(0, len(candidates), 256)])
             cos = cos + (image * text[owner]).sum(-1).view(select, images) / len(clips)
-        best = cos.argmax(0) * images + torch.arange(images)
-        return candidates[best]
+        return cos
 
     @torch.no_grad()
     def draw(self, states: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor, *, guidance: float = 4.0,
