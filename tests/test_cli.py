@@ -179,6 +179,8 @@ def test_module_entry_point_exit_code():
     ("bench_train", ["preset=nope"]),                     # hydra cannot compose the config
     ("clip_binding", ["n=0"]),                            # below the minimum
     ("clip_binding", ["clips=runs/no-such-clip"]),        # UserError from the toolkit
+    ("bench_second_core", ["tasks=colour"]),              # unknown task
+    ("bench_second_core", ["n=1"]),                       # below the minimum
     ("rerank_compare", ["select=1"]),                     # nothing to rerank
     ("rerank_compare", ["select=4", "at=2,8"]),           # more candidates than drawn
     ("rerank_compare", ["w=strong"]),                     # not a number
