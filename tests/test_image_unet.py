@@ -385,6 +385,13 @@ def test_select_keeps_each_images_best_candidate_by_clip(pipe):
     for bad in (0, -1, 1.5, True):
         with pytest.raises(UserError, match="select"):
             pipe.sample(captions, n, steps=4, select=bad)
+    # rerank=False: all K blocks, which `rerank` picks from later; that form shards (whole batches per rank)
+    every = pipe.sample(captions, n, guidance=2, steps=4, seed=3, select=k, rerank=False)
+    assert every.shape == (k * images, 3, 32, 32) and torch.allclose(every, candidates, atol=1e-5)
+    assert torch.equal(pipe.rerank(every, captions, n, k), got)
+    halves = [pipe.sample(captions, n, guidance=2, steps=4, seed=3, select=k, rerank=False, batch_size=4,
+                          shard=(i, 2)) for i in range(2)]
+    assert torch.allclose(torch.cat([halves[0][:4], halves[1][:4], halves[0][4:], halves[1][4:]]), every, atol=1e-5)
     with pytest.raises(UserError, match="select"):
         pipe.sample(captions, n, steps=4, select=2, shard=(0, 2))
 
@@ -554,8 +561,15 @@ def test_tiny_train_then_imagine_then_evaluate_through_the_cli(tmp_path, capsys,
     if space == "latent":  # CLIP reranking through the CLI: recorded, and said in the report
         assert run(["evaluate-image", f"unet={unet}", *parts, "n=2", "limit=2", "real=12", "w=[4]", "select=2",
                     "steps=2", f"out_dir={tmp_path / 'eval2'}"]) == 0
-        assert json.loads((tmp_path / "eval2" / "report.json").read_text())["meta"]["select"] == 2
+        picked = json.loads((tmp_path / "eval2" / "report.json").read_text())
+        assert picked["meta"]["select"] == 2
         assert "best of 2 candidates" in (tmp_path / "eval2" / "report.md").read_text()
+        # one draw, two rows a split: its first candidate alone is the select=1 run's images (the w=4 rows above)
+        assert [(r["split"], r["select"]) for r in picked["rows"]] == [("test", 1), ("heldout", 1), ("test", 2),
+                                                                       ("heldout", 2)]
+        for mine, plain in zip(picked["rows"][:2], report["rows"][2:]):
+            assert mine["accuracy"] == plain["accuracy"] and mine["clip_score"] == pytest.approx(plain["clip_score"], abs=0.01)
+        assert all((tmp_path / "eval2" / r["grid"]).is_file() for r in picked["rows"])
         assert run(["imagine", "caption=a blue square", "n=2", "steps=2", "select=2", f"unet={unet}", *parts,
                     f"out={tmp_path / 'sel.png'}"]) == 0 and (tmp_path / "sel.png").is_file()
         capsys.readouterr()

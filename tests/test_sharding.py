@@ -87,8 +87,9 @@ def test_generate_under_torchrun_writes_one_process_output(tmp_path):
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside this python")
 def test_evaluate_image_under_torchrun_scores_one_process_images(tmp_path):
     """The ranks draw alternate batches of every setting (DDIM: a function of x_T, drawn for all rows first);
-    rank 0 gathers them in order and writes the report one process writes (images/s aside)."""
-    args = ["evaluate-image", "limit=2", "n=2", "steps=5", "w=[2]", "batch_size=2", "real=8"]
+    rank 0 gathers them in order and writes the report one process writes (images/s aside); with select the
+    ranks draw the candidates and rank 0 reranks them."""
+    args = ["evaluate-image", "limit=2", "n=2", "steps=5", "w=[2]", "batch_size=2", "real=8", "select=2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     assert run([*args, f"out_dir={tmp_path / 'one'}"]) == 0
     r = subprocess.run([str(TORCHRUN), "--standalone", "--nproc_per_node=2", "-m", "diffusion_lm", *args,
@@ -98,4 +99,5 @@ def test_evaluate_image_under_torchrun_scores_one_process_images(tmp_path):
     for row in a["rows"] + b["rows"]:
         row.pop("images_per_s")
     assert a["rows"] == b["rows"] and a["real"] == b["real"] and b["meta"]["processes"] == 2
+    assert [r["select"] for r in b["rows"]] == [1, 1, 2, 2]
     assert (tmp_path / "two" / "grid_test_none_w2.png").read_bytes() == (tmp_path / "one" / "grid_test_none_w2.png").read_bytes()

@@ -46,9 +46,7 @@ def main(cfg, command: str = "") -> int:
             splits[name] = (list(dict.fromkeys(captions))[:limit], images, captions)
     # under torchrun: the rank's batches (the pipeline refuses a stochastic sampler there, in one line)
     shard = distributed.world() if distributed.world()[1] > 1 else None
-    select = select or 1  # null: no reranking
-    if select > 1 and shard is not None:
-        raise UserError("select (CLIP reranking) runs in one process, not under torchrun")
+    select = select or 1  # null: no reranking (under torchrun the ranks draw the candidates, rank 0 picks)
     rerankers = check_rerank_clip(cfg, select)
     pipe = ImagePipeline.from_pretrained(cfg.unet, cfg.autoencoder, cfg.clip, device=cfg.device)
     pipe.set_reranker(rerankers)

@@ -163,7 +163,10 @@ def evaluate(pipe, splits: dict, out_dir: str | Path, *, n: int = 8,
 
     `select=K > 1` keeps, for every image, the best of K candidates by the pipeline's CLIP (the sampler's
     `select`; not at w = 0, which stays the unconditional model); the CLIP score is then no longer an
-    independent judge (the oracle still is)."""
+    independent judge (the oracle still is). Every such setting gives two rows from one draw: the best of K
+    (`select: K`) and its first candidate alone (`select: 1`, exactly the select=1 run's images), so the
+    gain of reranking is measured on the same x_T. Under shard the ranks draw the candidates and rank 0
+    gathers and picks."""
     if isinstance(select, bool) or not isinstance(select, int) or select < 1:
         raise ValueError(f"select must be an integer >= 1, got {select!r}")
     out = Path(out_dir)
@@ -185,26 +188,33 @@ def evaluate(pipe, splits: dict, out_dir: str | Path, *, n: int = 8,
     for k, threshold in enumerate(thresholds):
         for w in guidances if k == 0 or compare_at is None else [w for w in guidances if w in compare_at]:
             started = time.perf_counter()
+            picks = select if select > 1 and w > 0 else 1  # w = 0 is the unconditional model: never reranked
             raw = pipe.sample(captions, n, guidance=w, threshold=threshold, steps=steps, sampler=sampler,
                               seed=seed, batch_size=batch_size, progress=progress and main, shard=shard,
-                              # w = 0 is the unconditional model: reranking it by the caption would not be
-                              **({"select": select} if select > 1 and w > 0 else {}))
-            raw = gather_batches(raw, len(captions) * n, batch_size, shard)  # rank 0: every rank's, in order
+                              **({"select": picks, "rerank": False} if picks > 1 else {}))
+            raw = gather_batches(raw, len(captions) * n * picks, batch_size, shard)  # rank 0: every rank's, in order
             if raw is None:  # another rank: rank 0 scores
                 continue
-            rate = len(raw) / (time.perf_counter() - started)  # decoding included; w = 0 or 1 is one pass, else two
-            images = tensor_to_images(raw)
-            for name, (a, b) in spans.items():
-                flat = [c for c in splits[name][0] for _ in range(n)]
-                row = {"split": name, "threshold": threshold, "guidance": float(w),
-                       **score(images[a:b], flat, pipe.clip, real_features[name], raw[a:b]),
-                       "images_per_s": round(rate, 2)}
-                shown = min(len(splits[name][0]), 8) * n
-                row["grid"] = save_grid(images[a:a + shown], out / f"grid_{name}_{threshold}_w{w:g}.png", ncol=n).name
-                rows.append(row)
-                if progress:
-                    print(f"{name} threshold={threshold} w={w:g}: caption accuracy {row['accuracy'].get('caption')}, "
-                          f"Fréchet {row['frechet']}, CLIP score {row['clip_score']}", flush=True)
+            # with select: block 0 of the candidates is exactly the select=1 draw, scored as its own row
+            drawn = [(1, raw[: len(captions) * n])] + ([(picks, pipe.rerank(raw, captions, n, picks))] if picks > 1 else [])
+            rate = len(captions) * n / (time.perf_counter() - started)  # images delivered, decoding included
+            for best_of, raw in drawn:
+                images = tensor_to_images(raw)
+                for name, (a, b) in spans.items():
+                    flat = [c for c in splits[name][0] for _ in range(n)]
+                    row = {"split": name, "threshold": threshold, "guidance": float(w), "select": best_of,
+                           **score(images[a:b], flat, pipe.clip, real_features[name], raw[a:b]),
+                           # the plain row's rate is a select=1 run's: its share of the draw
+                           "images_per_s": round(rate * (picks if best_of == 1 else 1), 2)}
+                    shown = min(len(splits[name][0]), 8) * n
+                    tag = "_plain" if best_of < picks else ""
+                    row["grid"] = save_grid(images[a:a + shown], out / f"grid_{name}_{threshold}_w{w:g}{tag}.png",
+                                            ncol=n).name
+                    rows.append(row)
+                    if progress:
+                        print(f"{name} threshold={threshold} w={w:g} best of {best_of}: caption accuracy "
+                              f"{row['accuracy'].get('caption')}, Fréchet {row['frechet']}, CLIP score {row['clip_score']}",
+                              flush=True)
     result = {"meta": {**(meta or {}), "captions": {k: list(v[0]) for k, v in splits.items()}, "n": n,
                        "steps": steps, "sampler": sampler, "seed": seed, "space": pipe.space, "select": select,
                        "threads": torch.get_num_threads(), "device": str(pipe.device)},
@@ -222,7 +232,8 @@ def evaluate(pipe, splits: dict, out_dir: str | Path, *, n: int = 8,
 def markdown(result: dict) -> str:
     rows, real, meta = result["rows"], result["real"], result["meta"]
     keys = sorted({k for r in [*rows, *real.values()] for k in r["accuracy"]} - {"caption"})
-    head = ["split", "threshold", "w", "caption acc", *keys, "CLIP score", "Fréchet (CLIP)", "saturated",
+    picked = meta.get("select", 1) > 1
+    head = ["split", "threshold", "w", *(["best of"] if picked else []), "caption acc", *keys, "CLIP score", "Fréchet (CLIP)", "saturated",
             "out of [-1,1]", "images/s"]
     sizes = ", ".join(f"{len(c)} {k}" for k, c in meta["captions"].items())
     lines = [f"# Caption-to-image evaluation ({meta['space']} UNet)", "",
@@ -231,16 +242,17 @@ def markdown(result: dict) -> str:
              f"setting's whole sampling call, decoding included, both splits together). Fréchet distance in the CLIP image tower's features, against the split's real "
              f"images; the `real` rows score those images against their own captions (their Fréchet "
              f"distance is one half against the other: the floor at this sample size).", "",
-             *([f"Each sample is the best of {meta['select']} candidates by this CLIP's score (reranking), so "
-                f"the CLIP score column is not an independent judge here; the oracle's columns are (w = 0 is "
-                f"not reranked: it stays the unconditional model).", ""]
-               if meta.get("select", 1) > 1 else []),
+             *([f"`best of {meta['select']}`: each sample is the best of {meta['select']} candidates by CLIP "
+                f"score (reranking{' by ' + ', '.join(meta['rerank_clip']) if meta.get('rerank_clip') else ''}), "
+                f"so the CLIP score column is not an independent judge there; the oracle's columns are. `best of "
+                f"1` is the first candidate of the same draw: the select=1 images (w = 0 is not reranked: it "
+                f"stays the unconditional model).", ""] if picked else []),
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def line(split, threshold, w, r):
         acc = r["accuracy"]
         frechet = "-" if r["frechet"] is None else f"{r['frechet']:.4f}"
-        cells = [split, threshold, w, _pct(acc.get("caption")), *[_pct(acc.get(k)) for k in keys],
+        cells = [split, threshold, w, *([str(r.get("select", "-"))] if picked else []), _pct(acc.get("caption")), *[_pct(acc.get(k)) for k in keys],
                  f"{r['clip_score']:.1f}", frechet, _pct(r["saturated"]), _pct(r.get("out_of_range")),
                  f"{r['images_per_s']:.1f}" if "images_per_s" in r else "-"]
         return "| " + " | ".join(cells) + " |"
@@ -264,9 +276,11 @@ def plot_sweep(rows: list[dict], png: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    for split, threshold in dict.fromkeys((r["split"], r["threshold"]) for r in rows):
-        mine = [r for r in rows if (r["split"], r["threshold"]) == (split, threshold)]
-        ws, label = [r["guidance"] for r in mine], f"{split}, {threshold}"
+    key = lambda r: (r["split"], r["threshold"], r.get("select", 1))  # noqa: E731
+    picked = len({r.get("select", 1) for r in rows}) > 1
+    for split, threshold, best_of in dict.fromkeys(map(key, rows)):
+        mine = [r for r in rows if key(r) == (split, threshold, best_of)]
+        ws, label = [r["guidance"] for r in mine], f"{split}, {threshold}" + (f", best of {best_of}" if picked else "")
         axes[0].plot(ws, [r["accuracy"].get("caption", math.nan) for r in mine], marker="o", label=label)
         axes[1].plot(ws, [r["frechet"] for r in mine], marker="o", label=label)
     axes[0].set_ylabel("whole-caption oracle accuracy")

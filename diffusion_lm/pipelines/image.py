@@ -173,12 +173,14 @@ class ImagePipeline:
                progress: bool = False, known: Optional[Known] = None, control=None,
                control_scale: float = 1.0, controls: Optional[Sequence[Control]] = None,
                control_config: Optional[GuidanceConfig] = None, shard: Optional[tuple[int, int]] = None,
-               select: int = 1) -> torch.Tensor:
+               select: int = 1, rerank: bool = True) -> torch.Tensor:
         """Images (len(captions) · n, 3, 32, 32) in [−1, 1] before clipping, caption by caption; with
         `shard=(i, N)`, only the images of shard i's batches (diffusion_lm.sharding), concatenated.
 
         `select=K` draws K candidates for every image and keeps the one the pipeline's CLIP scores
-        highest against its caption (DALL·E's CLIP reranking), at K times the cost.
+        highest against its caption (DALL·E's CLIP reranking), at K times the cost. With `rerank=False`
+        it returns all K blocks of candidates instead (block 0 is the select=1 draw; `rerank` picks from
+        them later): the form that can be sharded, since the pick needs every candidate of an image.
 
         `known` (values and mask of the UNet's input shape, one row per image drawn) holds those
         positions to the given x_0 through the core's masked replacement (see `inpaint`). `control`
@@ -193,9 +195,11 @@ class ImagePipeline:
         if not captions:
             raise UserError("no captions to draw")
         _check_counts(n=n, batch_size=batch_size, steps=steps, select=select)
-        if select > 1 and (shard is not None or known is not None or control is not None or controls):
-            raise UserError("select (CLIP reranking) works on plain caption sampling in one process: "
-                            "not with shard, known pixels, a ControlNet hint or guidance controls")
+        if select > 1 and (known is not None or control is not None or controls):
+            raise UserError("select (CLIP reranking) works on plain caption sampling: "
+                            "not with known pixels, a ControlNet hint or guidance controls")
+        if select > 1 and rerank and shard is not None:
+            raise UserError("select (CLIP reranking) under shard: draw with rerank=False, gather, then rerank")
         states, mask = self.caption_states(captions)
         # candidate k of every image is drawn in block k: block 0 is exactly the select=1 draw (same x_T)
         rows = torch.arange(len(captions)).repeat_interleave(n).repeat(select)
@@ -203,7 +207,7 @@ class ImagePipeline:
                         threshold=threshold, seed=seed, batch_size=batch_size, callback=callback, progress=progress,
                         known=known, control=control, control_scale=control_scale, controls=controls,
                         control_config=control_config, shard=shard)
-        return out if select == 1 else self.rerank(out, captions, n, select)
+        return out if select == 1 or not rerank else self.rerank(out, captions, n, select)
 
     @torch.no_grad()
     def rerank(self, candidates: torch.Tensor, captions: Sequence[str], n: int, select: int) -> torch.Tensor:
