@@ -17,6 +17,10 @@
     kind=noisy-clip / noisy-attributes  run=runs/image-noisy-<kind>  (diffusion-lm train-image-classifier classifier.kind=...)
     kind=prior          run=runs/image-prior           name=image-prior           (diffusion-lm train-prior prior_preset=cpu)
     kind=unclip-decoder run=runs/image-unclip-decoder  name=image-unclip-decoder  (diffusion-lm train-unet unet_preset=cpu_decoder)
+    kind=clip        run=runs/image-clip-neg3 name=image-clip-binding (diffusion-lm train-clip ...): weights kept in fp32,
+                     exactly, since a UNet conditioned on the pair names it by a fingerprint of its weights
+    kind=clip-judge  run=runs/image-clip-neg  name=image-clip-judge: a CLIP pair that only reranks (rerank_clip=),
+                     in fp16 (no UNet's fingerprint names it)
     (a UNet or the ControlNet also takes report=<its report.json>, whose figures join the manifest)
 
 Writes diffusion_lm/assets/models/<name>/ with the run's JSON files and
@@ -51,6 +55,8 @@ KINDS = {
     "unet-latent": ("runs/image-unet-latent", "image-unet-latent", ("config.json", "diffusion.json")),
     "unet-pixel": ("runs/image-unet-pixel", "image-unet-pixel", ("config.json", "diffusion.json")),
     "controlnet": ("runs/image-controlnet", "image-controlnet", ("config.json",)),
+    "clip": ("runs/image-clip", "image-clip", ("config.json", "metrics.json")),
+    "clip-judge": ("runs/image-clip", "image-clip-judge", ("config.json", "metrics.json")),
     "noisy-clip": ("runs/image-noisy-clip", "image-noisy-clip", ("config.json",)),
     "noisy-attributes": ("runs/image-noisy-attributes", "image-noisy-attributes", ("config.json",)),
     "prior": ("runs/image-prior", "image-prior", ("config.json", "diffusion.json")),
@@ -58,6 +64,7 @@ KINDS = {
                        ("config.json", "diffusion.json", "conditioning.json")),
 }
 INT8 = ("unet-latent", "controlnet", "unclip-decoder", "prior")  # stored as per-channel int8 (diffusion_lm.io.quantize_int8); the rest as fp16
+FP32 = ("clip",)  # stored exactly: a UNet conditioned on it checks its fingerprint (image.unet.fingerprint)
 # smaller than the teacher (4 x 256, seed 1234) and another seed, so the judge is not the contestant
 BASE_LM_ARGS = "model.layers=3 model.hidden=192 train.seed=7 train.out_dir=runs/base-lm"
 
@@ -67,7 +74,7 @@ def _json(path: Path):
 
 
 def manifest_for(kind: str, run: Path, report: Path | None = None) -> dict:
-    if kind.startswith("noisy-") or kind == "prior":
+    if kind.startswith("noisy-") or kind in ("prior", "clip", "clip-judge"):
         trained = _json(run / "manifest.json") or {}
         return {"command": trained.get("command"), "metrics": trained.get("metrics")}
     if kind.startswith("unet-") or kind in ("controlnet", "unclip-decoder"):
@@ -129,6 +136,8 @@ def main(argv: list[str]) -> None:
     if kind in INT8:
         save_file(quantize_int8(weights), str(tmp / "model.safetensors"),
                   metadata={"format": "pt", "stored_dtype": "int8 per output channel"})
+    elif kind in FP32:
+        save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt", "stored_dtype": "float32"})
     else:
         save_file({k: v.half() if v.is_floating_point() else v for k, v in weights.items()},
                   str(tmp / "model.safetensors"), metadata={"format": "pt", "stored_dtype": "float16"})
