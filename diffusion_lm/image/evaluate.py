@@ -212,7 +212,7 @@ def evaluate(pipe, splits: dict, out_dir: str | Path, *, n: int = 8,
                                             ncol=n).name
                     rows.append(row)
                     if progress:
-                        print(f"{name} threshold={threshold} w={w:g} best of {best_of}: caption accuracy "
+                        print(f"{name} threshold={threshold} w={w:g}{f' best of {best_of}' if picks > 1 else ''}: caption accuracy "
                               f"{row['accuracy'].get('caption')}, Fréchet {row['frechet']}, CLIP score {row['clip_score']}",
                               flush=True)
     result = {"meta": {**(meta or {}), "captions": {k: list(v[0]) for k, v in splits.items()}, "n": n,
