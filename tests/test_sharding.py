@@ -97,7 +97,7 @@ def test_evaluate_image_under_torchrun_scores_one_process_images(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     a, b = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("one", "two"))
     for row in a["rows"] + b["rows"]:
-        row.pop("images_per_s")
+        row.pop("images_per_s", None)
     assert a["rows"] == b["rows"] and a["real"] == b["real"] and b["meta"]["processes"] == 2
     assert [r["select"] for r in b["rows"]] == [1, 1, 2, 2]
     assert (tmp_path / "two" / "grid_test_none_w2.png").read_bytes() == (tmp_path / "one" / "grid_test_none_w2.png").read_bytes()

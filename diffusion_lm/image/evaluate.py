@@ -203,9 +203,9 @@ def evaluate(pipe, splits: dict, out_dir: str | Path, *, n: int = 8,
                 for name, (a, b) in spans.items():
                     flat = [c for c in splits[name][0] for _ in range(n)]
                     row = {"split": name, "threshold": threshold, "guidance": float(w), "select": best_of,
-                           **score(images[a:b], flat, pipe.clip, real_features[name], raw[a:b]),
-                           # the plain row's rate is a select=1 run's: its share of the draw
-                           "images_per_s": round(rate * (picks if best_of == 1 else 1), 2)}
+                           **score(images[a:b], flat, pipe.clip, real_features[name], raw[a:b])}
+                    if best_of == picks:  # the draw's measured rate; the plain row of a select draw has none of its own
+                        row["images_per_s"] = round(rate, 2)
                     shown = min(len(splits[name][0]), 8) * n
                     tag = "_plain" if best_of < picks else ""
                     row["grid"] = save_grid(images[a:a + shown], out / f"grid_{name}_{threshold}_w{w:g}{tag}.png",
